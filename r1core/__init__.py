@@ -1,0 +1,1 @@
+"""r1core: the training and inference loops of DeepSeek-R1-style reasoning models."""

@@ -1,0 +1,17 @@
+"""r1kernels: fused kernels for R1-style reasoning-model training and inference.
+
+Usable alone (it never imports r1core). Each public op lives in its own module; the plain-PyTorch
+oracle for every op is `r1kernels.reference`. CPU tensors run the C++ ops from r1kernels._C,
+CUDA tensors the Triton kernels (or CUDA ops where built).
+"""
+
+from r1kernels import _library  # noqa: F401  loads the ops before anything registers on them
+from r1kernels.group_advantages import GroupAdvantages, group_advantages
+from r1kernels.grpo_loss import grpo_loss
+from r1kernels.grpo_loss_from_logits import grpo_loss_from_logits
+from r1kernels.token_logprobs import token_logprobs
+
+if _library.HAS_TRITON:
+    from r1kernels import triton as _triton  # noqa: F401  registers the CUDA kernels
+
+__all__ = ["GroupAdvantages", "group_advantages", "grpo_loss", "grpo_loss_from_logits", "token_logprobs"]

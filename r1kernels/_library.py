@@ -1,0 +1,63 @@
+"""Loads r1kernels._C (the C++ CPU ops, and the CUDA ops where built) and, where it is missing,
+defines the same `r1kernels::` schemas in Python with plain-PyTorch kernels, so every op exists
+either way. Fake (meta) implementations for torch.compile live beside each public op.
+
+SCHEMAS must match the TORCH_LIBRARY block in csrc/registration.cpp; a test checks that.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+SCHEMAS = {
+    "group_advantages": "group_advantages(Tensor rewards, int group_size, int scale_mode, bool leave_one_out, float eps) -> (Tensor, Tensor, Tensor, Tensor)",
+    "fused_logprobs": "fused_logprobs(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, float temperature) -> (Tensor, Tensor, Tensor)",
+    "fused_logprobs_backward": "fused_logprobs_backward(Tensor grad_logp, Tensor? grad_entropy, Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor lse, Tensor entropy, float temperature) -> (Tensor, Tensor, Tensor)",
+    "fused_grpo_loss": "fused_grpo_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor token_scale, Tensor token_adv, Tensor? old_logp, Tensor? ref_logp, float beta, float eps_low, float eps_high, float? delta, float temperature, int loss_kind, float sapo_tpos, float sapo_tneg, bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "logits_grpo_loss": "logits_grpo_loss(Tensor logits, Tensor targets, Tensor token_scale, Tensor token_adv, Tensor? old_logp, Tensor? ref_logp, float beta, float eps_low, float eps_high, float? delta, float temperature, int loss_kind, float sapo_tpos, float sapo_tneg, bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)",
+    "grpo_token_loss": "grpo_token_loss(Tensor logp, Tensor token_scale, Tensor token_adv, Tensor? old_logp, Tensor? ref_logp, float beta, float eps_low, float eps_high, float? delta, int loss_kind, float sapo_tpos, float sapo_tneg) -> (Tensor, Tensor)",
+}
+
+try:
+    importlib.import_module("r1kernels._C")  # registers the C++ (and CUDA) ops
+
+    HAS_C = True
+except ImportError as e:  # pragma: no cover - exercised only on a broken install
+    HAS_C = False
+    warnings.warn(
+        f"r1kernels._C is not built ({e}); CPU tensors fall back to the plain-PyTorch kernels. "
+        "Reinstall with `pip install --no-build-isolation -e .` to build the C++ ops.",
+        stacklevel=2,
+    )
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAS_TRITON = _has_triton()
+
+if not HAS_C:
+    _lib = torch.library.Library("r1kernels", "DEF")
+    for _schema in SCHEMAS.values():
+        _lib.define(_schema)
+    from r1kernels import _fallback
+
+    for _name in SCHEMAS:
+        _lib.impl(_name, getattr(_fallback, _name), "CompositeExplicitAutograd")
+
+
+def op(name: str):
+    return getattr(torch.ops.r1kernels, name).default
+
+
+def has_cpp_kernel(name: str, device_type: str = "cpu") -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return HAS_C and torch._C._dispatch_has_kernel_for_dispatch_key(f"r1kernels::{name}", key)

@@ -1,0 +1,116 @@
+"""The GRPO loss fused with the LM head: from the policy's last hidden states and the head's weight
+to the scalar loss and its gradients, without ever holding the [tokens, vocab] logits.
+
+Per token (TRL's GRPOTrainer, same names):
+    logp = log_softmax((hidden @ weight.T + bias) / temperature)[target]
+    w = exp(logp - old)                           importance_sampling="token"
+      = exp(masked mean of (logp - old))          "sequence" (GSPO)
+    clipped = clamp(w, 1 - epsilon_low, 1 + epsilon_high)   (DAPO clip-higher: separate bounds)
+    w = min(w, delta) if delta                    (two-sided / dual clip)
+    loss_t = -min(w * A, clipped * A) + beta * (exp(ref - logp) - (ref - logp) - 1)
+    cispo: -sg(min(w, epsilon_high)) * A * logp;  sapo: -(sigmoid(tau (w - 1)) * 4 / tau) * A
+Aggregation by loss_type: grpo (per-sequence token mean, then mean), bnpo (sum / tokens), dr_grpo
+(sum / (B * T)), dapo (sum / num_items, default the tokens in this batch).
+
+Token-level importance sampling runs as one op whose forward also produces the gradients (three
+GEMMs of the head's size in all); sequence-level needs every token's log-prob before any gradient,
+so it runs the fused log-probs forward and backward (four GEMMs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from r1kernels import reference
+from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, flat, token_scale
+from r1kernels._library import op
+from r1kernels.token_logprobs import check_head_inputs, token_logprobs
+
+
+@torch.library.register_fake("r1kernels::fused_grpo_loss")
+def _(hidden, weight, bias, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad):
+    n = hidden.shape[0]
+    f = hidden.new_empty(n, dtype=torch.float32)
+    if compute_grad:
+        gb = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
+        grads = (torch.empty_like(hidden), torch.empty_like(weight), gb)
+    else:
+        grads = (hidden.new_empty(0),) * 3
+    return hidden.new_empty((), dtype=torch.float32), f, torch.empty_like(f), *grads
+
+
+def _setup_context(ctx, inputs, output):
+    bias = inputs[2]
+    _, _, _, gh, gw, gb = output
+    ctx.save_for_backward(gh, gw, gb)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_loss, *_):
+    gh, gw, gb = ctx.saved_tensors
+    g = grad_loss.to(gh.dtype)
+    return (gh * g, gw * g.to(gw.dtype), (gb * g.to(gb.dtype)) if ctx.has_bias else None) + (None,) * 14
+
+
+torch.library.register_autograd("r1kernels::fused_grpo_loss", _backward, setup_context=_setup_context)
+
+
+def grpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    old_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    delta: float | None = None,
+    temperature: float = 1.0,
+    loss_type: str = "grpo",
+    importance_sampling: str = "token",
+    num_items=None,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+):
+    """(loss, stats) for hidden [B, T, H], weight [V, H], targets [B, T], advantages [B].
+
+    `stats` holds detached scalars: kl, clip_low, clip_high, clip_region, entropy (masked means).
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, T, H], got {list(hidden.shape)}")
+    B, T, H = hidden.shape
+    check_head_inputs(hidden, weight, targets, bias, temperature)
+    check_options(beta, epsilon_low, epsilon_high, delta, temperature, loss_type, importance_sampling, num_items)
+    check_sequence_inputs(B, T, hidden.device, targets, advantages, mask, old_logprobs, ref_logprobs, beta)
+    if mask is None:
+        mask = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+
+    if importance_sampling == "sequence":
+        logp, entropy = token_logprobs(hidden, weight, targets, bias=bias, temperature=temperature, return_entropy=True)
+        per_token, w = reference.grpo_per_token_loss(
+            logp, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
+            loss_type, importance_sampling, sapo_temperature_pos, sapo_temperature_neg,
+        )
+        loss = reference.aggregate_loss(per_token, mask, loss_type, num_items)
+        stats = reference.grpo_stats(logp.detach(), entropy.detach(), w.detach(), advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high)
+        return loss, stats
+
+    scale = token_scale(mask, loss_type, num_items)
+    token_adv = advantages.float().unsqueeze(-1).expand(B, T)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    loss, logp, entropy, _, _, _ = op("fused_grpo_loss")(
+        hidden.reshape(B * T, H).contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+        targets.reshape(-1).contiguous(), scale.reshape(-1).contiguous(), token_adv.reshape(-1).contiguous(),
+        flat(old_logprobs), flat(ref_logprobs), float(beta), float(epsilon_low), float(epsilon_high),
+        None if delta is None else float(delta), float(temperature), LOSS_KIND[loss_type],
+        float(sapo_temperature_pos), float(sapo_temperature_neg), needs_grad,
+    )
+    logp = logp.view(B, T)
+    old = logp if old_logprobs is None else old_logprobs.float()
+    w = torch.exp(logp - old)
+    stats = reference.grpo_stats(logp, entropy.view(B, T), w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high)
+    return loss, stats

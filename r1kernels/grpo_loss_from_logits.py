@@ -1,0 +1,83 @@
+"""The GRPO loss for stacks that already hold logits [B, T, V]: the same per-token math and
+aggregation as `grpo_loss` (see there), with the log-softmax, loss and gradient of the logits in one
+pass over each row. Token-level importance sampling runs fused; sequence-level (GSPO) goes through
+autograd on the log-softmax."""
+
+from __future__ import annotations
+
+import torch
+
+from r1kernels import reference
+from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, check_targets_in_vocab, flat, token_scale
+from r1kernels._library import op
+
+
+@torch.library.register_fake("r1kernels::logits_grpo_loss")
+def _(logits, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad):
+    n = logits.shape[0]
+    f = logits.new_empty(n, dtype=torch.float32)
+    g = torch.empty_like(logits) if compute_grad else logits.new_empty(0)
+    return logits.new_empty((), dtype=torch.float32), f, torch.empty_like(f), g
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[3])
+
+
+def _backward(ctx, grad_loss, *_):
+    (g,) = ctx.saved_tensors
+    return (g * grad_loss.to(g.dtype),) + (None,) * 14
+
+
+torch.library.register_autograd("r1kernels::logits_grpo_loss", _backward, setup_context=_setup_context)
+
+
+def grpo_loss_from_logits(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    old_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    delta: float | None = None,
+    temperature: float = 1.0,
+    loss_type: str = "grpo",
+    importance_sampling: str = "token",
+    num_items=None,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+):
+    """(loss, stats) for logits [B, T, V] (position t scores targets[:, t])."""
+    if logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point [B, T, V] tensor, got {logits.dtype} {list(logits.shape)}")
+    B, T, V = logits.shape
+    check_options(beta, epsilon_low, epsilon_high, delta, temperature, loss_type, importance_sampling, num_items)
+    check_sequence_inputs(B, T, logits.device, targets, advantages, mask, old_logprobs, ref_logprobs, beta)
+    if not torch.compiler.is_compiling():
+        check_targets_in_vocab(targets, V)
+    if mask is None:
+        mask = torch.ones(B, T, dtype=torch.bool, device=logits.device)
+    kw = dict(beta=beta, epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta, temperature=temperature,
+              loss_type=loss_type, importance_sampling=importance_sampling, num_items=num_items,
+              sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg)
+    if importance_sampling == "sequence":
+        return reference.grpo_loss_from_logits(logits, targets, advantages, mask, old_logprobs, ref_logprobs, **kw)
+
+    scale = token_scale(mask, loss_type, num_items)
+    token_adv = advantages.float().unsqueeze(-1).expand(B, T)
+    needs_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, logp, entropy, _ = op("logits_grpo_loss")(
+        logits.reshape(B * T, V).contiguous(), targets.reshape(-1).contiguous(), scale.reshape(-1).contiguous(),
+        token_adv.reshape(-1).contiguous(), flat(old_logprobs), flat(ref_logprobs), float(beta), float(epsilon_low),
+        float(epsilon_high), None if delta is None else float(delta), float(temperature), LOSS_KIND[loss_type],
+        float(sapo_temperature_pos), float(sapo_temperature_neg), needs_grad,
+    )
+    logp = logp.view(B, T)
+    old = logp if old_logprobs is None else old_logprobs.float()
+    w = torch.exp(logp - old)
+    stats = reference.grpo_stats(logp, entropy.view(B, T), w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high)
+    return loss, stats
