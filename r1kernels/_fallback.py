@@ -110,3 +110,26 @@ def fused_grpo_loss(hidden, weight, bias, targets, token_scale, token_adv, old_l
     grad_weight = (gz.T @ hidden.float()).to(weight.dtype)
     grad_bias = gz.sum(0).to(bias.dtype) if bias is not None else hidden.new_empty(0)
     return loss, logp, entropy, grad_hidden, grad_weight, grad_bias
+
+
+# --- paged KV cache and tree attention: the reference itself (per-sequence Python loops) -------
+
+
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+    reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def copy_blocks(k_cache, v_cache, block_mapping):
+    reference.copy_blocks(k_cache, v_cache, block_mapping)
+
+
+def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, causal):
+    return reference.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, causal)
+
+
+def merge_attention_states(out_a, lse_a, out_b, lse_b):
+    return reference.merge_attention_states(out_a, lse_a, out_b, lse_b)
+
+
+def tree_attention(q, k, v, parents, cu_nodes, k_cache, v_cache, block_tables, prefix_lens, scale):
+    return reference.tree_attention(q, k, v, parents, cu_nodes, k_cache, v_cache, block_tables, prefix_lens, scale)

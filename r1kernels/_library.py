@@ -19,6 +19,11 @@ SCHEMAS = {
     "fused_grpo_loss": "fused_grpo_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor token_scale, Tensor token_adv, Tensor? old_logp, Tensor? ref_logp, float beta, float eps_low, float eps_high, float? delta, float temperature, int loss_kind, float sapo_tpos, float sapo_tneg, bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "logits_grpo_loss": "logits_grpo_loss(Tensor logits, Tensor targets, Tensor token_scale, Tensor token_adv, Tensor? old_logp, Tensor? ref_logp, float beta, float eps_low, float eps_high, float? delta, float temperature, int loss_kind, float sapo_tpos, float sapo_tneg, bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)",
     "grpo_token_loss": "grpo_token_loss(Tensor logp, Tensor token_scale, Tensor token_adv, Tensor? old_logp, Tensor? ref_logp, float beta, float eps_low, float eps_high, float? delta, int loss_kind, float sapo_tpos, float sapo_tneg) -> (Tensor, Tensor)",
+    "reshape_and_cache": "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()",
+    "copy_blocks": "copy_blocks(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor block_mapping) -> ()",
+    "paged_attention": "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, Tensor cu_seqlens_q, float scale, bool causal) -> (Tensor, Tensor)",
+    "merge_attention_states": "merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
+    "tree_attention": "tree_attention(Tensor q, Tensor k, Tensor v, Tensor parents, Tensor cu_nodes, Tensor? k_cache, Tensor? v_cache, Tensor? block_tables, Tensor? prefix_lens, float scale) -> (Tensor, Tensor)",
 }
 
 try:

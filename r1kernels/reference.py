@@ -215,3 +215,104 @@ def grpo_loss(
     if bias is not None:
         logits = logits + bias.float()
     return grpo_loss_from_logits(logits, targets, advantages, mask, old_logprobs, ref_logprobs, **kwargs)
+
+
+# --- paged KV cache and tree attention -------------------------------------------------------
+
+
+def _dense_attention(q, k, v, mask, scale):
+    """q [M, Hq, D], k/v [L, Hkv, D], mask [M, L] bool (True = attend) -> out [M, Hq, D] (fp32),
+    lse [M, Hq] (fp32, natural log). Rows with nothing to attend get out 0 and lse -inf."""
+    group = q.shape[1] // k.shape[1]
+    kf = k.float().repeat_interleave(group, dim=1)  # [L, Hq, D]
+    vf = v.float().repeat_interleave(group, dim=1)
+    s = torch.einsum("mhd,lhd->hml", q.float(), kf) * scale  # [Hq, M, L]
+    s = s.masked_fill(~mask.unsqueeze(0), -math.inf)
+    lse = s.logsumexp(-1)  # [Hq, M]
+    p = torch.exp(s - lse.unsqueeze(-1)).nan_to_num(0.0)  # a row of -inf gives exp(nan) -> 0
+    out = torch.einsum("hml,lhd->mhd", p, vf)
+    return out, lse.T.contiguous()
+
+
+def gather_kv(cache, block_table, length):
+    """The first `length` tokens of a sequence from a paged cache [num_blocks, block_size, H, D]."""
+    bs = cache.shape[1]
+    nb = (length + bs - 1) // bs
+    return cache[block_table[:nb].long()].reshape(-1, *cache.shape[2:])[:length]  # [L, H, D]
+
+
+def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale=None, causal=True):
+    """Attention of packed queries q [Nq, Hq, D] over each sequence's paged KV, on the gathered
+    contiguous KV. Query j of sequence s sits at position seq_lens[s] - q_len + j. -> (out, lse)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:2], -math.inf, dtype=torch.float32, device=q.device)
+    for s in range(block_tables.shape[0]):
+        a, b = int(cu_seqlens_q[s]), int(cu_seqlens_q[s + 1])
+        L = int(seq_lens[s])
+        if b == a:
+            continue
+        k = gather_kv(k_cache, block_tables[s], L)
+        v = gather_kv(v_cache, block_tables[s], L)
+        pos = L - (b - a) + torch.arange(b - a, device=q.device)  # [M]
+        kpos = torch.arange(L, device=q.device)
+        mask = kpos.unsqueeze(0) <= pos.unsqueeze(1) if causal else torch.ones(b - a, L, dtype=torch.bool, device=q.device)
+        out[a:b], lse[a:b] = _dense_attention(q[a:b], k, v, mask, scale)
+    return out.to(q.dtype), lse
+
+
+def merge_attention_states(out_a, lse_a, out_b, lse_b):
+    """Combine two attentions over disjoint key sets: weights exp(lse) renormalised."""
+    lse = torch.logaddexp(lse_a.float(), lse_b.float())  # -inf with -inf gives -inf
+    wa = torch.exp(lse_a.float() - lse).nan_to_num(0.0).unsqueeze(-1)
+    wb = torch.exp(lse_b.float() - lse).nan_to_num(0.0).unsqueeze(-1)
+    out = wa * out_a.float() + wb * out_b.float()
+    return out.to(out_a.dtype), lse
+
+
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+    """In place: token i's K/V into slot slot_mapping[i] (block * block_size + offset); -1 skips."""
+    bs = k_cache.shape[1]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache[slots // bs, slots % bs] = key[keep].to(k_cache.dtype)
+    v_cache[slots // bs, slots % bs] = value[keep].to(v_cache.dtype)
+
+
+def copy_blocks(k_cache, v_cache, block_mapping):
+    """In place: block dst := block src for every (src, dst) row of block_mapping [M, 2]."""
+    src, dst = block_mapping[:, 0], block_mapping[:, 1]
+    k_cache[dst] = k_cache[src]
+    v_cache[dst] = v_cache[src]
+
+
+def tree_ancestor_mask(parents):
+    """[n, n] bool: mask[i, j] = node j is node i or one of its ancestors (parents within a tree)."""
+    n = parents.shape[0]
+    mask = torch.eye(n, dtype=torch.bool, device=parents.device)
+    for i in range(n):
+        p = int(parents[i])
+        if p >= 0:
+            mask[i] |= mask[p]
+    return mask
+
+
+def tree_attention(q, k, v, parents, cu_nodes=None, k_cache=None, v_cache=None, block_tables=None, prefix_lens=None, scale=None):
+    """Each node attends to its tree's paged prefix, its ancestors and itself. -> (out, lse)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if cu_nodes is None:
+        cu_nodes = torch.tensor([0, q.shape[0]])
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:2], -math.inf, dtype=torch.float32, device=q.device)
+    for t in range(cu_nodes.shape[0] - 1):
+        a, b = int(cu_nodes[t]), int(cu_nodes[t + 1])
+        if b == a:
+            continue
+        kk, vv, mask = k[a:b], v[a:b], tree_ancestor_mask(parents[a:b])
+        if k_cache is not None:
+            P = int(prefix_lens[t])
+            kk = torch.cat([gather_kv(k_cache, block_tables[t], P).to(k.dtype), kk])
+            vv = torch.cat([gather_kv(v_cache, block_tables[t], P).to(v.dtype), vv])
+            mask = torch.cat([torch.ones(b - a, P, dtype=torch.bool, device=q.device), mask], dim=1)
+        out[a:b], lse[a:b] = _dense_attention(q[a:b], kk, vv, mask, scale)
+    return out.to(q.dtype), lse

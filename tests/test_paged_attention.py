@@ -1,0 +1,248 @@
+"""Paged KV cache ops against the reference (attention on the gathered, contiguous KV): shuffled
+block tables, lengths across block boundaries, decode / prefill / chunked prefill, GQA, lse, the
+cascade merge, cache writes and copy-on-write, bad input, opcheck."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import r1kernels
+from r1kernels import reference
+from r1kernels._library import has_cpp_kernel
+
+DTYPES = [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 2e-2, 2e-2), (torch.float16, 3e-3, 3e-3)]
+
+
+def make_cache(seq_lens, block_size, hkv, d, dtype, extra_blocks=3, max_blocks=None):
+    """Random caches (unused blocks hold noise too) and a shuffled, non-contiguous block table."""
+    need = [(n + block_size - 1) // block_size for n in seq_lens]
+    nb = sum(need) + extra_blocks
+    max_blocks = max(max(need, default=0), 1) if max_blocks is None else max_blocks
+    k_cache = torch.randn(nb, block_size, hkv, d).to(dtype)
+    v_cache = torch.randn(nb, block_size, hkv, d).to(dtype)
+    perm = torch.randperm(nb).to(torch.int32)
+    table = torch.full((len(seq_lens), max_blocks), -1, dtype=torch.int32)  # -1 past each sequence's blocks
+    i = 0
+    for s, n in enumerate(need):
+        table[s, :n] = perm[i : i + n]
+        i += n
+    return k_cache, v_cache, table, torch.tensor(seq_lens, dtype=torch.int32)
+
+
+def cu(lens):
+    return torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32)
+
+
+def check_close(out, ref, dtype, atol, rtol):
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (3, 3, 20), (8, 1, 64)])
+def test_decode(dtype, atol, rtol, hq, hkv, d):
+    seq_lens = [1, 16, 17, 37, 5, 64]
+    kc, vc, table, sl = make_cache(seq_lens, 16, hkv, d, dtype)
+    q = torch.randn(len(seq_lens), hq, d).to(dtype)
+    cq = cu([1] * len(seq_lens))
+    out, lse = r1kernels.paged_attention(q, kc, vc, table, sl, cq, return_lse=True)
+    ref, ref_lse = reference.paged_attention(q, kc, vc, table, sl, cq)
+    check_close(out, ref, dtype, atol, rtol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("block_size", [16, 5])
+def test_prefill_and_chunked_prefill(dtype, atol, rtol, causal, block_size):
+    seq_lens = [int(x) for x in torch.randint(1, 70, (5,))] + [1, 33]
+    q_lens = [int(torch.randint(1, n + 1, ())) for n in seq_lens]
+    q_lens[0] = seq_lens[0]  # a whole prefill
+    hq, hkv, d = 6, 2, 32
+    kc, vc, table, sl = make_cache(seq_lens, block_size, hkv, d, dtype, max_blocks=20)
+    q = torch.randn(sum(q_lens), hq, d).to(dtype)
+    cq = cu(q_lens)
+    scale = 0.3
+    out, lse = r1kernels.paged_attention(q, kc, vc, table, sl, cq, scale=scale, causal=causal, return_lse=True)
+    ref, ref_lse = reference.paged_attention(q, kc, vc, table, sl, cq, scale, causal)
+    check_close(out, ref, dtype, atol, rtol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+
+
+def test_reference_matches_sdpa_on_contiguous_kv():
+    # the oracle itself against torch's attention: one sequence, cache in table order
+    L, ql, hq, hkv, d, bs = 45, 7, 4, 2, 16, 8
+    kc, vc, table, sl = make_cache([L], bs, hkv, d, torch.float32)
+    q = torch.randn(ql, hq, d)
+    out, _ = reference.paged_attention(q, kc, vc, table, sl, cu([ql]))
+    k = kc[table[0].long()].reshape(-1, hkv, d)[:L].repeat_interleave(hq // hkv, 1)
+    v = vc[table[0].long()].reshape(-1, hkv, d)[:L].repeat_interleave(hq // hkv, 1)
+    mask = torch.arange(L).unsqueeze(0) <= (L - ql + torch.arange(ql)).unsqueeze(1)
+    sdpa = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
+    torch.testing.assert_close(out, sdpa.transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES[:1])
+def test_empty_sequences(dtype, atol, rtol):
+    # a sequence with no kv tokens (causal=False, rows present) gives out 0 and lse -inf; a sequence
+    # with no query rows is skipped
+    kc, vc, table, sl = make_cache([0, 9, 0], 4, 1, 8, dtype)
+    q = torch.randn(5, 2, 8).to(dtype)
+    cq = cu([2, 3, 0])
+    out, lse = r1kernels.paged_attention(q, kc, vc, table, sl, cq, causal=False, return_lse=True)
+    assert torch.equal(out[:2], torch.zeros_like(out[:2]))
+    assert torch.isneginf(lse[:2]).all()
+    ref, ref_lse = reference.paged_attention(q, kc, vc, table, sl, cq, None, False)
+    check_close(out, ref, dtype, atol, rtol)
+    torch.testing.assert_close(lse, ref_lse)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_cascade_merge_equals_full_attention(dtype, atol, rtol):
+    """G samples share a prompt's leading blocks: prefix attention once for the group (causal=False,
+    all the group's rows as one sequence), suffix per sample, merged = attention over the union."""
+    bs, hq, hkv, d, G = 8, 4, 2, 16, 4
+    prefix_blocks = 3
+    P = prefix_blocks * bs
+    suffix = [int(x) for x in torch.randint(1, 20, (G,))]
+    q_lens = [int(torch.randint(1, n + 1, ())) for n in suffix]
+    kc, vc, table, sl = make_cache([P + n for n in suffix], bs, hkv, d, dtype, max_blocks=8)
+    table[:, :prefix_blocks] = table[0, :prefix_blocks]  # the shared prompt blocks
+    q = torch.randn(sum(q_lens), hq, d).to(dtype)
+    cq = cu(q_lens)
+    full, full_lse = reference.paged_attention(q, kc, vc, table, sl, cq)
+    out_p, lse_p = r1kernels.paged_attention(q, kc, vc, table[:1], torch.tensor([P], dtype=torch.int32), cu([sum(q_lens)]), causal=False, return_lse=True)
+    out_s, lse_s = r1kernels.paged_attention(q, kc, vc, table[:, prefix_blocks:].contiguous(), sl - P, cq, return_lse=True)
+    out, lse = r1kernels.merge_attention_states(out_p, lse_p, out_s, lse_s)
+    check_close(out, full, dtype, 2 * atol, 2 * rtol)
+    torch.testing.assert_close(lse, full_lse, atol=1e-4, rtol=1e-4)
+
+
+def test_merge_handles_neg_inf():
+    n, h, d = 6, 3, 8
+    oa, ob = torch.randn(n, h, d), torch.randn(n, h, d)
+    la, lb = torch.randn(n, h), torch.randn(n, h)
+    la[0] = -math.inf
+    lb[1] = -math.inf
+    la[2] = lb[2] = -math.inf
+    out, lse = r1kernels.merge_attention_states(oa, la, ob, lb)
+    ref, ref_lse = reference.merge_attention_states(oa, la, ob, lb)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse, ref_lse)
+    torch.testing.assert_close(out[0], ob[0])
+    torch.testing.assert_close(out[1], oa[1])
+    assert torch.equal(out[2], torch.zeros_like(out[2])) and torch.isneginf(lse[2]).all()
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_reshape_and_cache_skips_padding(dtype, atol, rtol):
+    nb, bs, hkv, d, n = 7, 4, 2, 8, 11
+    kc, vc = torch.randn(nb, bs, hkv, d).to(dtype), torch.randn(nb, bs, hkv, d).to(dtype)
+    slots = torch.randperm(nb * bs)[:n]
+    slots[[2, 5]] = -1
+    key, value = torch.randn(n, hkv, d).to(dtype), torch.randn(n, hkv, d).to(dtype)
+    rk, rv = kc.clone(), vc.clone()
+    reference.reshape_and_cache(key, value, rk, rv, slots)
+    r1kernels.reshape_and_cache(key, value, kc, vc, slots)
+    assert torch.equal(kc, rk) and torch.equal(vc, rv)
+    keep = slots >= 0
+    assert torch.equal(kc.view(-1, hkv, d)[slots[keep]], key[keep])
+    untouched = torch.ones(nb * bs, dtype=torch.bool)
+    untouched[slots[keep]] = False
+    assert torch.equal(kc.view(-1, hkv, d)[untouched], rk.view(-1, hkv, d)[untouched])
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_copy_blocks_then_attention_unchanged(dtype, atol, rtol):
+    seq_lens = [13, 21]
+    kc, vc, table, sl = make_cache(seq_lens, 8, 2, 16, dtype, extra_blocks=4)
+    used = set(table[table >= 0].tolist())
+    free = [b for b in range(kc.shape[0]) if b not in used]
+    q = torch.randn(2, 4, 16).to(dtype)
+    before = r1kernels.paged_attention(q, kc, vc, table, sl, cu([1, 1]))
+    mapping = torch.tensor([[int(table[0, 1]), free[0]], [int(table[1, 2]), free[1]], [int(table[1, 0]), free[2]]])
+    rk, rv = kc.clone(), vc.clone()
+    reference.copy_blocks(rk, rv, mapping)
+    r1kernels.copy_blocks(kc, vc, mapping)
+    assert torch.equal(kc, rk) and torch.equal(vc, rv)
+    table2 = table.clone()
+    table2[0, 1], table2[1, 2], table2[1, 0] = free[0], free[1], free[2]
+    after = r1kernels.paged_attention(q, kc, vc, table2, sl, cu([1, 1]))
+    assert torch.equal(before, after)
+
+
+def _args(dtype=torch.float32):
+    kc, vc, table, sl = make_cache([5, 9], 4, 2, 8, dtype)
+    return torch.randn(3, 4, 8).to(dtype), kc, vc, table, sl, cu([1, 2])
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: a.update(q=a["q"][0]), "q must be a 3-D"),
+        (lambda a: a.update(q=a["q"].double()), "q must have the cache's dtype"),
+        (lambda a: a.update(q=torch.randn(3, 3, 8)), "multiple of k_cache's kv heads"),
+        (lambda a: a.update(q=torch.randn(3, 4, 6)), "head_dim"),
+        (lambda a: a.update(v_cache=a["v_cache"][:-1]), "v_cache must match k_cache"),
+        (lambda a: a.update(k_cache=a["k_cache"].int(), v_cache=a["v_cache"].int()), "k_cache must be float32"),
+        (lambda a: a.update(block_tables=a["block_tables"].long()), "block_tables must be int32"),
+        (lambda a: a.update(seq_lens=a["seq_lens"].long()), "seq_lens must be"),
+        (lambda a: a.update(seq_lens=torch.tensor([5, 13], dtype=torch.int32)), "seq_lens must be in"),
+        (lambda a: a.update(seq_lens=torch.tensor([5], dtype=torch.int32)), "seq_lens must have 2"),
+        (lambda a: a["block_tables"].__setitem__((1, 0), 99), "block ids outside"),
+        (lambda a: a["block_tables"].__setitem__((0, 1), -1), "block ids outside"),
+        (lambda a: a.update(cu_seqlens_q=torch.tensor([0, 2, 1], dtype=torch.int32)), "cu_seqlens_q must start at 0"),
+        (lambda a: a.update(cu_seqlens_q=torch.tensor([0, 1, 2], dtype=torch.int32)), "cu_seqlens_q must start at 0"),
+        (lambda a: a.update(seq_lens=torch.tensor([0, 9], dtype=torch.int32)), "seq_lens must be >= each sequence's query count"),
+    ],
+)
+def test_paged_attention_bad_input(mutate, match):
+    q, kc, vc, table, sl, cq = _args()
+    a = dict(q=q, k_cache=kc, v_cache=vc, block_tables=table, seq_lens=sl, cu_seqlens_q=cq)
+    mutate(a)
+    with pytest.raises(ValueError, match=match):
+        r1kernels.paged_attention(**a)
+
+
+def test_cache_ops_bad_input():
+    kc, vc = torch.randn(4, 2, 1, 8), torch.randn(4, 2, 1, 8)
+    key = torch.randn(3, 1, 8)
+    with pytest.raises(ValueError, match="slot_mapping entries"):
+        r1kernels.reshape_and_cache(key, key, kc, vc, torch.tensor([0, 8, -1]))
+    with pytest.raises(ValueError, match="slot_mapping entries"):
+        r1kernels.reshape_and_cache(key, key, kc, vc, torch.tensor([0, -2, 1]))
+    with pytest.raises(ValueError, match="slot_mapping must be"):
+        r1kernels.reshape_and_cache(key, key, kc, vc, torch.tensor([0, 1, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match="key must be"):
+        r1kernels.reshape_and_cache(torch.randn(3, 2, 8), key, kc, vc, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="k_cache must be contiguous"):
+        r1kernels.reshape_and_cache(key, key, kc.transpose(0, 1), vc.transpose(0, 1), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="block_mapping ids"):
+        r1kernels.copy_blocks(kc, vc, torch.tensor([[0, 4]]))
+    with pytest.raises(ValueError, match="destinations must be distinct"):
+        r1kernels.copy_blocks(kc, vc, torch.tensor([[0, 1], [2, 1]]))
+    with pytest.raises(ValueError, match="destinations must be distinct"):
+        r1kernels.copy_blocks(kc, vc, torch.tensor([[0, 1], [1, 2]]))
+    with pytest.raises(ValueError, match=r"block_mapping must be an int64 tensor \[M, 2\]"):
+        r1kernels.copy_blocks(kc, vc, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="lse_b must be"):
+        r1kernels.merge_attention_states(key, torch.zeros(3, 1), key, torch.zeros(3, 1, dtype=torch.float64))
+
+
+def test_opcheck():
+    q, kc, vc, table, sl, cq = _args()
+    torch.library.opcheck(torch.ops.r1kernels.paged_attention.default, (q, kc, vc, table, sl, cq, 0.5, True))
+    o, l = torch.randn(3, 4, 8), torch.randn(3, 4)
+    torch.library.opcheck(torch.ops.r1kernels.merge_attention_states.default, (o, l, o.clone(), l.clone()))
+    key = torch.randn(3, 2, 8)
+    torch.library.opcheck(torch.ops.r1kernels.reshape_and_cache.default, (key, key.clone(), kc, vc, torch.tensor([1, -1, 7])))
+    torch.library.opcheck(torch.ops.r1kernels.copy_blocks.default, (kc, vc, torch.tensor([[0, 5]])))
+
+
+def test_cpu_kernels_registered():
+    # the engine's speed on a CPU machine depends on the C++ kernels; fails where _C lacks them
+    for name in ("paged_attention", "reshape_and_cache", "copy_blocks", "merge_attention_states", "tree_attention"):
+        assert has_cpp_kernel(name, "cpu"), f"r1kernels::{name} has no C++ CPU kernel"
