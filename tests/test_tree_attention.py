@@ -1,0 +1,114 @@
+"""Tree attention against dense attention with the ancestor mask: random trees (chains, stars,
+forests), paged prefixes of random length, several trees packed, GQA; a chain equals causal paged
+attention; bad parents; opcheck."""
+
+import pytest
+import torch
+
+import r1kernels
+from r1kernels import reference
+from test_paged_attention import DTYPES, cu, make_cache
+
+
+def random_parents(n, kind="random"):
+    if kind == "chain":
+        return list(range(-1, n - 1))
+    if kind == "star":
+        return [-1] + [0] * (n - 1)
+    # random forest: each node picks an earlier node, sometimes none (another root)
+    return [-1] + [int(torch.randint(-1, i, ())) if torch.rand(()) > 0.1 else -1 for i in range(1, n)]
+
+
+def make_trees(sizes, kinds=None):
+    kinds = kinds or ["random"] * len(sizes)
+    parents = sum((random_parents(n, k) for n, k in zip(sizes, kinds)), [])
+    return torch.tensor(parents, dtype=torch.int32), cu(sizes)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (2, 2, 24)])
+def test_tree_attention_with_prefix(dtype, atol, rtol, hq, hkv, d):
+    sizes = [1, 17, 9, 33]
+    parents, cu_nodes = make_trees(sizes, ["random", "chain", "star", "random"])
+    prefix_lens = [0, 1, 16, 45]
+    kc, vc, table, pl = make_cache(prefix_lens, 16, hkv, d, dtype, max_blocks=4)
+    n = sum(sizes)
+    q, k, v = torch.randn(n, hq, d).to(dtype), torch.randn(n, hkv, d).to(dtype), torch.randn(n, hkv, d).to(dtype)
+    out, lse = r1kernels.tree_attention(q, k, v, parents, cu_nodes=cu_nodes, k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=pl, return_lse=True)
+    ref, ref_lse = reference.tree_attention(q, k, v, parents, cu_nodes, kc, vc, table, pl)
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_tree_attention_no_cache_one_tree(dtype, atol, rtol):
+    n, hq, hkv, d = 40, 4, 1, 16
+    parents, _ = make_trees([n])
+    q, k, v = torch.randn(n, hq, d).to(dtype), torch.randn(n, hkv, d).to(dtype), torch.randn(n, hkv, d).to(dtype)
+    out = r1kernels.tree_attention(q, k, v, parents, scale=0.2)
+    ref, _ = reference.tree_attention(q, k, v, parents, scale=0.2)
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+
+
+def test_reference_ancestor_mask_against_dense():
+    # the oracle's mask, built independently: walk each node's parent chain
+    parents, _ = make_trees([25])
+    mask = reference.tree_ancestor_mask(parents)
+    for i in range(25):
+        anc, j = {i}, int(parents[i])
+        while j >= 0:
+            anc.add(j)
+            j = int(parents[j])
+        assert set(mask[i].nonzero().flatten().tolist()) == anc
+
+
+def test_chain_equals_causal_paged_attention():
+    """A chain after a prefix is an ordinary sequence: tree attention = causal paged attention with
+    the chain's K/V written after the prefix."""
+    P, n, hq, hkv, d, bs = 21, 12, 4, 2, 16, 8
+    kc, vc, table, pl = make_cache([P + n], bs, hkv, d, torch.float32)
+    q, k, v = torch.randn(n, hq, d), torch.randn(n, hkv, d), torch.randn(n, hkv, d)
+    slots = torch.tensor([int(table[0, p // bs]) * bs + p % bs for p in range(P, P + n)])
+    r1kernels.reshape_and_cache(k, v, kc, vc, slots)
+    paged = r1kernels.paged_attention(q, kc, vc, table, pl, cu([n]))
+    tree = r1kernels.tree_attention(q, k, v, torch.arange(-1, n - 1, dtype=torch.int32), k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=torch.tensor([P], dtype=torch.int32))
+    torch.testing.assert_close(tree, paged, atol=2e-5, rtol=2e-5)
+
+
+def _tree_args():
+    parents, cu_nodes = make_trees([3, 4])
+    kc, vc, table, pl = make_cache([5, 0], 4, 2, 8, torch.float32)
+    q, k, v = torch.randn(7, 4, 8), torch.randn(7, 2, 8), torch.randn(7, 2, 8)
+    return dict(q=q, k=k, v=v, parents=parents, cu_nodes=cu_nodes, k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=pl)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: a["parents"].__setitem__(4, 2), "parents must index a node of the same tree"),  # points into the tree before
+        (lambda a: a["parents"].__setitem__(1, 1), "parents must index"),  # itself
+        (lambda a: a["parents"].__setitem__(2, 5), "parents must index"),  # a later node
+        (lambda a: a["parents"].__setitem__(0, -2), "parents must index"),
+        (lambda a: a.update(parents=a["parents"].long()), "parents must be"),
+        (lambda a: a.update(parents=a["parents"][:-1]), "parents must have 7"),
+        (lambda a: a.update(k_cache=None), "must be given together"),
+        (lambda a: a.update(k=a["k"][:, :1].expand(7, 3, 8).contiguous(), v=a["v"][:, :1].expand(7, 3, 8).contiguous()), "multiple of k's kv heads"),
+        (lambda a: a.update(cu_nodes=torch.tensor([0, 3, 6], dtype=torch.int32)), "cu_nodes must start at 0"),
+        (lambda a: a.update(prefix_lens=torch.tensor([5, 99], dtype=torch.int32)), "prefix_lens must be in"),
+        (lambda a: a.update(v=a["v"].double()), "v must have q's dtype"),
+    ],
+)
+def test_tree_attention_bad_input(mutate, match):
+    a = _tree_args()
+    mutate(a)
+    with pytest.raises(ValueError, match=match):
+        r1kernels.tree_attention(**a)
+
+
+def test_opcheck():
+    a = _tree_args()
+    torch.library.opcheck(
+        torch.ops.r1kernels.tree_attention.default,
+        (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], a["k_cache"], a["v_cache"], a["block_tables"], a["prefix_lens"], 0.35),
+    )
+    torch.library.opcheck(torch.ops.r1kernels.tree_attention.default, (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], None, None, None, None, 0.35))
