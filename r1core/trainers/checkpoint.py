@@ -1,0 +1,185 @@
+"""Checkpoints: the model as safetensors, a JSON trainer state, and the optimizer's and RNGs'
+tensors in a second safetensors file, written atomically.
+
+    <output_dir>/checkpoint-<step>/
+        model.safetensors           weights (tied weights stored once, safetensors.torch.save_model)
+        trainer_state.json          step, data position, scheduler, optimizer hyper-parameters and
+                                    per-parameter scalars, Python/NumPy RNG, config, anything else
+        trainer_state.safetensors   optimizer moment tensors and torch RNG states
+
+Each file is written under a temporary name and moved into place with os.replace, inside a
+temporary directory that is renamed to `checkpoint-<step>` only when every file is complete: a
+process killed mid-save leaves the previous checkpoints intact and no half-written one that
+`latest_checkpoint` could pick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.json"
+TENSOR_FILE = "trainer_state.safetensors"
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _atomic_write(path: str, write) -> None:
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def rng_state() -> tuple[dict, dict]:
+    """(JSON part, tensor part) of every RNG a run draws from."""
+    py = random.getstate()
+    npst = np.random.get_state()
+    js = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+    }
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return js, tensors
+
+
+def set_rng_state(js: dict, tensors: dict) -> None:
+    v, state, gauss = js["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = js["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+
+
+def _split_optimizer(sd: dict) -> tuple[dict, dict]:
+    js = {"param_groups": sd["param_groups"], "state": {}}
+    tensors = {}
+    for idx, st in sd["state"].items():
+        entry = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                entry[k] = v
+        js["state"][str(idx)] = entry
+    return js, tensors
+
+
+def _join_optimizer(js: dict, tensors: dict) -> dict:
+    state: dict = {}
+    for idx, entry in js["state"].items():
+        state[int(idx)] = dict(entry)
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = t
+    groups = []
+    for g in js["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(output_dir: str, step: int, model: torch.nn.Module, optimizer=None, scheduler=None,
+                    state: dict | None = None, save_total_limit: int | None = None) -> str:
+    """Writes <output_dir>/checkpoint-<step> atomically and returns its path."""
+    os.makedirs(output_dir, exist_ok=True)
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp_dir = tempfile.mkdtemp(dir=output_dir, prefix=f".checkpoint-{step}.tmp-")
+    try:
+        _atomic_write(os.path.join(tmp_dir, MODEL_FILE), lambda p: save_model(unwrap(model), p))
+        rng_js, tensors = rng_state()
+        js = {"step": step, "rng": rng_js, **(state or {})}
+        if optimizer is not None:
+            opt_js, opt_tensors = _split_optimizer(optimizer.state_dict())
+            js["optimizer"] = opt_js
+            tensors.update(opt_tensors)
+        if scheduler is not None:
+            js["scheduler"] = scheduler.state_dict()
+        _atomic_write(os.path.join(tmp_dir, TENSOR_FILE), lambda p: save_file(tensors, p))
+
+        def write_json(p):
+            with open(p, "w") as f:
+                json.dump(js, f, indent=1)
+
+        _atomic_write(os.path.join(tmp_dir, STATE_FILE), write_json)
+        if os.path.exists(final):  # re-saving a step: swap, then drop the old one
+            old = final + f".old-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp_dir, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp_dir, final)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    if save_total_limit is not None:
+        for old_step, path in list_checkpoints(output_dir)[:-save_total_limit]:
+            shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints (step, path), oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    out = []
+    for name in os.listdir(output_dir):
+        m = _CKPT_RE.match(name)
+        path = os.path.join(output_dir, name)
+        if m and os.path.exists(os.path.join(path, STATE_FILE)):
+            out.append((int(m.group(1)), path))
+    return sorted(out)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def load_checkpoint(path: str, model: torch.nn.Module, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
+    """Loads weights (and optimizer, scheduler, RNG states) in place; returns the JSON state."""
+    if not os.path.exists(os.path.join(path, STATE_FILE)):
+        raise ValueError(f"resume_from_checkpoint: {path!r} is not a checkpoint (no {STATE_FILE})")
+    with open(os.path.join(path, STATE_FILE)) as f:
+        js = json.load(f)
+    missing, unexpected = load_model(unwrap(model), os.path.join(path, MODEL_FILE), strict=False)
+    if unexpected or missing:
+        raise ValueError(f"checkpoint {path!r} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    tensors = load_file(os.path.join(path, TENSOR_FILE))
+    if optimizer is not None and "optimizer" in js:
+        optimizer.load_state_dict(_join_optimizer(js["optimizer"], tensors))
+    if scheduler is not None and "scheduler" in js:
+        scheduler.load_state_dict(js["scheduler"])
+    if restore_rng:
+        set_rng_state(js["rng"], tensors)
+    return js

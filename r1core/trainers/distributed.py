@@ -1,0 +1,102 @@
+"""Several processes under torchrun: gloo on the CPU, nccl on GPUs, one process per device.
+
+The trainers stay correct with or without it: `world()` is (rank 0, size 1) when no process group
+exists. Prompts are dealt to ranks whole, so a prompt's G samples (its group) stay on one rank and
+group advantages need no communication; only token counts for the dapo normaliser, the logged
+metrics and the gradients (DDP) cross ranks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Joins the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...); False when
+    the environment names no group or the world has one process."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return True
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size)."""
+    if is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def device_for_rank() -> torch.device:
+    if torch.cuda.is_available() and is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (a copy; the input is left alone)."""
+    t = t.detach().clone()
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(t) / world()[1]
+
+
+def all_gather_object(obj) -> list:
+    if not is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """This rank's contiguous share of a global list whose length world_size divides."""
+    if len(items) % world_size:
+        raise ValueError(f"{len(items)} items cannot be dealt evenly to {world_size} processes")
+    n = len(items) // world_size
+    return items[rank * n:(rank + 1) * n]
+
+
+def wrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
+    """DDP around module when a process group exists, else the module itself."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return module
+    dev = device_for_rank()
+    kwargs = {"device_ids": [dev.index]} if dev.type == "cuda" else {}
+    # broadcast_buffers=False: rotary caches are buffers every rank computes identically
+    return torch.nn.parallel.DistributedDataParallel(module, broadcast_buffers=False, **kwargs)

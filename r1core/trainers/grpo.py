@@ -1,0 +1,420 @@
+"""GRPO (DeepSeekMath / R1-Zero) with TRL's names: G samples per prompt from `r1core.engine` on the
+live weights, rule-based rewards, group-relative advantages (`r1kernels.group_advantages`), the
+clipped token-level surrogate fused with the LM head (`r1kernels.grpo_loss`, default loss_type
+"dapo": sum over tokens / tokens in the global batch), optional k3 KL to a frozen reference model
+(beta > 0), AdamW with gradient clipping, warmup then decay, gradient accumulation; DAPO's dynamic
+sampling as an option.
+
+One round of `train_step`: generate once, then `num_iterations` optimizer steps on that batch.
+With num_iterations == 1 the old log-probs are the engine's sampling log-probs (equal to the
+policy's own forward, tested); with more they are recomputed once with `r1kernels.token_logprobs`
+before the first update. `config.max_steps` counts optimizer steps.
+
+Several processes (torchrun): each rank takes whole prompts, so a group never spans ranks; the
+dapo normaliser is the token count summed over ranks; gradients are averaged by DDP.
+
+    trainer = GRPOTrainer(model, tok, [accuracy_reward], dataset, GRPOConfig(...)); trainer.train()
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+import r1kernels
+from r1core.trainers import distributed as dist
+from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1core.trainers.grpo_config import GRPOConfig
+from r1core.trainers.metrics import MetricsLogger
+from r1core.trainers.optim import build_optimizer, build_scheduler, encode_prompt, lm_head_params
+
+
+@dataclass
+class RolloutBatch:
+    """Everything one optimisation needs, padded: prompts left-padded to P, completions
+    right-padded to C, so completion token j of every row is predicted at column P - 1 + j."""
+
+    input_ids: torch.Tensor  # [B, P + C]
+    attention_mask: torch.Tensor  # [B, P + C]
+    completion_ids: torch.Tensor  # [B, C]
+    completion_mask: torch.Tensor  # [B, C] bool: real (and not masked-out) completion tokens
+    advantages: torch.Tensor  # [B] float32
+    old_logprobs: torch.Tensor | None  # [B, C] sampling log-probs
+    ref_logprobs: torch.Tensor | None  # [B, C]
+    group_ok: torch.Tensor  # [B] bool: the sample's group has distinct rewards
+    prompt_len: int  # P
+
+    def rows(self, idx: slice) -> "RolloutBatch":
+        take = lambda t: None if t is None else t[idx]  # noqa: E731
+        return RolloutBatch(take(self.input_ids), take(self.attention_mask), take(self.completion_ids), take(self.completion_mask),
+                            take(self.advantages), take(self.old_logprobs), take(self.ref_logprobs), take(self.group_ok), self.prompt_len)
+
+
+class _PolicyLoss(torch.nn.Module):
+    """The fused GRPO loss as a module, so DDP wraps the whole forward (its gradient hooks then
+    cover the LM head used outside the base model too)."""
+
+    def __init__(self, model, config: GRPOConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(self, b: RolloutBatch, num_items):
+        cfg = self.config
+        base, weight, bias = lm_head_params(self.model)
+        P, C = b.prompt_len, b.completion_ids.shape[1]
+        position_ids = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids).last_hidden_state
+        hidden = hidden[:, P - 1:P - 1 + C]  # [B, C, H]: the states that predict the completion tokens
+        return r1kernels.grpo_loss(
+            hidden, weight, b.completion_ids, b.advantages, mask=b.completion_mask, old_logprobs=b.old_logprobs,
+            ref_logprobs=b.ref_logprobs, bias=bias, beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+            delta=cfg.delta, temperature=cfg.temperature, loss_type=cfg.loss_type,
+            importance_sampling=cfg.importance_sampling_level, num_items=num_items,
+        )
+
+
+def policy_logprobs(model, b: RolloutBatch, temperature: float) -> torch.Tensor:
+    """Log-probs [B, C] of the completion tokens under model (no gradient)."""
+    base, weight, bias = lm_head_params(model)
+    P, C = b.prompt_len, b.completion_ids.shape[1]
+    with torch.no_grad():
+        position_ids = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids).last_hidden_state
+        return r1kernels.token_logprobs(hidden[:, P - 1:P - 1 + C], weight, b.completion_ids, bias=bias, temperature=temperature)
+
+
+def _func_name(f) -> str:
+    return getattr(f, "__name__", None) or type(f).__name__
+
+
+class GRPOTrainer:
+    def __init__(self, model, tokenizer, reward_funcs, train_dataset, config: GRPOConfig | None = None, ref_model=None,
+                 engine=None, accuracy_func: int | str = 0):
+        self.config = cfg = config or GRPOConfig()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not self.reward_funcs:
+            raise ValueError("reward_funcs is empty: GRPO needs at least one reward function")
+        for i, f in enumerate(self.reward_funcs):
+            if not callable(f):
+                raise ValueError(f"reward_funcs[{i}] is not callable: {f!r}")
+        self.reward_names = [_func_name(f) for f in self.reward_funcs]
+        if cfg.reward_weights is not None and len(cfg.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"GRPOConfig.reward_weights has {len(cfg.reward_weights)} entries for {len(self.reward_funcs)} reward functions")
+        self.reward_weights = torch.tensor(cfg.reward_weights or [1.0] * len(self.reward_funcs), dtype=torch.float32)
+        self.accuracy_index = self.reward_names.index(accuracy_func) if isinstance(accuracy_func, str) else int(accuracy_func)
+
+        self.rows = list(train_dataset)
+        if not self.rows:
+            raise ValueError("train_dataset is empty")
+        if "prompt" not in self.rows[0]:
+            raise ValueError(f"train_dataset rows need a 'prompt' column (columns: {sorted(self.rows[0])})")
+        self.prompt_ids = []
+        for i, r in enumerate(self.rows):
+            if not isinstance(r["prompt"], str):
+                raise ValueError(f"train_dataset row {i}: 'prompt' must be a string, got {type(r['prompt']).__name__}")
+            ids = encode_prompt(tokenizer, r["prompt"])
+            if cfg.max_prompt_length is not None and len(ids) > cfg.max_prompt_length:
+                raise ValueError(f"train_dataset row {i}: the prompt has {len(ids)} tokens, more than max_prompt_length={cfg.max_prompt_length}")
+            self.prompt_ids.append(ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+        self.rank, self.world_size = dist.world()
+        self.device = next(model.parameters()).device
+        if cfg.beta > 0:
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+            self.ref_model.eval().requires_grad_(False)
+        else:
+            self.ref_model = None
+        if engine is None:
+            from r1core.engine import Engine
+
+            engine = Engine(model, tokenizer=tokenizer)
+        self.engine = engine
+        self.optimizer = build_optimizer(model, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.num_warmup_steps(), cfg.max_steps)
+        self.loss_module = dist.wrap_ddp(_PolicyLoss(model, cfg))
+
+        self.global_step = 0  # optimizer steps
+        self.consumed = 0  # prompts taken from the data stream (all ranks)
+        self.best_reward = -math.inf
+        self.low_reward_steps = 0
+        self.collapsed = False
+
+    # ---- data --------------------------------------------------------------------------------
+    def _prompt_index(self, k: int) -> int:
+        """Row of the k-th prompt of the stream: epochs of seeded permutations."""
+        n = len(self.rows)
+        epoch, pos = divmod(k, n)
+        if getattr(self, "_order_epoch", None) != epoch:
+            self._order = list(range(n))
+            if self.config.shuffle_dataset:
+                random.Random(self.config.seed * 7919 + epoch).shuffle(self._order)
+            self._order_epoch = epoch
+        return self._order[pos]
+
+    def _next_prompts(self) -> list[int]:
+        """This rank's share of the next prompts_per_step * world_size prompts of the stream."""
+        per = self.config.prompts_per_step
+        start = self.consumed + self.rank * per
+        self.consumed += per * self.world_size
+        return [self._prompt_index(k) for k in range(start, start + per)]
+
+    # ---- rollout and reward ------------------------------------------------------------------
+    def _sampling_params(self, seed: int):
+        from r1core.engine import SamplingParams
+
+        cfg = self.config
+        return SamplingParams(n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
+                              max_new_tokens=cfg.max_completion_length, stop=cfg.stop, seed=seed, logprobs=True)
+
+    def generate(self, idx: list[int]):
+        """G completions for each row in idx, from the live weights; per-prompt seeds derived from
+        the run's seed and the step, so a resumed run samples what an uninterrupted one would."""
+        base = (self.config.seed * 1_000_003 + self.consumed * 8191) % (2**31)
+        params = [self._sampling_params((base + j * 104_729) % (2**31)) for j in range(len(idx))]
+        outs = self.engine.generate([self.prompt_ids[i] for i in idx], params)
+        return [c for o in outs for c in o.outputs]  # B = len(idx) * G, groups contiguous
+
+    def score(self, idx: list[int], completions: list) -> torch.Tensor:
+        """Rewards [B, F] float32; None -> NaN (not scorable)."""
+        G = self.config.num_generations
+        prompts = [self.rows[i]["prompt"] for i in idx for _ in range(G)]
+        texts = [c.text for c in completions]
+        columns = {k: [self.rows[i][k] for i in idx for _ in range(G)] for k in self.rows[0] if k != "prompt"}
+        out = torch.empty(len(texts), len(self.reward_funcs), dtype=torch.float32)
+        for j, (f, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
+            try:
+                vals = f(prompts, texts, completion_ids=[c.token_ids for c in completions], **columns)
+            except Exception as e:
+                raise RuntimeError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
+            if vals is None or len(vals) != len(texts):
+                raise ValueError(f"reward function {name!r} returned {None if vals is None else len(vals)} rewards for {len(texts)} completions")
+            for i, v in enumerate(vals):
+                if v is not None and not isinstance(v, (int, float)) and not (hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1):
+                    raise ValueError(f"reward function {name!r} returned {v!r} for completion {i}: expected a number or None")
+                out[i, j] = math.nan if v is None else float(v)
+        return out
+
+    def _total_reward(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Weighted sum over functions, NaN only where no function could score the sample."""
+        weighted = rewards * self.reward_weights
+        total = torch.nansum(weighted, dim=1)
+        return torch.where(torch.isnan(rewards).all(1), torch.full_like(total, math.nan), total)
+
+    def _build_batch(self, idx, completions, advantages, zero_std) -> RolloutBatch:
+        cfg, G = self.config, self.config.num_generations
+        prompts = [self.prompt_ids[i] for i in idx for _ in range(G)]
+        P = max(len(p) for p in prompts)
+        C = max(1, max(len(c.token_ids) for c in completions))
+        B = len(completions)
+        input_ids = torch.full((B, P + C), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, P + C), dtype=torch.long)
+        cmask = torch.zeros((B, C), dtype=torch.bool)
+        old = torch.zeros((B, C), dtype=torch.float32)
+        for b, (p, c) in enumerate(zip(prompts, completions)):
+            n = len(c.token_ids)
+            input_ids[b, P - len(p):P] = torch.tensor(p)
+            input_ids[b, P:P + n] = torch.tensor(c.token_ids, dtype=torch.long)
+            attn[b, P - len(p):P + n] = 1
+            truncated = c.finish_reason == "length"
+            cmask[b, :n] = not (cfg.mask_truncated_completions and truncated)
+            if c.logprobs is not None:
+                old[b, :n] = torch.tensor(c.logprobs, dtype=torch.float32)
+        dev = self.device
+        return RolloutBatch(input_ids.to(dev), attn.to(dev), input_ids[:, P:].to(dev), cmask.to(dev), advantages.float().to(dev),
+                            old.to(dev), None, (~zero_std).repeat_interleave(G).to(dev), P)
+
+    def rollout(self) -> tuple[RolloutBatch, dict]:
+        """Prompts, G samples each, rewards, advantages; dynamic sampling refills dead groups."""
+        cfg, G = self.config, self.config.num_generations
+        need = cfg.prompts_per_step
+        kept, dead = [], []  # (prompt row, its G completions, rewards [G, F])
+        rounds, gen_time, gen_tokens = 0, 0.0, 0
+        while True:
+            idx = self._next_prompts()
+            t0 = time.perf_counter()
+            comps = self.generate(idx)
+            gen_time += time.perf_counter() - t0
+            gen_tokens += sum(len(c.token_ids) for c in comps)
+            rewards = self.score(idx, comps)  # [B, F]
+            total = self._total_reward(rewards)
+            _, gstats = r1kernels.group_advantages(total, G, scale=cfg.scale_rewards, return_stats=True)
+            for g, i in enumerate(idx):
+                item = (i, comps[g * G:(g + 1) * G], rewards[g * G:(g + 1) * G])
+                (dead if (cfg.dynamic_sampling and bool(gstats.zero_std[g])) else kept).append(item)
+            rounds += 1
+            if not cfg.dynamic_sampling or rounds >= cfg.max_dynamic_sampling_rounds:
+                break
+            # every rank must agree to go on: they draw their prompts from one shared stream
+            if int(dist.all_reduce_sum(torch.tensor([float(len(kept) < need)])).item()) == 0:
+                break
+        short = max(0, need - len(kept))
+        groups = (kept + dead[:short])[:need] if cfg.dynamic_sampling else kept
+        idx = [g[0] for g in groups]
+        comps = [c for g in groups for c in g[1]]
+        rewards = torch.cat([g[2] for g in groups])  # [B, F]
+        total = self._total_reward(rewards)
+        adv, gstats = r1kernels.group_advantages(total, G, scale=cfg.scale_rewards, return_stats=True)
+        batch = self._build_batch(idx, comps, adv, gstats.zero_std)
+        acc = rewards[:, self.accuracy_index]
+        info = {
+            "reward": torch.nanmean(total).item(),
+            "reward_std": float(torch.nan_to_num(gstats.std).mean()),
+            **{f"rewards/{n}": torch.nanmean(rewards[:, j]).item() for j, n in enumerate(self.reward_names)},
+            "accuracy": torch.nan_to_num(acc, nan=0.0).ge(1.0).float().mean().item(),
+            "unscorable": torch.isnan(total).float().mean().item(),
+            "zero_std_frac": gstats.zero_std.float().mean().item(),
+            "completion_length": sum(len(c.token_ids) for c in comps) / len(comps),
+            "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
+            "gen_seconds": gen_time,
+            "gen_tokens": gen_tokens,
+        }
+        if cfg.dynamic_sampling:
+            info.update(dynamic_sampling_rounds=rounds, dynamic_sampling_short=short)
+        return batch, info
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def optimize(self, batch: RolloutBatch) -> dict:
+        """One optimizer step over batch, in gradient_accumulation_steps micro-batches."""
+        cfg = self.config
+        count_mask = batch.completion_mask & batch.group_ok.unsqueeze(-1) if cfg.exclude_zero_std_from_normalizer else batch.completion_mask
+        num_items = dist.all_reduce_sum(count_mask.sum().float()).clamp(min=1.0)  # global tokens (dapo)
+        by_items = cfg.loss_type in ("dapo", "cispo")
+        mb = cfg.per_device_train_batch_size
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, stats_sum = 0.0, {}
+        for s in range(0, batch.completion_ids.shape[0], mb):
+            part = batch.rows(slice(s, s + mb))
+            loss, stats = self.loss_module(part, num_items.item() if by_items else None)
+            # dapo: every micro-batch and rank holds its tokens' share of one global sum, but DDP
+            # averages gradients over ranks, hence * world_size; other losses are means per micro-batch
+            scaled = loss * self.world_size if by_items else loss / cfg.gradient_accumulation_steps
+            scaled.backward()
+            loss_sum += loss.item() if by_items else loss.item() / cfg.gradient_accumulation_steps
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v.item() / cfg.gradient_accumulation_steps
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        if hasattr(self.engine, "weights_updated"):
+            self.engine.weights_updated()
+        loss_t = torch.tensor([loss_sum])
+        loss_global = dist.all_reduce_sum(loss_t) if by_items else dist.all_reduce_mean(loss_t)
+        return {"loss": loss_global.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0], **stats_sum}
+
+    def train_step(self) -> dict:
+        """One generation round: rollout, reward, advantage, (old/ref log-probs), num_iterations x
+        (loss, backward, step); returns the logged metrics."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        batch, info = self.rollout()
+        if cfg.num_iterations > 1:
+            batch.old_logprobs = policy_logprobs(self.model, batch, cfg.temperature)
+        if self.ref_model is not None:
+            batch.ref_logprobs = policy_logprobs(self.ref_model, batch, cfg.temperature)
+        t1 = time.perf_counter()
+        for _ in range(cfg.num_iterations):
+            opt = self.optimize(batch)
+        info.update(opt, train_seconds=time.perf_counter() - t1, step_seconds=time.perf_counter() - t0)
+        info["tokens_per_second"] = info["gen_tokens"] / max(info["gen_seconds"], 1e-9)
+        return self._reduce_info(info)
+
+    def _reduce_info(self, info: dict) -> dict:
+        if self.world_size == 1:
+            return info
+        keys = [k for k, v in info.items() if isinstance(v, (int, float)) and k not in ("loss", "grad_norm", "lr")]
+        vals = dist.all_reduce_mean(torch.tensor([float(info[k]) for k in keys], dtype=torch.float64))
+        return {**info, **dict(zip(keys, vals.tolist()))}
+
+    def _check_collapse(self, reward: float, log: MetricsLogger) -> None:
+        cfg = self.config
+        if not math.isfinite(reward):
+            return
+        self.best_reward = max(self.best_reward, reward)
+        if self.best_reward >= 2 * cfg.collapse_threshold and reward <= cfg.collapse_threshold:
+            self.low_reward_steps += 1
+        else:
+            self.low_reward_steps = 0
+        if self.low_reward_steps == cfg.collapse_patience and not self.collapsed:
+            self.collapsed = True
+            msg = (f"POLICY COLLAPSE at step {self.global_step}: mean reward {reward:.3f} for {cfg.collapse_patience} steps after "
+                   f"reaching {self.best_reward:.3f}. learning_rate={cfg.learning_rate:g} is likely too high (try 3-10x lower).")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            log.write("!" * 20 + " " + msg)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, progress: bool = True) -> list[dict]:
+        cfg = self.config
+        if resume_from_checkpoint:
+            path = latest_checkpoint(cfg.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if path is None:
+                raise ValueError(f"resume_from_checkpoint=True but {cfg.output_dir!r} holds no checkpoint")
+            self.load_state(path)
+        log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), total=cfg.max_steps, desc="grpo",
+                            initial=self.global_step, progress=progress)
+        t_start = time.perf_counter()
+        try:
+            while self.global_step < cfg.max_steps:
+                before = self.global_step
+                info = self.train_step()
+                rec = {"step": self.global_step, **info, "elapsed": time.perf_counter() - t_start}
+                if self.global_step % cfg.logging_steps == 0 or self.global_step >= cfg.max_steps:
+                    log.log(rec, postfix={k: rec[k] for k in ("reward", "accuracy", "completion_length")})
+                log.advance(self.global_step - before)
+                self._check_collapse(info["reward"], log)
+                if cfg.save_steps and self.global_step % cfg.save_steps == 0:
+                    self.save_state()
+                if self.collapsed and cfg.stop_on_collapse:
+                    break
+                if cfg.max_seconds is not None and rec["elapsed"] >= cfg.max_seconds:
+                    break
+        finally:
+            log.close()
+        return log.records
+
+    def _state(self) -> dict:
+        return {"global_step": self.global_step, "consumed": self.consumed, "best_reward": self.best_reward if math.isfinite(self.best_reward) else None,
+                "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed, "config": self.config.to_dict(),
+                "world_size": self.world_size}
+
+    def save_state(self) -> str | None:
+        """A checkpoint of everything a resumed run needs, written by the main process."""
+        path = None
+        if dist.is_main():
+            path = save_checkpoint(self.config.output_dir, self.global_step, self.model, self.optimizer, self.scheduler,
+                                   self._state(), self.config.save_total_limit)
+        dist.barrier()
+        return path
+
+    def load_state(self, path: str) -> None:
+        js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        if js.get("world_size", 1) != self.world_size:
+            raise ValueError(f"checkpoint {path!r} was written by {js.get('world_size')} processes; this run has {self.world_size}")
+        self.global_step = js["global_step"]
+        self.consumed = js["consumed"]
+        self.best_reward = -math.inf if js["best_reward"] is None else js["best_reward"]
+        self.low_reward_steps = js["low_reward_steps"]
+        self.collapsed = js["collapsed"]
+        if hasattr(self.engine, "weights_updated"):
+            self.engine.weights_updated()
+
+    def save_model(self, path: str) -> None:
+        from safetensors.torch import save_model
+
+        if dist.is_main():
+            os.makedirs(path, exist_ok=True)
+            save_model(self.model, os.path.join(path, "model.safetensors"))
+            self.model.config.to_json_file(os.path.join(path, "config.json"))
+            self.tokenizer.save_pretrained(path)

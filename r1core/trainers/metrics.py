@@ -1,0 +1,107 @@
+"""Training metrics: one JSON object per logged step in `metrics.jsonl`, a tqdm progress bar on
+the terminal, and PNG plots (one panel per metric against the step) at the end.
+
+Only the main process writes (`enabled=False` elsewhere). Lines are flushed as they are written,
+so a killed run keeps every step it logged; a resumed run appends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from tqdm.auto import tqdm
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN; a missing value plots as a gap
+    return v
+
+
+class MetricsLogger:
+    def __init__(self, output_dir: str, *, enabled: bool = True, filename: str = "metrics.jsonl",
+                 total: int | None = None, desc: str = "train", initial: int = 0, progress: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(output_dir, filename)
+        self.records: list[dict] = []
+        self._file = None
+        self._bar = None
+        if enabled:
+            os.makedirs(output_dir, exist_ok=True)
+            self.records = read_jsonl(self.path) if initial > 0 else []
+            self.records = [r for r in self.records if r.get("step", 0) <= initial]
+            mode = "a" if initial > 0 else "w"
+            if initial > 0:  # drop lines from steps after the checkpoint we resume from
+                with open(self.path, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in self.records)
+            self._file = open(self.path, mode)
+            if progress:
+                self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
+
+    def log(self, record: dict, postfix: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        rec = {k: _plain(v) for k, v in record.items()}
+        self.records.append(rec)
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+        if self._bar is not None and postfix:
+            self._bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def write(self, msg: str) -> None:
+        """Print without breaking the progress bar."""
+        if self.enabled:
+            tqdm.write(msg)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_metrics(records: list[dict], keys: list[str], path: str, title: str | None = None) -> str | None:
+    """One panel per key (those present in the records) against `step`; writes a PNG at path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(r.get(k) is not None for r in records)]
+    if not keys:
+        return None
+    cols = min(2, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

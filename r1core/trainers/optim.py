@@ -1,0 +1,50 @@
+"""AdamW with linear warmup then linear or cosine decay (to 0 at max_steps), and the prompt
+encoding every trainer shares."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (every requires_grad is False)")
+    # foreach=False: per-parameter updates are as fast for a 1M-parameter model and keep the
+    # optimizer's arithmetic identical across process counts
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=False)
+
+
+def build_scheduler(optimizer, kind: str, warmup_steps: int, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt token ids: no special tokens but a leading bos where the tokenizer defines one; the SFT
+    and GRPO trainers and the evaluation all encode prompts through here, so they agree."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ([bos] if bos is not None else []) + list(ids)
+
+
+def lm_head_params(model: torch.nn.Module):
+    """(base model, head weight [V, H], head bias [V] or None): the fused kernels take the last
+    hidden states and the head, never logits. Tied embeddings: the head's weight is the embedding
+    matrix itself, so its gradient reaches both uses."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head) to fuse the loss with")
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    return base, head.weight, getattr(head, "bias", None)
