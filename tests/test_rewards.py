@@ -126,3 +126,16 @@ def test_scratchpad_format_reward():
     bad = ["T9+6+0=15,8+9+1=18;1785", "9+6+0=15;A1785", "T9+6+0=15,,8+9=17;A1785", "T;A1785", "T9+6=;A15",
            "T9+6+0=15;A", "<think>9+6+0=15</think><answer>15</answer>", "T9+6+0=15;A15 junk"]
     assert scratchpad_format_reward(None, good + bad) == [1.0] * len(good) + [0.0] * len(bad)
+
+
+def test_language_consistency_reward():
+    from r1core.rewards import language_consistency_reward
+
+    comps = ["<think>First add the units then the tens</think><answer>5</answer>",
+             "<think>First 加 the units 然后 tens</think><answer>5</answer>",  # 4 English words of 7 (one per ideograph)
+             "<think>先加个位</think><answer>5</answer>",
+             "<think>9+6+0=15</think>", "no tags here at all"]
+    assert language_consistency_reward(None, comps) == [1.0, pytest.approx(4 / 7), 0.0, None, 1.0]
+    assert language_consistency_reward(None, comps[2:3], language="zh") == [1.0]
+    with pytest.raises(ValueError, match="language"):
+        language_consistency_reward(None, comps, language="fr")
