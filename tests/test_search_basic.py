@@ -218,3 +218,30 @@ def test_sample_and_select_budget_and_generate_contract():
         select([], token_counts=[])
     with pytest.raises(ValueError, match="scores"):
         select(["a", "b"], "best_of_n", token_counts=[1, 1], scores=[1.0])
+
+
+def test_accuracy_by_budget_on_constructed_samples():
+    from r1core.search import accuracy_by_budget
+
+    answers = [["5", "6", "5", "5"], ["7", "4", "4", "4"], ["1", "2", "3", "9"]]
+    gold = ["5", "4", "9"]
+    texts = [[f"T;A{a}" for a in row] for row in answers]
+    correct = [[a == g for a in row] for row, g in zip(answers, gold)]
+    counts = [[random.randint(1, 9) for _ in row] for row in answers]
+    rows = accuracy_by_budget(texts, counts, correct, [1, 2, 3, 4], "majority")
+    assert [r["accuracy"] for r in rows] == [pytest.approx(1 / 3), pytest.approx(1 / 3), pytest.approx(2 / 3),
+                                            pytest.approx(2 / 3)]
+    for b, r in zip([1, 2, 3, 4], rows):
+        assert r["generated_tokens"] == pytest.approx(sum(sum(c[:b]) for c in counts) / 3)
+        assert r["pass_at_k"] == pytest.approx(sum(pass_at_k(4, sum(c), b) for c in correct) / 3)
+    assert rows[-1]["pass_at_k"] == 1.0
+    # best-of-N with an exact verifier's scores picks a correct sample whenever the first b hold one
+    scores = [[float(c) for c in row] for row in correct]
+    rows = accuracy_by_budget(texts, counts, correct, [1, 2, 3, 4], "best_of_n", scores=scores)
+    assert [r["accuracy"] for r in rows] == [pytest.approx(sum(any(c[:b]) for c in correct) / 3) for b in range(1, 5)]
+    with pytest.raises(ValueError, match="budgets"):
+        accuracy_by_budget(texts, counts, correct, [5])
+    with pytest.raises(ValueError, match="correct"):
+        accuracy_by_budget(texts, counts, correct[:2], [1])
+    with pytest.raises(ValueError, match="method"):
+        accuracy_by_budget(texts, counts, correct, [1], "mcts")

@@ -40,7 +40,7 @@ def select(texts: Sequence[str], method: str = "majority", *, token_counts: Sequ
             raise ValueError(f"verifier: method {method!r} needs a verifier or scores")
         scores = [verifier.solution_score(prompt, t, aggregate, **(problem or {})) for t in texts]
 
-    extra: dict = {}
+    extra: dict = {"index": None}
     if method == "majority":
         i = majority_index(answers, normalize)
         groups = group_answers(answers, normalize)
@@ -52,6 +52,7 @@ def select(texts: Sequence[str], method: str = "majority", *, token_counts: Sequ
         score = None if i is None else float(scores[i])
     else:
         i, score = weighted_index(answers, scores, normalize)
+    extra["index"] = i
     candidates = [Candidate(t, a, None if scores is None else scores[j], int(n))
                   for j, (t, a, n) in enumerate(zip(texts, answers, token_counts))]
     return SearchResult(
