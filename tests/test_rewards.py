@@ -71,7 +71,8 @@ def test_countdown_reward_cases(wrap):
         "": 0.0,
     }
     comps = [wrap(c) for c in cases]
-    assert countdown_reward(None, comps, numbers=[nums] * len(cases), target=[target] * len(cases)) == list(cases.values())
+    out = countdown_reward(None, comps, numbers=[nums] * len(cases), target=[target] * len(cases))
+    assert out == list(cases.values())
 
 
 def test_countdown_rational_intermediates_and_division_by_zero():
@@ -132,7 +133,7 @@ def test_language_consistency_reward():
     from r1core.rewards import language_consistency_reward
 
     comps = ["<think>First add the units then the tens</think><answer>5</answer>",
-             "<think>First 加 the units 然后 tens</think><answer>5</answer>",  # 4 English words of 7 (one per ideograph)
+             "<think>First 加 the units 然后 tens</think><answer>5</answer>",  # 4 of 7 words (an ideograph is a word)
              "<think>先加个位</think><answer>5</answer>",
              "<think>9+6+0=15</think>", "no tags here at all"]
     assert language_consistency_reward(None, comps) == [1.0, pytest.approx(4 / 7), 0.0, None, 1.0]
