@@ -47,6 +47,7 @@ def test_extract_answer_precedence():
     assert extract_answer("\\boxed{\\frac{1}{2}} then 9") == "\\frac{1}{2}"
     assert extract_answer("no digits") is None
     assert extract_answer("x 3 y -4.5 z") == "-4.5"
+    assert extract_answer("A12") == "12" and extract_answer("After adding 5 and 7 we get 12.") == "12"
 
 
 @pytest.mark.parametrize("wrap", [lambda s: s, conv], ids=["text", "conversation"])

@@ -32,7 +32,7 @@ def tagged_answer(text: str) -> str | None:
 def scratchpad_answer(text: str) -> str | None:
     """What follows the final `A` of a scratchpad completion (`T...;A1785`, or just `A1785`)."""
     text = text.strip()
-    if text.startswith("A"):
+    if re.match(r"A(?![A-Za-z])", text):  # "A1785", not the first word of "After adding, ..."
         return text[1:].strip()
     head, sep, tail = text.rpartition(";A")
     return tail.strip() if sep else None
