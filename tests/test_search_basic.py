@@ -111,7 +111,7 @@ def test_aggregate_step_scores():
     s = [0.9, 0.5, 0.8]
     assert aggregate_step_scores(s, "last") == 0.8
     assert aggregate_step_scores(s, "min") == 0.5
-    assert aggregate_step_scores(s, "prod") == pytest.approx(0.36)
+    assert aggregate_step_scores(s, "product") == aggregate_step_scores(s, "prod") == pytest.approx(0.36)
     with pytest.raises(ValueError, match="how"):
         aggregate_step_scores(s, "mean")
     with pytest.raises(ValueError, match="scores"):

@@ -24,7 +24,7 @@ def select(texts: Sequence[str], method: str = "majority", *, token_counts: Sequ
 
     majority: the most frequent extracted answer, score = its share of the votes.
     best_of_n / weighted_best_of_n: by `scores`, or else by `verifier` (its outcome score, or its
-    step scores aggregated by `aggregate`: "last", "min" or "prod"); `problem` holds the dataset
+    step scores aggregated by `aggregate`: "last", "min" or "product"); `problem` holds the dataset
     columns the verifier reads (numbers, target, answer)."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")

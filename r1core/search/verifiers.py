@@ -22,7 +22,7 @@ from r1core.rewards.completions import extract_answer
 from r1core.rewards.countdown import countdown_answer, score_expression
 from r1core.tasks import arithmetic, countdown
 
-AGGREGATIONS = ("last", "min", "prod")
+AGGREGATIONS = ("last", "min", "product", "prod")  # "prod": numpy/torch spelling of product
 
 
 def aggregate_step_scores(scores: Sequence[float], how: str = "last") -> float:
