@@ -141,3 +141,22 @@ def test_language_consistency_reward():
     assert language_consistency_reward(None, comps[2:3], language="zh") == [1.0]
     with pytest.raises(ValueError, match="language"):
         language_consistency_reward(None, comps, language="fr")
+
+
+def test_rewards_for_task_score_gold_solutions():
+    from r1core.rewards import rewards_for_task
+    from r1core.tasks import generate
+
+    for task in ("addition", "multiplication", "countdown"):
+        for fmt in ("scratchpad", "tagged", "r1zero"):
+            rows = generate(task, "train", 4, random.randrange(1000), fmt=fmt)
+            columns = {k: [r[k] for r in rows] for k in rows[0]}
+            funcs = rewards_for_task(task, fmt)
+            assert len(funcs) == (1 if fmt == "scratchpad" else 2)
+            for f in funcs:
+                assert f(columns["prompt"], columns["solution"], **columns) == [1.0] * 4
+                assert f(columns["prompt"], ["garbage"] * 4, **columns) == [0.0] * 4
+    with pytest.raises(ValueError, match="task"):
+        rewards_for_task("chess")
+    with pytest.raises(ValueError, match="fmt"):
+        rewards_for_task("addition", "json")

@@ -9,7 +9,25 @@ from .countdown import countdown_reward, score_expression
 from .format import format_reward, scratchpad_format_reward
 from .language import language_consistency_reward
 
+
+
+def rewards_for_task(task: str, fmt: str = "scratchpad") -> list:
+    """The reward functions a task is trained with: its correctness reward, plus the R1-Zero format
+    reward for the tagged formats. No format reward for the scratchpad: one that also paid
+    well-formed wrong answers halved the GRPO gain on the default task (BACKGROUND.md)."""
+    from r1core.tasks import TASKS
+    from r1core.tasks.arithmetic import FORMATS
+
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt: expected one of {FORMATS}, got {fmt!r}")
+    correctness = countdown_reward if task == "countdown" else accuracy_reward
+    return [correctness] if fmt == "scratchpad" else [correctness, format_reward]
+
+
 __all__ = [
+    "rewards_for_task",
     "accuracy_reward", "countdown_reward", "format_reward", "scratchpad_format_reward", "language_consistency_reward",
     "answers_match", "completion_text", "extract_answer", "score_expression",
 ]
