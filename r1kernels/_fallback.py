@@ -93,6 +93,9 @@ def logits_grpo_loss(logits, targets, token_scale, token_adv, old_logp, ref_logp
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     loss, g = grpo_token_loss(logp, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg)
+    # rows with token_scale 0 are skipped by the C++ kernels (no GEMM work): logp and entropy 0 there
+    active = token_scale != 0
+    logp, entropy = torch.where(active, logp, 0.0), torch.where(active, entropy, 0.0)
     if not compute_grad:
         return loss, logp, entropy, logits.new_empty(0)
     gz = -logp_all.exp() * g.unsqueeze(-1)
