@@ -1,0 +1,137 @@
+"""`Scheduler`: the waiting and running queues. Each step it gives every running sequence the tokens
+it still has to compute (one for a decode; a chunk of the prompt for a prefill), admits waiting
+sequences while the token budget and the free blocks allow (continuous batching, chunked prefill),
+and when blocks run out preempts the newest running sequences by recomputation: their blocks are
+freed and they go back to the front of the waiting queue with every token they sampled, to be
+prefilled again later (the prefix cache usually gives their prompt blocks back)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from r1core.engine.block_manager import BlockManager
+from r1core.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst) blocks
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int = 256, max_num_batched_tokens: int = 2048):
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+        if max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}")
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _seats(self, seq: Sequence) -> int:
+        return seq.fork_into  # a group's prompt takes the seats of all its samples
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def schedule(self) -> ScheduledBatch:
+        bm = self.block_manager
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+
+        # 1. Running sequences, oldest first; preempt from the newest end when blocks run out.
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            k = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while bm.blocks_needed(seq, k) > bm.num_free_blocks and len(self.running) > i + 1:
+                self._preempt(self.running.pop())
+            if bm.blocks_needed(seq, k) > bm.num_free_blocks:
+                # alone and still too big for the free blocks: compute the part that fits, or wait
+                k = self._tokens_that_fit(seq, k)
+                if k == 0:
+                    if not batch.seqs:
+                        raise RuntimeError(
+                            f"the KV cache ({bm.num_blocks} blocks of {bm.block_size}) cannot hold one sequence of "
+                            f"{seq.num_tokens} tokens; give the Engine more num_blocks or memory")
+                    self._preempt(self.running.pop(i))
+                    break
+            batch.copies += bm.reserve(seq, k)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(k)
+            budget -= k
+            i += 1
+
+        # 2. Waiting sequences, while the budget, the seats and the free blocks allow.
+        seats = sum(self._seats(s) for s in self.running)
+        while self.waiting and budget > 0:
+            seq = self.waiting[0]
+            if seats + self._seats(seq) > self.max_num_seqs and self.running:
+                break
+            bm.match_prefix(seq)
+            k = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            # keep a block per sample in hand so the group can start decoding after its prefill
+            reserve = self._seats(seq) if self.running else 0
+            if bm.blocks_needed(seq, k) + reserve > bm.num_free_blocks:
+                k = self._tokens_that_fit(seq, k, reserve)
+                if k == 0:
+                    bm.free(seq)
+                    if not self.running and not batch.seqs:
+                        raise RuntimeError(
+                            f"the KV cache ({bm.num_blocks} blocks of {bm.block_size}) cannot hold one sequence of "
+                            f"{seq.num_tokens} tokens; give the Engine more num_blocks or memory")
+                    break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            seats += self._seats(seq)
+            batch.copies += bm.reserve(seq, k)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(k)
+            budget -= k
+        return batch
+
+    def _tokens_that_fit(self, seq: Sequence, k: int, reserve: int = 0) -> int:
+        """The most of the next k tokens of seq whose blocks fit in the free blocks less `reserve`."""
+        bm = self.block_manager
+        cow = bm.blocks_needed(seq, 0)  # 1 if the block of its next token is shared
+        available = bm.num_free_blocks - reserve - cow
+        if available < 0:
+            return 0
+        room = (len(seq.block_table) + available) * bm.block_size - seq.num_computed_tokens
+        return max(0, min(k, room))
+
+    def finish(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.FINISHED
+        self.block_manager.free(seq)
+        self.running.remove(seq)
+
+    def add_forked(self, parent: Sequence, children: list[Sequence]) -> None:
+        """Children forked from a running parent run right behind it."""
+        pos = self.running.index(parent) + 1
+        for child in children:
+            child.status = SequenceStatus.RUNNING
+        self.running[pos:pos] = children
