@@ -15,10 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-try:
-    from r1kernels import copy_blocks, merge_attention_states, paged_attention, reshape_and_cache
-except ImportError:  # the kernels are not in r1kernels yet
-    from r1core.engine._standin_ops import copy_blocks, merge_attention_states, paged_attention, reshape_and_cache
+from r1kernels import copy_blocks, merge_attention_states, paged_attention, reshape_and_cache
 
 ATTENTION_NAME = "r1core_paged"
 
