@@ -1,0 +1,198 @@
+"""GRPOTrainer and GRPOConfig: config validation, the step against the reference loss, old
+log-probs from the engine, gradient accumulation, dynamic sampling, bad inputs, collapse warning."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import r1kernels.reference as ref
+from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
+from r1core.rewards import accuracy_reward
+from r1core.tasks import generate
+from r1core.trainers import GRPOConfig, GRPOTrainer
+from r1core.trainers.grpo import policy_logprobs
+
+TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+
+
+def make(tmp_path, reward_funcs=None, rows=None, seed=None, **kw):
+    tok = build_tokenizer()
+    model = build_model(tok, TINY, seed=seed if seed is not None else int(torch.randint(0, 10**6, ())))
+    rows = rows if rows is not None else generate("addition", "train", 32, seed=int(torch.randint(0, 10**6, ())))
+    base = dict(num_generations=4, per_device_train_batch_size=8, max_completion_length=12, learning_rate=1e-3, max_steps=2,
+                output_dir=str(tmp_path / "out"), seed=int(torch.randint(0, 10**6, ())))
+    base.update(kw)
+    return GRPOTrainer(model, tok, reward_funcs or [accuracy_reward], rows, GRPOConfig(**base))
+
+
+def random_reward(prompts, completions, **kw):
+    g = torch.Generator().manual_seed(hash(tuple(completions)) % (2**31))
+    return torch.randint(0, 2, (len(completions),), generator=g).float().tolist()
+
+
+def length_reward(prompts, completions, completion_ids, **kw):
+    return [float(len(c)) / 12 for c in completion_ids]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_generations", 1), ("temperature", 0.0), ("top_p", 1.5), ("beta", -0.1), ("epsilon", 1.0), ("delta", 0.5),
+    ("loss_type", "ppo"), ("importance_sampling_level", "seq"), ("scale_rewards", "median"), ("learning_rate", 0.0),
+    ("max_steps", 0), ("per_device_train_batch_size", 6), ("max_prompt_length", 0), ("reward_weights", ["a"]),
+    ("max_grad_norm", -1.0), ("num_iterations", 0),
+])
+def test_config_rejects_out_of_range(field, value):
+    with pytest.raises(ValueError, match=f"GRPOConfig.{field}"):
+        GRPOConfig(**{field: value})
+
+
+def test_config_trl_defaults_and_json(tmp_path):
+    cfg = GRPOConfig(epsilon=0.25)
+    assert cfg.epsilon_high == 0.25 and cfg.loss_type == "dapo" and cfg.scale_rewards == "group"
+    assert GRPOConfig(scale_rewards=False).scale_rewards == "none"
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"num_generations": 4, "per_device_train_batch_size": 4}))
+    assert GRPOConfig.from_json(str(p)).num_generations == 4
+    with pytest.raises(ValueError, match="no field"):
+        GRPOConfig.from_dict({"num_generation": 4})
+
+
+def test_old_logprobs_from_engine_equal_trainer_forward(tmp_path):
+    tr = make(tmp_path)
+    batch, _ = tr.rollout()
+    own = policy_logprobs(tr.model, batch, tr.config.temperature)  # [B, C]
+    m = batch.completion_mask
+    assert m.any()
+    torch.testing.assert_close(batch.old_logprobs[m], own[m], atol=2e-4, rtol=1e-4)
+
+
+def test_step_matches_reference_loss_and_gradients(tmp_path):
+    tr = make(tmp_path, reward_funcs=[random_reward, length_reward], beta=0.04, loss_type="dapo", reward_weights=[1.0, 0.5])
+    batch, info = tr.rollout()
+    batch.ref_logprobs = policy_logprobs(tr.ref_model, batch, tr.config.temperature)
+    model = tr.model
+    # the reference: full logits from the model's own forward, TRL's per-token loss
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
+    P, C = batch.prompt_len, batch.completion_ids.shape[1]
+    want, _ = ref.grpo_loss_from_logits(logits[:, P - 1:P - 1 + C], batch.completion_ids, batch.advantages, batch.completion_mask,
+                                        batch.old_logprobs, batch.ref_logprobs, beta=0.04, epsilon_low=0.2, epsilon_high=0.2,
+                                        loss_type="dapo")
+    want.backward()
+    want_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss, stats = tr.loss_module(batch, batch.completion_mask.sum().float().item())
+    loss.backward()
+    torch.testing.assert_close(loss, want, atol=1e-6, rtol=1e-4)
+    for p, g in zip(model.parameters(), want_grads):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-3)
+    got = tr.optimize(batch)  # the same loss through the step (before its update)
+    assert math.isclose(got["loss"], want.item(), rel_tol=1e-4, abs_tol=1e-6)
+    assert got["kl"] >= 0 and math.isfinite(info["reward"]) and 0 <= info["zero_std_frac"] <= 1
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    for loss_type in ("dapo", "grpo"):
+        a = make(tmp_path, seed=3, per_device_train_batch_size=8, gradient_accumulation_steps=1, loss_type=loss_type, reward_funcs=[random_reward])
+        b = make(tmp_path, seed=3, per_device_train_batch_size=4, gradient_accumulation_steps=2, loss_type=loss_type, reward_funcs=[random_reward])
+        batch, _ = a.rollout()
+        grads = []
+        for tr in (a, b):
+            tr.optimizer.step = lambda: None  # keep the weights: compare the accumulated gradients
+            tr.optimize(batch)
+            grads.append([p.grad.clone() for p in tr.model.parameters()])
+        if loss_type == "grpo":  # grpo is a mean per micro-batch of sequences: equal only for equal halves
+            continue
+        for ga, gb in zip(*grads):
+            torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-4)
+
+
+def test_train_writes_metrics_and_moves_weights(tmp_path):
+    tr = make(tmp_path, reward_funcs=[random_reward], max_steps=3, num_iterations=2, warmup_steps=1)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train(progress=False)
+    assert tr.global_step == 4  # 2 rounds x 2 iterations >= max_steps 3
+    recs = [json.loads(line) for line in open(os.path.join(tr.config.output_dir, "metrics.jsonl"))]
+    assert [r["step"] for r in recs] == [2, 4]
+    for key in ("reward", "rewards/random_reward", "accuracy", "kl", "clip_low", "clip_high", "entropy", "completion_length",
+                "zero_std_frac", "tokens_per_second", "loss", "grad_norm", "lr"):
+        assert key in recs[0], key
+    assert any(not torch.equal(b, p) for b, p in zip(before, tr.model.parameters()))
+
+
+def test_dynamic_sampling_keeps_groups_with_distinct_rewards(tmp_path):
+    rows = generate("addition", "train", 40, seed=1)
+    flat = {r["prompt"] for r in rows[::2]}  # half the prompts always score 1: their groups are dead
+
+    def reward(prompts, completions, **kw):
+        return [1.0 if p in flat else float(i % 2) for i, p in enumerate(prompts)]
+
+    tr = make(tmp_path, reward_funcs=[reward], rows=rows, dynamic_sampling=True, max_dynamic_sampling_rounds=6, shuffle_dataset=False)
+    batch, info = tr.rollout()
+    assert info["dynamic_sampling_rounds"] >= 2
+    assert info["dynamic_sampling_short"] == 0
+    assert bool(batch.group_ok.all())
+    tr0 = make(tmp_path, reward_funcs=[reward], rows=rows, shuffle_dataset=False)
+    assert tr0.rollout()[1]["zero_std_frac"] == 0.5
+
+
+def test_unscorable_rewards_get_zero_advantage(tmp_path):
+    def half_none(prompts, completions, **kw):
+        return [None if i < 4 else float(i % 2) for i in range(len(completions))]
+
+    tr = make(tmp_path, reward_funcs=[half_none])
+    batch, info = tr.rollout()
+    assert torch.all(batch.advantages[:4] == 0)
+    assert info["unscorable"] == 0.5
+
+
+def test_bad_reward_functions_are_named(tmp_path):
+    def broken(prompts, completions, **kw):
+        raise KeyError("boom")
+
+    def short(prompts, completions, **kw):
+        return [1.0]
+
+    def wrong_type(prompts, completions, **kw):
+        return ["yes"] * len(completions)
+
+    for f, err, pat in ((broken, RuntimeError, "'broken' raised KeyError"), (short, ValueError, "'short' returned 1 rewards for 8"),
+                        (wrong_type, ValueError, "'wrong_type' returned 'yes'")):
+        tr = make(tmp_path, reward_funcs=[f])
+        with pytest.raises(err, match=pat):
+            tr.rollout()
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        make(tmp_path, rows=[])
+    with pytest.raises(ValueError, match="row 1: the prompt has 13 tokens, more than max_prompt_length=9"):
+        make(tmp_path, rows=[{"prompt": "123+456="}, {"prompt": "1234+4567=00"}], max_prompt_length=9)
+    with pytest.raises(ValueError, match="'prompt' column"):
+        make(tmp_path, rows=[{"question": "1+1="}])
+    with pytest.raises(ValueError, match="reward_weights has 2 entries for 1"):
+        make(tmp_path, reward_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="reward_funcs\\[0\\] is not callable"):
+        make(tmp_path, reward_funcs=["accuracy"])
+
+
+def test_collapse_detector_warns(tmp_path):
+    tr = make(tmp_path, collapse_patience=3, collapse_threshold=0.05)
+
+    class Log:
+        lines = []
+
+        def write(self, m):
+            self.lines.append(m)
+
+    log = Log()
+    with pytest.warns(RuntimeWarning, match="learning_rate=0.001 is likely too high"):
+        for r in (0.1, 0.3, 0.4, 0.01, 0.0, 0.0):
+            tr._check_collapse(r, log)
+    assert tr.collapsed and "COLLAPSE" in log.lines[0]
+    tr2 = make(tmp_path, collapse_patience=3)
+    for r in (0.0, 0.0, 0.0, 0.0, 0.0):  # never higher: no collapse, just a hard task
+        tr2._check_collapse(r, log)
+    assert not tr2.collapsed
