@@ -187,6 +187,20 @@ def test_fused_grpo_loss_without_grad(dtype, atol, rtol):
     assert gh.numel() == gw.numel() == gb.numel() == 0
 
 
+def test_fused_grpo_loss_mixed_dtypes():
+    # an fp32 hidden state with an fp64 head: the GEMMs run in the promoted dtype, and each gradient
+    # comes back in its own input's dtype, as the fallback returns them
+    N, H, V = 4, 8, 40
+    hidden, weight = torch.randn(N, H, device=DEVICE), torch.randn(V, H, dtype=torch.float64, device=DEVICE)
+    args = (hidden, weight, None, torch.randint(0, V, (N,), device=DEVICE), torch.full((N,), 0.25, device=DEVICE),
+            torch.randn(N, device=DEVICE), None, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True)
+    ours, theirs = tgl.fused_grpo_loss(*args, block_v=16, chunk_size=3), _fallback.fused_grpo_loss(*args)
+    for name, a, e in zip(("loss", "logp", "entropy", "gh", "gw", "gb"), ours, theirs):
+        assert a.dtype == e.dtype and a.shape == e.shape, name
+        if e.numel():
+            _close(a, e, 5e-5, 1e-4, name)
+
+
 def test_fused_grpo_loss_requires_ref_with_beta():
     hidden, weight, _, targets = _head(1, 2, 4, 10, torch.float32, False)
     with pytest.raises(ValueError, match="ref_logp"):

@@ -237,7 +237,7 @@ def _check_rows(logits_or_hidden, targets):
 def fused_logprobs(hidden, weight, bias, targets, temperature, *, chunk_size=None, block_v=None):
     """(logp, entropy, lse), each [N] float32, for hidden [N, H], weight [V, H]."""
     _check_rows(hidden, targets)
-    hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
+    hidden, weight, targets = *_gemm_operands(hidden, weight), targets.contiguous()
     N, V = hidden.shape[0], weight.shape[0]
     logp, entropy, lse = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(3))
     bv = _block_v(V, block_v)
@@ -266,10 +266,16 @@ def _accumulate_head_grads(dz, h, weight, grad_hidden_rows, grad_w, grad_b):
         grad_b += dz.sum(0, dtype=torch.float32)
 
 
-def _finish_head_grads(grad_w, grad_b, weight, bias, hidden):
-    gw = grad_w.to(weight.dtype)
-    gb = grad_b.to(bias.dtype) if bias is not None else hidden.new_empty(0)
-    return gw, gb
+def _finish_head_grads(grad_hidden, grad_w, grad_b, dtypes, bias):
+    gb = grad_b.to(bias.dtype) if bias is not None else grad_hidden.new_empty(0, dtype=dtypes[0])
+    return grad_hidden.to(dtypes[0]), grad_w.to(dtypes[1]), gb
+
+
+def _gemm_operands(hidden, weight):
+    """hidden and weight in one dtype for cuBLAS: the promoted one where they differ (the gradients
+    go back to each input's own dtype)."""
+    dt = torch.promote_types(hidden.dtype, weight.dtype)
+    return hidden.to(dt).contiguous(), weight.to(dt).contiguous()
 
 
 def _head_grad_buffers(hidden, weight, bias):
@@ -283,7 +289,8 @@ def fused_logprobs_backward(grad_logp, grad_entropy, hidden, weight, bias, targe
                             *, chunk_size=None, block_v=None):
     """(grad_hidden, grad_weight, grad_bias or an empty tensor) of fused_logprobs."""
     _check_rows(hidden, targets)
-    hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
+    dtypes = hidden.dtype, weight.dtype
+    hidden, weight, targets = *_gemm_operands(hidden, weight), targets.contiguous()
     N, V = hidden.shape[0], weight.shape[0]
     grad_logp = grad_logp.float().contiguous()
     grad_entropy = None if grad_entropy is None else grad_entropy.float().contiguous()
@@ -302,7 +309,7 @@ def fused_logprobs_backward(grad_logp, grad_entropy, hidden, weight, bias, targe
             HAS_BIAS=bias is not None, HAS_GRAD_ENTROPY=grad_entropy is not None, BLOCK_V=bv, num_warps=_num_warps(bv),
         )
         _accumulate_head_grads(z, h, weight, grad_hidden[start:end], grad_w, grad_b)
-    return (grad_hidden, *_finish_head_grads(grad_w, grad_b, weight, bias, hidden))
+    return _finish_head_grads(grad_hidden, grad_w, grad_b, dtypes, bias)
 
 
 def fused_grpo_loss(hidden, weight, bias, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low,
@@ -312,7 +319,8 @@ def fused_grpo_loss(hidden, weight, bias, targets, token_scale, token_adv, old_l
     are empty tensors unless compute_grad (and grad_bias also when bias is None)."""
     _check_rows(hidden, targets)
     opts = _loss_options(old_logp, ref_logp, beta, delta, loss_kind)
-    hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
+    dtypes = hidden.dtype, weight.dtype
+    hidden, weight, targets = *_gemm_operands(hidden, weight), targets.contiguous()
     N, V = hidden.shape[0], weight.shape[0]
     logp, entropy, lse, contrib = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(4))
     scale, adv = _f32(token_scale, None), _f32(token_adv, None)
@@ -338,9 +346,9 @@ def fused_grpo_loss(hidden, weight, bias, targets, token_scale, token_adv, old_l
             _accumulate_head_grads(z, h, weight, grad_hidden[start:end], grad_w, grad_b)
     loss = contrib.sum()  # a separate sum keeps the reduction deterministic (no atomics)
     if not compute_grad:
-        e = hidden.new_empty(0)
+        e = hidden.new_empty(0, dtype=dtypes[0])
         return loss, logp, entropy, e, e, e
-    return (loss, logp, entropy, grad_hidden, *_finish_head_grads(grad_w, grad_b, weight, bias, hidden))
+    return (loss, logp, entropy, *_finish_head_grads(grad_hidden, grad_w, grad_b, dtypes, bias))
 
 
 def logits_grpo_loss(logits, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta,
