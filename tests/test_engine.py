@@ -104,6 +104,24 @@ def test_fork_and_cow_keep_every_sequence_kv_intact():
             torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_cascade_decode_equals_plain_decode(arch):
+    model = tiny_model(arch)
+    prompts = random_prompts([13, 4, 21])  # 3 and 5 shared full blocks; one prompt inside a block
+    params = [SamplingParams(n=4, temperature=1.0, max_new_tokens=11, ignore_eos=True, seed=s) for s in (1, 2, 3)]
+    params[1] = SamplingParams(n=1, temperature=0, max_new_tokens=7)
+    plain = Engine(model, block_size=4, num_blocks=128, cascade=False)
+    casc = Engine(model, block_size=4, num_blocks=128, cascade=True)
+    a, b = plain.generate(prompts, params), casc.generate(prompts, params)
+    assert casc.model_runner.num_cascade_steps > 5 and plain.model_runner.num_cascade_steps == 0
+    for p, oa, ob in zip(prompts, a, b):
+        assert [c.token_ids for c in oa.outputs] == [c.token_ids for c in ob.outputs]
+        for ca, cb in zip(oa.outputs, ob.outputs):
+            torch.testing.assert_close(torch.tensor(cb.logprobs), torch.tensor(ca.logprobs), atol=1e-4, rtol=1e-4)
+            ref = full_forward_logprobs(model, p, cb.token_ids, params[prompts.index(p)].temperature)
+            torch.testing.assert_close(torch.tensor(cb.logprobs), ref, atol=2e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("num_blocks, max_tokens", [(9, 2048), (12, 5), (64, 3)])
 def test_small_budget_same_greedy_outputs(num_blocks, max_tokens):
     model = tiny_model("qwen2")

@@ -40,17 +40,20 @@ class Engine:
     num_blocks=None the cache is sized from `memory_budget_bytes`, by default 20% of the memory
     available now (MemAvailable on the CPU, free memory on a GPU). The model is used in place: each
     generate reads its current parameters; a change in them (detected from the parameters' version
-    counters, or announced with `weights_updated()`) invalidates the prefix cache."""
+    counters, or announced with `weights_updated()`) invalidates the prefix cache.
+
+    cascade: shared-prefix attention for the samples of a group in decode steps: True, False, or
+    "auto" (when it saves reading at least 256 prefix tokens in a step)."""
 
     def __init__(self, model, tokenizer=None, block_size: int = 16, num_blocks: int | None = None,
                  memory_budget_bytes: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 cache_dtype: torch.dtype | None = None):
+                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto"):
         if not getattr(model, "_supports_attention_backend", False) and not hasattr(model, "set_attn_implementation"):
             raise ValueError("model must be a transformers model whose attention goes through AttentionInterface")
         self.model = model
         self.tokenizer = tokenizer
-        self.model_runner = ModelRunner(model, block_size, num_blocks, memory_budget_bytes, cache_dtype)
+        self.model_runner = ModelRunner(model, block_size, num_blocks, memory_budget_bytes, cache_dtype, cascade)
         self.block_manager = BlockManager(self.model_runner.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.sampler = Sampler()

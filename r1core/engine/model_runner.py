@@ -32,11 +32,21 @@ def kv_geometry(config) -> tuple[int, int, int]:
     return cfg.num_hidden_layers, kv_heads, head_dim
 
 
+def _pad_tables(tables: list[list[int]], device) -> torch.Tensor:
+    width = max(1, max(map(len, tables)))
+    return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=device)  # [S, width]
+
+
 class ModelRunner:
     DEFAULT_MEMORY_FRACTION = 0.2
 
     def __init__(self, model, block_size: int, num_blocks: int | None = None, memory_budget_bytes: int | None = None,
-                 cache_dtype: torch.dtype | None = None):
+                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", cascade_min_saved_tokens: int = 256):
+        if cascade not in (True, False, "auto"):
+            raise ValueError(f"cascade must be True, False or 'auto', got {cascade!r}")
+        self.cascade = cascade
+        self.cascade_min_saved_tokens = cascade_min_saved_tokens
+        self.num_cascade_steps = 0
         self.model = model
         self.base = getattr(model, model.base_model_prefix)
         self.lm_head = model.get_output_embeddings()
@@ -70,44 +80,99 @@ class ModelRunner:
         for k_cache, v_cache in self.kv_caches:
             _copy_blocks(k_cache, v_cache, mapping)
 
-    def prepare(self, batch: ScheduledBatch, cascade: CascadeMetadata | None = None):
+    def prepare(self, batch: ScheduledBatch, cascade: bool = False):
         bs = self.block_size
         input_ids, positions, slots, last_rows = [], [], [], []
         seq_lens, cu = [], [0]
-        max_blocks = 0
         for seq, k in zip(batch.seqs, batch.num_new_tokens):
             start = seq.num_computed_tokens
             end = start + k
             table = seq.block_table
-            input_ids += seq.token_ids[start:end]
-            positions += range(start, end)
-            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            if k == 1:
+                input_ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                input_ids += seq.token_ids[start:end]
+                positions += range(start, end)
+                slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             seq_lens.append(end)
             cu.append(cu[-1] + k)
             if end == seq.num_tokens:
                 last_rows.append(cu[-1] - 1)
-            max_blocks = max(max_blocks, len(table))
-        block_tables = torch.zeros(len(batch.seqs), max_blocks, dtype=torch.int32)
-        for i, seq in enumerate(batch.seqs):
-            block_tables[i, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+        tables = [seq.block_table for seq in batch.seqs]
         dev = self.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_tables=block_tables.to(dev),
+            block_tables=_pad_tables(tables, dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
             kv_caches=self.kv_caches,
-            cascade=cascade,
+            cascade=self._cascade(batch, seq_lens) if cascade else None,
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)[None]  # [1, T]
         pos = torch.tensor(positions, dtype=torch.long, device=dev)[None]  # [1, T]
         return ids, pos, meta, last_rows
 
+    def shared_prefix_tokens(self, batch: ScheduledBatch) -> list[tuple[int, int, int]]:
+        """(first row, rows, shared full blocks) for each run of consecutive rows of one request in a
+        decode-only batch; the shared blocks are the leading blocks all its rows have in common."""
+        groups = []
+        seqs = batch.seqs
+        i = 0
+        while i < len(seqs):
+            j = i + 1
+            while j < len(seqs) and seqs[j].group is seqs[i].group:
+                j += 1
+            shared = 0
+            if j - i > 1:
+                first = seqs[i].block_table
+                # blocks wholly below every row's new token: full, never written in this step
+                limit = min(s.num_computed_tokens for s in seqs[i:j]) // self.block_size
+                while shared < limit and all(s.block_table[shared] == first[shared] for s in seqs[i + 1 : j]):
+                    shared += 1
+            groups.append((i, j - i, shared))
+            i = j
+        return groups
+
+    def _cascade(self, batch: ScheduledBatch, seq_lens: list[int]) -> CascadeMetadata:
+        bs = self.block_size
+        dev = self.device
+        groups = self.shared_prefix_tokens(batch)
+        prefix_tables, prefix_lens, prefix_cu = [], [], [0]
+        suffix_tables, suffix_lens = [], []
+        for first, rows, shared in groups:
+            prefix_tables.append(batch.seqs[first].block_table[:shared])
+            prefix_lens.append(shared * bs)
+            prefix_cu.append(prefix_cu[-1] + rows)
+            for r in range(first, first + rows):
+                suffix_tables.append(batch.seqs[r].block_table[shared:])
+                suffix_lens.append(seq_lens[r] - shared * bs)
+        return CascadeMetadata(
+            prefix_block_tables=_pad_tables(prefix_tables, dev),
+            prefix_lens=torch.tensor(prefix_lens, dtype=torch.int32, device=dev),
+            prefix_cu_seqlens_q=torch.tensor(prefix_cu, dtype=torch.int32, device=dev),
+            suffix_block_tables=_pad_tables(suffix_tables, dev),
+            suffix_lens=torch.tensor(suffix_lens, dtype=torch.int32, device=dev),
+        )
+
+    def use_cascade(self, batch: ScheduledBatch) -> bool:
+        """Shared-prefix attention for decode-only batches, when the prefix reads it saves pay for its
+        second attention call and the merge (`cascade`: True / False / "auto")."""
+        if self.cascade is False or len(batch.seqs) < 2 or batch.num_tokens != len(batch.seqs):
+            return False
+        if self.cascade is True:
+            return True
+        saved = sum((rows - 1) * shared for _, rows, shared in self.shared_prefix_tokens(batch)) * self.block_size
+        return saved >= self.cascade_min_saved_tokens
+
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """Logits [R, V] (float32) of the last token of each sequence whose tokens are now all computed."""
         if batch.copies:
             self.copy_blocks(batch.copies)
-        ids, pos, meta, last_rows = self.prepare(batch)
+        cascade = self.use_cascade(batch)
+        self.num_cascade_steps += cascade
+        ids, pos, meta, last_rows = self.prepare(batch, cascade)
         hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False, r1_attn=meta).last_hidden_state[0]  # [T, H]
         if not last_rows:
             return hidden.new_empty(0, self.lm_head.out_features, dtype=torch.float32)
