@@ -1,0 +1,137 @@
+"""Step-level search guided by a verifier: PRM beam search and diverse verifier tree search (DVTS),
+as Snell et al. 2024 (arXiv 2408.03314) and Hugging Face's search-and-learn run them.
+
+Beam search with budget N and beam width M: sample N first steps, score each partial solution
+(PRM step scores aggregated by last/min/product), keep the best N/M, extend each of them M ways
+(N candidates again), repeat. A candidate whose step ends the solution joins the finished pool and
+is not extended; the search stops when N solutions are finished, when no partial one is left, after
+`max_steps` rounds or when `max_tokens` generated tokens are spent. The answer: the finished
+solution with the best score ("best"), or the answer whose finished solutions' scores sum highest
+("weighted"), or the most frequent one ("majority").
+
+DVTS: N/M independent subtrees, each extended M ways per round and keeping only its single best
+candidate: less greedy about one early step than beam search, which spends all N on the few best.
+
+The expansions of a round go to the step generator in one `expand_batch` call (one engine batch).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+from r1core.rewards.completions import extract_answer
+
+from .result import Candidate, SearchResult
+from .scoring import Partial, Scorer
+from .step_generator import check_positive_int, expand_batch
+from .voting import Normalize, majority_index, weighted_index
+
+SELECTIONS = ("best", "weighted", "majority")
+
+
+def _check_common(budget, beam_width, max_steps, max_step_tokens, max_tokens, select) -> None:
+    check_positive_int("budget", budget)
+    check_positive_int("beam_width", beam_width)
+    check_positive_int("max_steps", max_steps)
+    check_positive_int("max_step_tokens", max_step_tokens)
+    if max_tokens is not None:
+        check_positive_int("max_tokens", max_tokens)
+    if beam_width > budget:
+        raise ValueError(f"beam_width: expected at most budget={budget} (each kept beam is extended beam_width ways), "
+                         f"got {beam_width}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select: expected one of {SELECTIONS}, got {select!r}")
+
+
+def _score(scorer: Scorer, partials: Sequence[Partial]) -> None:
+    for p in partials:
+        s = float(scorer(p.text, p.finished))
+        if math.isnan(s):
+            raise ValueError(f"scorer: returned NaN for {p.text!r}")
+        p.score = s
+
+
+def _split(n: int, parts: int) -> list[int]:
+    """n as `parts` near-equal positive counts (the first ones one larger)."""
+    q, r = divmod(n, parts)
+    return [q + (i < r) for i in range(parts)]
+
+
+def _result(method: str, finished: list[Partial], fallback: list[Partial], tokens: int, budget: int, select: str,
+            extract: Callable[[str], Any], normalize: Normalize, extra: dict) -> SearchResult:
+    pool = finished or fallback  # nothing finished: report the best partial solutions, answer None
+    answers = [extract(p.text) if p.finished else None for p in pool]
+    if select == "best" or not finished:
+        order = sorted(range(len(pool)), key=lambda i: (-(pool[i].score if pool[i].score is not None else -math.inf), i))
+        i, score = (order[0], pool[order[0]].score) if order else (None, None)
+    elif select == "weighted":
+        i, score = weighted_index(answers, [p.score for p in pool], normalize)
+        if i is None:  # no finished solution had an answer: fall back to the best-scored one
+            i = max(range(len(pool)), key=lambda j: pool[j].score)
+            score = pool[i].score
+    else:
+        i = majority_index(answers, normalize)
+        score = None
+        if i is None:
+            i = max(range(len(pool)), key=lambda j: pool[j].score)
+            score = pool[i].score
+    extra["index"] = i
+    candidates = [Candidate(p.text, a, p.score, len(p.token_ids)) for p, a in zip(pool, answers)]
+    chosen = pool[i] if i is not None else None
+    return SearchResult(answer=answers[i] if i is not None else None, text=chosen.text if chosen else None,
+                        score=score, generated_tokens=tokens, candidates=candidates, method=method, budget=budget,
+                        extra=extra)
+
+
+def beam_search(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, beam_width: int = 4,
+                max_steps: int = 40, max_step_tokens: int = 32, max_tokens: int | None = None, select: str = "best",
+                extract: Callable[[str], Any] = extract_answer, normalize: Normalize = None) -> SearchResult:
+    """PRM-guided beam search over steps (module docstring). budget: N, the candidates per round;
+    beam_width: M, the expansions of each kept beam (N/M beams are kept, at least one)."""
+    _check_common(budget, beam_width, max_steps, max_step_tokens, max_tokens, select)
+    prompt_ids = list(prompt_ids)
+    keep = max(1, budget // beam_width)
+    active, finished = [Partial()], []
+    tokens, rounds, history = 0, 0, []
+    while active and len(finished) < budget and rounds < max_steps and (max_tokens is None or tokens < max_tokens):
+        counts = _split(budget, len(active)) if rounds == 0 else [beam_width] * len(active)
+        props = expand_batch(generator, [(prompt_ids + b.token_ids, n) for b, n in zip(active, counts)], max_step_tokens)
+        candidates = [b.extend(p) for b, ps in zip(active, props) for p in ps]
+        tokens += sum(len(p.token_ids) for ps in props for p in ps)
+        _score(scorer, candidates)
+        rounds += 1
+        done = [c for c in candidates if c.finished]
+        finished += done
+        open_ = sorted((c for c in candidates if not c.finished), key=lambda c: -c.score)
+        # fewer beams as the finished pool fills, so the search ends near N finished solutions
+        active = open_[:max(0, min(keep, math.ceil((budget - len(finished)) / beam_width)))]
+        history.append({"candidate_scores": [c.score for c in candidates], "kept_scores": [b.score for b in active],
+                        "finished": len(done)})
+    extra = {"rounds": rounds, "history": history, "finished": len(finished)}
+    return _result("beam_search", finished, active, tokens, budget, select, extract, normalize, extra)
+
+
+def diverse_verifier_tree_search(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int,
+                                 beam_width: int = 4, max_steps: int = 40, max_step_tokens: int = 32,
+                                 max_tokens: int | None = None, select: str = "best",
+                                 extract: Callable[[str], Any] = extract_answer, normalize: Normalize = None) -> SearchResult:
+    """DVTS (module docstring): max(1, budget // beam_width) subtrees, each extended beam_width ways
+    per round, keeping its best candidate; a subtree ends when that candidate is finished."""
+    _check_common(budget, beam_width, max_steps, max_step_tokens, max_tokens, select)
+    prompt_ids = list(prompt_ids)
+    trees = [Partial() for _ in range(max(1, budget // beam_width))]
+    finished: list[Partial] = []
+    tokens, rounds = 0, 0
+    while trees and rounds < max_steps and (max_tokens is None or tokens < max_tokens):
+        props = expand_batch(generator, [(prompt_ids + t.token_ids, beam_width) for t in trees], max_step_tokens)
+        tokens += sum(len(p.token_ids) for ps in props for p in ps)
+        rounds += 1
+        nxt = []
+        for t, ps in zip(trees, props):
+            cands = [t.extend(p) for p in ps]
+            _score(scorer, cands)
+            best = max(cands, key=lambda c: c.score)
+            (finished if best.finished else nxt).append(best)
+        trees = nxt
+    extra = {"rounds": rounds, "subtrees": max(1, budget // beam_width), "finished": len(finished)}
+    return _result("dvts", finished, trees, tokens, budget, select, extract, normalize, extra)

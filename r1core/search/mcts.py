@@ -1,0 +1,181 @@
+"""Monte-Carlo tree search over reasoning steps (AlphaZero-style PUCT, as in rStar / ReST-MCTS*
+but without a learned value network).
+
+Each simulation:
+1. select: from the root, go to the child maximising Q + c_puct * P * sqrt(N_parent) / (1 + N_child)
+   until a leaf (not yet expanded) or a finished solution;
+2. expand: ask the step generator for `num_children` next steps; identical steps merge into one
+   child; priors P are the policy's step probabilities exp(sum log-prob), normalised over the
+   distinct children;
+3. evaluate every new child: the scorer on the partial solution (a verifier or PRM, `value="verifier"`)
+   or the mean outcome score of `num_rollouts` rollouts to the end of the solution (`value="rollout"`);
+   a finished child is scored as a finished solution;
+4. back up: each new child starts with N=1, W=its value; the leaf and its ancestors get one visit
+   and the mean value of the new children.
+Subtrees whose every leaf is a finished solution are marked exhausted and never selected again
+(each node is expanded once, so nothing new can appear there); the search also ends when the root
+is exhausted. The budget is the number of simulations
+(`budget`) and, optionally, generated tokens (`max_tokens`); with `stop_score` the search ends as
+soon as a finished solution scores at least that (e.g. 1.0 under an exact verifier).
+
+The answer: the finished solution with the highest score (ties: more visits); with none finished,
+the most visited path is completed by one rollout.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from r1core.rewards.completions import extract_answer
+
+from .result import Candidate, SearchResult
+from .scoring import Partial, Scorer
+from .step_generator import check_positive_int
+
+VALUES = ("verifier", "rollout")
+
+
+@dataclass(eq=False)
+class Node:
+    partial: Partial
+    prior: float = 1.0
+    parent: "Node | None" = None
+    children: list["Node"] = field(default_factory=list)
+    visits: int = 0
+    value_sum: float = 0.0
+    expanded: bool = False
+    exhausted: bool = False  # a finished solution, or every child exhausted: nothing left to find below
+
+    @property
+    def q(self) -> float:
+        return self.value_sum / self.visits if self.visits else 0.0
+
+    @property
+    def depth(self) -> int:
+        return len(self.partial.steps)
+
+
+def puct_select(node: Node, c_puct: float) -> Node:
+    """The child with the largest PUCT score (first on ties), among those not exhausted."""
+    sqrt_n = math.sqrt(max(1, node.visits))
+    open_ = [ch for ch in node.children if not ch.exhausted] or node.children
+    return max(open_, key=lambda ch: ch.q + c_puct * ch.prior * sqrt_n / (1 + ch.visits))
+
+
+def _mark_exhausted(node: Node | None) -> None:
+    while node is not None and node.expanded and all(ch.exhausted for ch in node.children):
+        node.exhausted = True
+        node = node.parent
+
+
+def _priors(logprobs: Sequence[float]) -> list[float]:
+    m = max(logprobs)
+    w = [math.exp(lp - m) for lp in logprobs]
+    s = sum(w)
+    return [x / s for x in w]
+
+
+def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_children: int = 4,
+         c_puct: float = 1.0, value: str = "verifier", outcome_scorer: Scorer | None = None, num_rollouts: int = 1,
+         max_depth: int = 40, max_step_tokens: int = 32, max_rollout_tokens: int = 256, max_tokens: int | None = None,
+         stop_score: float | None = None, extract: Callable[[str], Any] = extract_answer) -> SearchResult:
+    """MCTS over steps (module docstring). scorer(text, finished) values partial and finished
+    solutions; outcome_scorer (default: scorer) scores the end of a rollout."""
+    check_positive_int("budget", budget)
+    check_positive_int("num_children", num_children)
+    check_positive_int("num_rollouts", num_rollouts)
+    check_positive_int("max_depth", max_depth)
+    check_positive_int("max_step_tokens", max_step_tokens)
+    check_positive_int("max_rollout_tokens", max_rollout_tokens)
+    if max_tokens is not None:
+        check_positive_int("max_tokens", max_tokens)
+    if value not in VALUES:
+        raise ValueError(f"value: expected one of {VALUES}, got {value!r}")
+    if isinstance(c_puct, bool) or not isinstance(c_puct, (int, float)) or not c_puct >= 0:
+        raise ValueError(f"c_puct: expected a number >= 0, got {c_puct!r}")
+    outcome_scorer = outcome_scorer or scorer
+    prompt_ids = list(prompt_ids)
+    root = Node(Partial())
+    finished: list[Node] = []
+    tokens, sims, expansions = 0, 0, 0
+
+    def evaluate(child: Node) -> float:
+        nonlocal tokens
+        p = child.partial
+        if p.finished:
+            p.score = float(outcome_scorer(p.text, True))
+            return p.score
+        p.score = float(scorer(p.text, False))
+        if value == "verifier":
+            return p.score
+        outs = generator.rollout(prompt_ids + p.token_ids, num_rollouts, max_rollout_tokens)
+        tokens += sum(len(o.token_ids) for o in outs)
+        return sum(float(outcome_scorer(p.text + o.text, True)) for o in outs) / len(outs)
+
+    solved = False
+    while sims < budget and not solved and not root.exhausted and (max_tokens is None or tokens < max_tokens):
+        sims += 1
+        node = root
+        while node.expanded and node.children and not node.partial.finished:
+            node = puct_select(node, c_puct)
+        if node.partial.finished or node.depth >= max_depth or (node.expanded and not node.children):
+            v = node.partial.score if node.partial.finished else node.q
+            _backup(node, v)
+            node.exhausted = True  # a leaf that cannot grow: count the visit, then never select it again
+            _mark_exhausted(node.parent)
+            continue
+        props = generator.expand(prompt_ids + node.partial.token_ids, num_children, max_step_tokens)
+        tokens += sum(len(p.token_ids) for p in props)
+        expansions += 1
+        node.expanded = True
+        distinct: dict[tuple[int, ...], Any] = {}
+        for p in props:
+            distinct.setdefault(tuple(p.token_ids), p)
+        kids = list(distinct.values())
+        if not kids:
+            _mark_exhausted(node)
+            continue
+        for p, prior in zip(kids, _priors([p.logprob for p in kids])):
+            node.children.append(Node(node.partial.extend(p), prior, node))
+        values = []
+        for ch in node.children:
+            v = evaluate(ch)
+            ch.visits, ch.value_sum = 1, v
+            values.append(v)
+            if ch.partial.finished:
+                ch.exhausted = True
+                finished.append(ch)
+                if stop_score is not None and ch.partial.score >= stop_score:
+                    solved = True
+        _backup(node, sum(values) / len(values))
+        _mark_exhausted(node)
+
+    extra = {"simulations": sims, "expansions": expansions, "solved": solved, "finished": len(finished),
+             "tree_size": _size(root)}
+    if finished:
+        best = max(finished, key=lambda n: (n.partial.score, n.visits))
+        chosen = best.partial
+    else:  # nothing finished within the budget: complete the most visited path once
+        node = root
+        while node.children:
+            node = max(node.children, key=lambda ch: (ch.visits, ch.q))
+        outs = generator.rollout(prompt_ids + node.partial.token_ids, 1, max_rollout_tokens)
+        tokens += sum(len(o.token_ids) for o in outs)
+        chosen = node.partial.extend(outs[0])
+        chosen.score = float(outcome_scorer(chosen.text, True))
+    candidates = [Candidate(n.partial.text, extract(n.partial.text), n.partial.score, len(n.partial.token_ids))
+                  for n in finished]
+    return SearchResult(answer=extract(chosen.text), text=chosen.text, score=chosen.score, generated_tokens=tokens,
+                        candidates=candidates, method="mcts", budget=budget, extra=extra)
+
+
+def _backup(node: Node | None, v: float) -> None:
+    while node is not None:
+        node.visits += 1
+        node.value_sum += v
+        node = node.parent
+
+
+def _size(node: Node) -> int:
+    return 1 + sum(_size(c) for c in node.children)

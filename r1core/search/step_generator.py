@@ -1,0 +1,137 @@
+"""Step generators: how step-wise searches (beam search, diverse verifier tree search, MCTS) ask a
+policy for the next reasoning step.
+
+A step is the text up to and including a step delimiter: a blank line for free-form reasoning,
+"," for the scratchpad tasks (`T9+6+0=15,` `8+9+1=18,` `9+7+1=17;A1785</s>`: the last step runs
+to the end of the solution). The protocol:
+
+    expand(prefix_ids, n, max_step_tokens) -> n StepProposals (token ids, text, sum log-prob, finished)
+    rollout(prefix_ids, n, max_tokens)     -> n StepProposals that run to the end of the solution
+
+`EngineStepGenerator` asks `r1core.engine.Engine` for n samples of the prefix with the delimiter as
+a stop string: the engine prefills the prefix once and forks its KV into the n children, and the
+prefix cache serves the full blocks of a prefix seen in an earlier call (a parent's prefix when its
+children are expanded), so a search pays for each new step's tokens, not for its whole history.
+`expand_batch` runs the expansions of many nodes in one engine call (one round of beam search).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@dataclass
+class StepProposal:
+    """One sampled step (or, from `rollout`, the rest of a solution).
+
+    token_ids: the step's tokens, delimiter included; text: their decoded text; logprob: the sum of
+    the policy's log-probs of those tokens (at the sampling temperature); finished: the solution
+    ends with this step (end of sequence, or the step ran out of tokens without a delimiter)."""
+    token_ids: list[int]
+    text: str
+    logprob: float
+    finished: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@runtime_checkable
+class StepGenerator(Protocol):
+    def expand(self, prefix_ids: Sequence[int], n: int, max_step_tokens: int) -> list[StepProposal]: ...
+
+    def rollout(self, prefix_ids: Sequence[int], n: int, max_tokens: int) -> list[StepProposal]: ...
+
+
+def expand_batch(generator, requests: Sequence[tuple[Sequence[int], int]], max_step_tokens: int) -> list[list[StepProposal]]:
+    """`generator.expand` for every (prefix_ids, n) request, in one call where the generator has an
+    `expand_batch` of its own."""
+    if hasattr(generator, "expand_batch"):
+        return generator.expand_batch(requests, max_step_tokens)
+    return [generator.expand(p, n, max_step_tokens) for p, n in requests]
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return value
+
+
+class EngineStepGenerator:
+    """Steps sampled by an `Engine` with `delimiter` as the stop string.
+
+    temperature, top_p: the sampling distribution of the steps (the log-probs reported are those of
+    the temperature-scaled distribution, as the engine reports them); seed: each call draws from
+    seed + a call counter, so a search is reproducible and two calls never repeat each other."""
+
+    def __init__(self, engine, delimiter: str = "\n\n", *, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int = 0):
+        if engine.tokenizer is None:
+            raise ValueError("engine: expected an Engine built with a tokenizer (steps end at a stop string)")
+        if not isinstance(delimiter, str) or not delimiter:
+            raise ValueError(f"delimiter: expected a non-empty string, got {delimiter!r}")
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.delimiter = delimiter
+        self.temperature = float(temperature)
+        self.top_p = top_p
+        self.seed = seed
+        self._calls = 0
+        self.generated_tokens = 0  # every token this generator produced, for budget accounting
+
+    def _params(self, n: int, max_new_tokens: int, stop):
+        from r1core.engine import SamplingParams
+
+        self._calls += 1
+        return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=max_new_tokens,
+                              stop=stop, seed=self.seed * 1_000_003 + self._calls, logprobs=True)
+
+    def _proposal(self, out, eos: set[int]) -> StepProposal:
+        ids = list(out.token_ids)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        lp = float(sum(out.logprobs or []))
+        at_delimiter = out.finish_reason == "stop" and not (ids and ids[-1] in eos) and text.endswith(self.delimiter)
+        self.generated_tokens += len(ids)
+        return StepProposal(ids, text, lp, finished=not at_delimiter)
+
+    def _eos(self) -> set[int]:
+        return self.engine.stop_checker.eos_token_ids
+
+    def expand_batch(self, requests: Sequence[tuple[Sequence[int], int]], max_step_tokens: int) -> list[list[StepProposal]]:
+        check_positive_int("max_step_tokens", max_step_tokens)
+        if not requests:
+            return []
+        prompts, params = [], []
+        for i, (prefix, n) in enumerate(requests):
+            check_positive_int(f"requests[{i}] n", n)
+            prompts.append(list(prefix))
+            params.append(self._params(n, self._room(prefix, max_step_tokens), [self.delimiter]))
+        outs = self.engine.generate(prompts, params)
+        eos = self._eos()
+        return [[self._proposal(c, eos) for c in o.outputs] for o in outs]
+
+    def expand(self, prefix_ids: Sequence[int], n: int, max_step_tokens: int) -> list[StepProposal]:
+        return self.expand_batch([(prefix_ids, n)], max_step_tokens)[0]
+
+    def rollout(self, prefix_ids: Sequence[int], n: int, max_tokens: int) -> list[StepProposal]:
+        check_positive_int("n", n)
+        check_positive_int("max_tokens", max_tokens)
+        out = self.engine.generate([list(prefix_ids)], self._params(n, self._room(prefix_ids, max_tokens), None))[0]
+        eos = self._eos()
+        props = [self._proposal(c, eos) for c in out.outputs]
+        for p in props:
+            p.finished = True
+        return props
+
+    def _room(self, prefix: Sequence[int], want: int) -> int:
+        """`want` new tokens, fewer where the model's positions run out (the engine refuses more)."""
+        limit = self.engine.max_positions
+        if limit is None:
+            return want
+        room = limit - len(prefix)
+        if room < 1:
+            raise ValueError(f"prefix_ids: {len(prefix)} tokens leave no room in the model's {limit} positions")
+        return min(want, room)

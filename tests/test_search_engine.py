@@ -1,0 +1,297 @@
+"""Step-wise search: the engine-backed step generator, PRM beam search, DVTS and MCTS, on
+constructed step generators whose answers are known and on a tiny random model through the engine."""
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from r1core.search import CountdownVerifier
+from r1core.search.beam import beam_search, diverse_verifier_tree_search
+from r1core.search.mcts import mcts, puct_select, Node
+from r1core.search.scoring import Partial, verifier_scorer
+from r1core.search.step_generator import EngineStepGenerator, StepGenerator, StepProposal
+from r1core.tasks import countdown
+from r1core.tasks.countdown import apply_step, generate_countdown, parse_prompt, split_completion, steps_to_expression
+
+
+def _decode(ids):
+    return "".join(map(chr, ids))
+
+
+def _encode(text):
+    return [ord(c) for c in text]
+
+
+class FakeCountdownPolicy:
+    """A deterministic countdown 'policy' over characters (token id = ord): its next steps are the
+    legal steps on the numbers left, most probable first by result, largest first, so its greedy
+    path multiplies its way past most targets (a dead end the step verifier sees at once)."""
+
+    def __init__(self, prompt: str):
+        self.prompt = prompt
+        self.problem = parse_prompt(prompt)
+        self.calls = 0
+
+    def _ranked(self, prefix_ids):
+        text = _decode(prefix_ids)[len(self.prompt):]
+        steps, _ = split_completion(text)
+        avail = Counter(self.problem.numbers)
+        for s in steps:
+            assert apply_step(avail, s)
+        vals = sorted(avail.elements())
+        cands = set()
+        for i in range(len(vals)):
+            for j in range(i + 1, len(vals)):
+                for a, op, b, r in countdown._combine(vals[i], vals[j]):
+                    cands.add((r, f"{a}{op}{b}={r}"))
+        ranked = sorted(cands, key=lambda c: (-c[0], c[1]))
+        out = []
+        for rank, (_, step) in enumerate(ranked):
+            last = len(vals) == 2
+            body = ("T" if not steps else "") + step
+            body += f";A{steps_to_expression(self.problem.numbers, steps + [step])}" if last else ","
+            out.append(StepProposal(_encode(body), body, -1.0 * rank, last))
+        return out
+
+    def expand(self, prefix_ids, n, max_step_tokens):
+        self.calls += 1
+        return self._ranked(prefix_ids)[:n]
+
+    def rollout(self, prefix_ids, n, max_tokens):
+        outs = []
+        for _ in range(n):
+            ids, text, lp = list(prefix_ids), "", 0.0
+            while True:
+                p = self._ranked(ids)[0]
+                ids += p.token_ids
+                text += p.text
+                lp += p.logprob
+                if p.finished:
+                    break
+            outs.append(StepProposal(ids[len(prefix_ids):], text, lp, True))
+        return outs
+
+
+def _greedy(gen, prompt_ids):
+    ids, text = list(prompt_ids), ""
+    while True:
+        p = gen.expand(ids, 1, 32)[0]
+        ids += p.token_ids
+        text += p.text
+        if p.finished:
+            return text
+
+
+def _hard_instances(k=12):
+    rows = [r for r in generate_countdown(200, "train", seed=random.randrange(10**6), num_numbers=3, max_number=12,
+                                          max_target=40)]
+    ver = CountdownVerifier()
+    hard = [r for r in rows if ver.outcome(r["prompt"], _greedy(FakeCountdownPolicy(r["prompt"]), _encode(r["prompt"])),
+                                           numbers=r["numbers"], target=r["target"]) < 1.0]
+    return hard[:k]
+
+
+def test_fake_policy_follows_the_protocol():
+    assert isinstance(FakeCountdownPolicy("8,3,2>22:"), StepGenerator)
+
+
+@pytest.mark.parametrize("value", ["verifier", "rollout"])
+def test_mcts_with_exact_verifier_solves_what_greedy_misses(value):
+    hard = _hard_instances()
+    assert len(hard) >= 5, "the fake policy's greedy path should fail on many instances"
+    ver = CountdownVerifier()
+    solved = 0
+    for r in hard:
+        gen = FakeCountdownPolicy(r["prompt"])
+        problem = {"numbers": r["numbers"], "target": r["target"]}
+        scorer = verifier_scorer(ver, r["prompt"], problem, aggregate="min")
+        res = mcts(gen, _encode(r["prompt"]), scorer, budget=60, num_children=64, value=value, stop_score=1.0)
+        assert res.method == "mcts" and res.generated_tokens > 0
+        ok = ver.outcome(r["prompt"], res.text, **problem) == 1.0
+        solved += ok
+        assert ok == res.extra["solved"]
+    assert solved == len(hard)  # every instance is solvable and the exact verifier prunes every dead end
+
+
+def test_mcts_greedy_path_with_uninformative_verifier_fails():
+    # with a value that says nothing (always 0.5) and c_puct 0 the search is greedy on Q ties: the
+    # first child; the instances above then stay unsolved, so the verifier is what solves them
+    r = _hard_instances(1)[0]
+    gen = FakeCountdownPolicy(r["prompt"])
+    res = mcts(gen, _encode(r["prompt"]), lambda text, fin: 0.5, budget=3, num_children=1, c_puct=0.0)
+    assert CountdownVerifier().outcome(r["prompt"], res.text, numbers=r["numbers"], target=r["target"]) == 0.0
+
+
+def test_puct_prefers_prior_then_value():
+    root = Node(Partial(), visits=10)
+    a, b = Node(Partial(), 0.9, root, visits=1, value_sum=0.0), Node(Partial(), 0.1, root, visits=1, value_sum=0.0)
+    root.children = [a, b]
+    assert puct_select(root, 1.0) is a
+    b.value_sum = 1.0  # Q 1.0 + 0.1 * sqrt(10) / 2 = 1.16 < a's 0.9 * sqrt(10) / 2 = 1.42
+    assert puct_select(root, 1.0) is a
+    assert puct_select(root, 0.5) is b  # 1.08 > 0.71
+
+
+class DigitPolicy:
+    """Each step is one digit and ','; the third step ends the solution with ';A<digits>'. Proposals
+    come in a fixed shuffled order per prefix, so the policy's order says nothing about quality."""
+
+    def __init__(self, depth=3):
+        self.depth = depth
+
+    def expand(self, prefix_ids, n, max_step_tokens):
+        text = _decode(prefix_ids)
+        depth = text.count(",") + 1
+        digits = list(range(10))
+        random.Random(text).shuffle(digits)
+        out = []
+        for d in digits[:n]:
+            fin = depth == self.depth
+            body = f"{d};A{''.join(c for c in text if c.isdigit())}{d}" if fin else f"{d},"
+            out.append(StepProposal(_encode(body), body, -1.0, fin))
+        return out
+
+
+def _digit_score(text, finished):
+    return float(sum(int(c) for c in text.split(";")[0] if c.isdigit()))
+
+
+def test_beam_search_keeps_the_best_partial_solutions():
+    N, M = 8, 4
+    res = beam_search(DigitPolicy(), [ord("x")], _digit_score, budget=N, beam_width=M, select="best")
+    hist = res.extra["history"]
+    assert [len(h["candidate_scores"]) for h in hist] == [N, N, N]  # N first steps, then N/M beams x M
+    for h in hist[:-1]:
+        assert h["kept_scores"] == sorted(h["candidate_scores"], reverse=True)[:N // M]
+    # tokens: rounds 1-2 "d," (2 tokens), round 3 "d;Axyz" (6 tokens)
+    assert res.generated_tokens == N * 2 + N * 2 + N * 6
+    assert res.extra["finished"] == len(res.candidates) == N
+    assert res.score == max(c.score for c in res.candidates)
+    assert res.text.endswith(res.answer) and res.answer == "".join(c for c in res.text.split(";")[0] if c.isdigit())
+
+
+def test_beam_search_beats_the_policys_own_order():
+    # every step of the best beam is the best digit among those proposed to it, so the solution
+    # scores at least what the policy's first proposals would
+    res = beam_search(DigitPolicy(), [ord("y")], _digit_score, budget=16, beam_width=4)
+    gen, ids, text = DigitPolicy(), [ord("y")], ""
+    for _ in range(3):
+        p = gen.expand(ids, 1, 4)[0]
+        ids, text = ids + p.token_ids, text + p.text
+    assert res.score >= _digit_score(text, True)
+    assert res.score >= 9  # 16 distinct-per-prefix first digits include a 9 at least once
+
+
+def test_dvts_runs_independent_subtrees():
+    res = diverse_verifier_tree_search(DigitPolicy(), [ord("z")], _digit_score, budget=12, beam_width=4)
+    assert res.extra["subtrees"] == 3 and len(res.candidates) == 3
+    assert res.generated_tokens == 12 * 2 + 12 * 2 + 12 * 6
+    for c in res.candidates:
+        assert c.score == _digit_score(c.text, True)
+        # each subtree kept the best of its 4 proposals at every round
+        ids = [ord("z")]
+        for d in c.answer:
+            offered = [int(p.text[0]) for p in DigitPolicy().expand(ids, 4, 4)]
+            assert int(d) == max(offered)
+            ids += _encode(f"{d},")
+    assert res.score == max(c.score for c in res.candidates)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(budget=0), "budget"), (dict(budget=4, beam_width=8), "beam_width"), (dict(budget=4, beam_width=0), "beam_width"),
+    (dict(budget=4, select="vote"), "select"), (dict(budget=4, max_tokens=0), "max_tokens"), (dict(budget=True), "budget"),
+])
+def test_beam_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        beam_search(DigitPolicy(), [1], _digit_score, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        diverse_verifier_tree_search(DigitPolicy(), [1], _digit_score, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(budget=0), "budget"), (dict(budget=2, num_children=0), "num_children"), (dict(budget=2, value="prm"), "value"),
+    (dict(budget=2, c_puct=-1.0), "c_puct"), (dict(budget=2, max_tokens=0), "max_tokens"),
+])
+def test_mcts_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mcts(DigitPolicy(), [1], _digit_score, **kwargs)
+
+
+# --- through the engine ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine_and_tok():
+    from r1core.engine import Engine
+    from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model(tok, BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=1, max_position_embeddings=64), seed=random.randrange(1000))
+    return Engine(model, tokenizer=tok, block_size=4, num_blocks=256), tok
+
+
+def test_engine_step_generator_stops_at_delimiter(engine_and_tok):
+    engine, tok = engine_and_tok
+    gen = EngineStepGenerator(engine, ",", temperature=1.0, seed=random.randrange(1000))
+    assert isinstance(gen, StepGenerator)
+    prefix = tok("123+456=T", add_special_tokens=False)["input_ids"]
+    props = gen.expand(prefix, 16, 40)
+    assert len(props) == 16
+    # near-uniform over ~30 tokens: some steps reach the ',' within 40 tokens, some end otherwise
+    assert any(not p.finished for p in props)
+    eos = tok.eos_token_id
+    for p in props:
+        assert 1 <= p.num_tokens <= 40
+        assert p.text == tok.decode(p.token_ids, skip_special_tokens=True)
+        if not p.finished:
+            assert p.text.endswith(",") and p.text.count(",") == 1 and eos not in p.token_ids
+        else:
+            assert not p.text.endswith(",") or p.token_ids[-1] == eos
+    # the step's log-prob is the sum of the policy's log-probs of its tokens
+    p = props[0]
+    with torch.no_grad():
+        logits = engine.model(torch.tensor([prefix + p.token_ids])).logits[0, len(prefix) - 1:-1]
+    ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(p.token_ids)[:, None]).sum()
+    torch.testing.assert_close(torch.tensor(p.logprob), ref, atol=1e-4, rtol=1e-4)
+    assert gen.generated_tokens == sum(q.num_tokens for q in props)
+
+
+def test_engine_step_generator_reuses_the_prefix(engine_and_tok):
+    engine, tok = engine_and_tok
+    gen = EngineStepGenerator(engine, ",", seed=random.randrange(1000))
+    prefix = tok("1,2,3,4,5,6>21:T1+2=3,3+3=6,6+4=10,", add_special_tokens=False)["input_ids"]
+    bm = engine.block_manager
+    gen.expand(prefix, 4, 8)
+    hits = bm.prefix_hits
+    gen.expand(prefix + tok("1", add_special_tokens=False)["input_ids"], 4, 8)  # a child's expansion
+    assert bm.prefix_hits - hits == len(prefix) // bm.block_size  # the parent's full blocks come from the cache
+
+
+def test_engine_search_end_to_end(engine_and_tok):
+    engine, tok = engine_and_tok
+    from r1core.search import ArithmeticVerifier
+
+    prompt = "123+456="
+    gen = EngineStepGenerator(engine, ",", seed=random.randrange(1000))
+    scorer = verifier_scorer(ArithmeticVerifier(), prompt)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    before = gen.generated_tokens
+    r1 = beam_search(gen, ids, scorer, budget=4, beam_width=2, max_steps=4, max_step_tokens=8)
+    assert r1.generated_tokens == gen.generated_tokens - before > 0
+    r2 = mcts(gen, ids, scorer, budget=4, num_children=3, max_depth=4, max_step_tokens=8, max_rollout_tokens=16)
+    r3 = diverse_verifier_tree_search(gen, ids, scorer, budget=4, beam_width=2, max_steps=4, max_step_tokens=8)
+    assert gen.generated_tokens - before == r1.generated_tokens + r2.generated_tokens + r3.generated_tokens
+    for r in (r1, r2, r3):
+        assert r.text is not None and r.generated_tokens > 0
+
+
+def test_engine_step_generator_bad_input(engine_and_tok):
+    engine, _ = engine_and_tok
+    with pytest.raises(ValueError, match="delimiter"):
+        EngineStepGenerator(engine, "")
+    gen = EngineStepGenerator(engine, ",")
+    with pytest.raises(ValueError, match="n"):
+        gen.expand([5, 6], 0, 4)
+    with pytest.raises(ValueError, match="max_step_tokens"):
+        gen.expand([5, 6], 2, 0)
