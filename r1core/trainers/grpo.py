@@ -71,7 +71,7 @@ class _PolicyLoss(torch.nn.Module):
         base, weight, bias = lm_head_params(self.model)
         P, C = b.prompt_len, b.completion_ids.shape[1]
         position_ids = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids).last_hidden_state
+        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         hidden = hidden[:, P - 1:P - 1 + C]  # [B, C, H]: the states that predict the completion tokens
         return r1kernels.grpo_loss(
             hidden, weight, b.completion_ids, b.advantages, mask=b.completion_mask, old_logprobs=b.old_logprobs,
@@ -87,7 +87,7 @@ def policy_logprobs(model, b: RolloutBatch, temperature: float) -> torch.Tensor:
     P, C = b.prompt_len, b.completion_ids.shape[1]
     with torch.no_grad():
         position_ids = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids).last_hidden_state
+        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         return r1kernels.token_logprobs(hidden[:, P - 1:P - 1 + C], weight, b.completion_ids, bias=bias, temperature=temperature)
 
 

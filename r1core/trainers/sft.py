@@ -121,7 +121,7 @@ def completion_logprobs(model, input_ids, position_ids, loss_mask, attention_mas
     """Log-probs [N] (float32) of the target tokens (where loss_mask is True; the first token of a
     row is never a target) under model, through the fused kernel."""
     base, weight, bias = lm_head_params(model)
-    hidden = base(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask).last_hidden_state  # [R, T, H]
+    hidden = base(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [R, T, H]
     sel = loss_mask[:, 1:]  # [R, T-1]: token t+1 is predicted from position t
     h = hidden[:, :-1][sel]  # [N, H]
     targets = input_ids[:, 1:][sel]  # [N]
