@@ -1,0 +1,86 @@
+"""The r1core command line: --help for every command, config files and flags, the whole default
+pipeline shrunk by flags, and sft -> grpo -> eval through saved model folders."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from r1core.recipes.cli import build_parser, main
+from r1core.recipes.r1_zero import RunConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("cmd", ["run", "grpo", "sft", "eval"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out or cmd == "eval"
+    assert {"run": "--max-seconds", "grpo": "--num-generations", "sft": "--packing", "eval": "--samples"}[cmd] in out
+
+
+def test_module_entry_point_sets_omp_wait_policy():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    code = "import r1core.recipes.cli, os, sys; import torch; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == "PASSIVE", out.stderr[-2000:]
+
+
+def test_config_file_then_flags(tmp_path):
+    p = tmp_path / "run.json"
+    p.write_text(json.dumps({"seed": 7, "learning_rate": 5e-5, "name": "from-file"}))
+    args = build_parser().parse_args(["run", "--config", str(p), "--seed", "3", "--no-progress", "--save-steps", "none"])
+    from r1core.recipes.cli import build_config
+
+    cfg = build_config(RunConfig, args)
+    assert (cfg.seed, cfg.learning_rate, cfg.name, cfg.progress, cfg.save_steps) == (3, 5e-5, "from-file", False, None)
+    p.write_text(json.dumps({"sead": 1}))
+    with pytest.raises(SystemExit, match="no field"):
+        build_config(RunConfig, build_parser().parse_args(["run", "--config", str(p)]))
+    with pytest.raises(SystemExit, match="GRPOConfig.temperature"):
+        main(["grpo", "--model", str(tmp_path), "--temperature", "-1"])
+
+
+SHRUNK = ["--train-size", "300", "--val-size", "8", "--eval-size", "8", "--eval-samples", "2", "--sft-check-every", "4",
+          "--sft-max-steps", "8", "--sft-batch-size", "16", "--max-steps", "2", "--num-prompts", "2", "--num-generations", "4",
+          "--max-completion-length", "40", "--no-progress", "--save-steps", "1"]
+
+
+def test_run_pipeline_shrunk(tmp_path):
+    assert main(["run", "--runs-dir", str(tmp_path), "--name", "t", "--seed", "5", *SHRUNK]) == 0
+    d = tmp_path / "t"
+    s = json.loads((d / "summary.json").read_text())
+    for k in ("base_accuracy", "final_accuracy", "base_greedy_accuracy", "final_greedy_accuracy"):
+        assert 0.0 <= s[k] <= 1.0, k
+    assert s["wall_seconds"] > 0 and s["grpo_steps"] == 2 and 1 <= s["sft_steps"] <= 8
+    recs = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    for name in ("reward", "accuracy", "kl", "completion_length"):
+        assert (d / "plots" / f"{name}.png").stat().st_size > 1000
+    assert (d / "base" / "model.safetensors").exists() and (d / "final" / "model.safetensors").exists()
+    # --resume: the base model and its evaluation are reused, GRPO continues from checkpoint-2
+    assert main(["run", "--runs-dir", str(tmp_path), "--name", "t", "--seed", "5", *SHRUNK, "--max-steps", "3", "--resume"]) == 0
+    s2 = json.loads((d / "summary.json").read_text())
+    assert s2["grpo_steps"] == 3 and s2["base_greedy_accuracy"] == s["base_greedy_accuracy"] and s2["sft_steps"] == 0
+    assert [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_sft_grpo_eval_commands(tmp_path):
+    sft_dir = tmp_path / "sft"
+    assert main(["sft", "--max-steps", "3", "--per-device-train-batch-size", "8", "--train-size", "50", "--output-dir", str(sft_dir)]) == 0
+    assert (sft_dir / "model" / "model.safetensors").exists()
+    out = tmp_path / "grpo"
+    assert main(["grpo", "--model", str(sft_dir / "model"), "--max-steps", "1", "--num-generations", "2", "--per-device-train-batch-size", "4",
+                 "--max-completion-length", "40", "--train-size", "20", "--output-dir", str(out), "--rewards", "accuracy,scratchpad_format"]) == 0
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert "rewards/accuracy_reward" in rec and "rewards/scratchpad_format_reward" in rec
+    res = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out / "final"), "--n", "4", "--samples", "2", "--output", str(res)]) == 0
+    r = json.loads(res.read_text())
+    assert 0 <= r["accuracy"] <= 1 and 0 <= r["greedy_accuracy"] <= 1 and r["eval_prompts"] == 4
