@@ -1,7 +1,7 @@
 """`Sampler`: next tokens from last-position logits, one row per sequence, each with its own params
 and torch.Generator. Greedy rows take the argmax; sampled rows apply temperature, then top-k, top-p
 and min-p, and draw with the exponential-race trick (argmax of p / E, E ~ Exp(1) from the row's own
-generator), so a sequence's samples depend only on its seed. The returned log-probs are
+generator; argmax(logits / T - log E) when nothing is truncated), so a sequence's samples depend only on its seed. The returned log-probs are
 log_softmax(logits / temperature) of the drawn token before any truncation (temperature 1 for
 greedy rows): what the trainer's own forward gives.
 
@@ -21,21 +21,37 @@ class Sampler:
         R, V = logits.shape
         params = [s.params for s in seqs]
         temps = [p.temperature for p in params]
+        want_lp = any(p.logprobs for p in params)
         if all(t == 0 for t in temps):
             tokens = logits.argmax(-1)  # [R]
-            lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0] if any(p.logprobs for p in params) else None
-            return tokens.tolist(), (lp.tolist() if lp is not None else [0.0] * R)
-        t = torch.tensor([t if t > 0 else 1.0 for t in temps], dtype=logits.dtype)
-        scaled = logits / t[:, None]  # [R, V]
-        logp = torch.log_softmax(scaled, -1)
-        probs = logp.exp()
-        probs = self._truncate(probs, params)
-        noise = torch.stack([torch.empty(V).exponential_(generator=s.generator) for s in seqs])  # [R, V]
-        sampled = (probs / noise).argmax(-1)
-        greedy = torch.tensor([tt == 0 for tt in temps])
-        tokens = torch.where(greedy, logits.argmax(-1), sampled)
-        lp = logp.gather(-1, tokens[:, None])[:, 0]
+            if not want_lp:
+                return tokens.tolist(), [0.0] * R
+            lp = logits.gather(-1, tokens[:, None])[:, 0] - logits.logsumexp(-1)
+            return tokens.tolist(), lp.tolist()
+        if all(t == 1 for t in temps):
+            scaled = logits
+        else:
+            t = torch.tensor([t if t > 0 else 1.0 for t in temps], dtype=logits.dtype)
+            scaled = logits / t[:, None]  # [R, V]
+        # E ~ Exp(1) per row from the row's own generator; a greedy row gets E = 1 (argmax of its logits)
+        noise = torch.empty(R, V, dtype=logits.dtype)
+        for i, s in enumerate(seqs):
+            if temps[i] > 0:
+                noise[i].exponential_(generator=s.generator)
+            else:
+                noise[i].fill_(1.0)
+        lse = scaled.logsumexp(-1)  # [R]
+        if self._truncates(params, V):
+            probs = self._truncate(torch.exp(scaled - lse[:, None]), params)
+            tokens = (probs / noise).argmax(-1)
+        else:
+            tokens = (scaled - noise.log_()).argmax(-1)  # Gumbel-max: the same draw as argmax(p / E)
+        lp = scaled.gather(-1, tokens[:, None])[:, 0] - lse
         return tokens.tolist(), lp.tolist()
+
+    @staticmethod
+    def _truncates(params, V: int) -> bool:
+        return any(0 < p.top_k < V or p.top_p < 1 or p.min_p > 0 for p in params)
 
     @staticmethod
     def _truncate(probs: torch.Tensor, params) -> torch.Tensor:
