@@ -48,12 +48,15 @@ def check_sequence_inputs(B, T, device, targets, advantages, mask, old_logprobs,
         raise ValueError(f"advantages must have shape [B] = [{B}], got {list(advantages.shape)}")
     if not advantages.is_floating_point():
         raise ValueError(f"advantages must be floating point, got {advantages.dtype}")
-    if not torch.isfinite(advantages).all():
+    # data-dependent checks are skipped while tracing (torch.compile(fullgraph=True) cannot branch on
+    # values); the C++ kernels check what they read (targets) and raise the same ValueError
+    tracing = torch.compiler.is_compiling()
+    if not tracing and not torch.isfinite(advantages).all():
         raise ValueError("advantages must be finite (NaN or inf found)")
     if mask is not None:
         if mask.shape != (B, T):
             raise ValueError(f"mask must have shape [B, T] = {[B, T]}, got {list(mask.shape)}")
-        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+        if mask.dtype != torch.bool and not tracing and not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must be bool or hold only 0 and 1")
     for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs)):
         if t is not None and t.shape != (B, T):

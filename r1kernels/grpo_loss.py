@@ -55,6 +55,25 @@ def _backward(ctx, grad_loss, *_):
 torch.library.register_autograd("r1kernels::fused_grpo_loss", _backward, setup_context=_setup_context)
 
 
+@torch.library.register_fake("r1kernels::grpo_token_loss")
+def _(logp, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg):
+    return logp.new_empty((), dtype=torch.float32), torch.empty_like(logp, dtype=torch.float32)
+
+
+def _token_loss_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.logp_dtype = inputs[0].dtype
+
+
+def _token_loss_backward(ctx, grad_loss, _grad_grad):
+    (g,) = ctx.saved_tensors
+    return ((g * grad_loss).to(ctx.logp_dtype),) + (None,) * 11
+
+
+# the per-token loss from given log-probs (the CUDA path of the loss after a separate log-prob pass)
+torch.library.register_autograd("r1kernels::grpo_token_loss", _token_loss_backward, setup_context=_token_loss_setup_context)
+
+
 def grpo_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,

@@ -22,15 +22,14 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-// Rows per chunk of fused_grpo_loss: the fp32 logits buffer is rows x V, so the budget bounds the
-// extra memory (32 MiB of logits: 55 rows at V = 151936). Larger chunks feed the grad_weight GEMM a
-// longer inner dimension; R1_GRPO_CHUNK_BYTES overrides the budget for tuning.
+// Rows per chunk of fused_grpo_loss and logits_grpo_loss: the fp32 logits buffer is rows x V, so
+// the byte budget bounds the extra memory (256 MiB: 441 rows of the Qwen2.5-0.5B head). Larger
+// chunks give the grad_weight GEMM a longer inner dimension and fewer passes over the [V, H]
+// accumulator. R1_GRPO_CHUNK_BYTES overrides the budget (read per call: tests force small chunks).
 int64_t chunk_rows(int64_t V, int64_t n_rows) {
-  static const int64_t budget = [] {
-    const char* env = std::getenv("R1_GRPO_CHUNK_BYTES");
-    return env ? std::max<int64_t>(std::atoll(env), 1) : int64_t(256) << 20;
-  }();
-  const int64_t rows = std::max<int64_t>(budget / (V * int64_t(sizeof(float))), 16);
+  const char* env = std::getenv("R1_GRPO_CHUNK_BYTES");
+  const int64_t budget = env ? std::max<int64_t>(std::atoll(env), 1) : int64_t(256) << 20;
+  const int64_t rows = std::max<int64_t>(budget / (std::max<int64_t>(V, 1) * int64_t(sizeof(float))), 1);
   return std::max<int64_t>(std::min(rows, n_rows), 1);
 }
 
@@ -252,8 +251,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_grpo_loss_cpu(
 
   const Tensor loss = at::scalar_tensor(sum_rows(row_loss), fopt);
   if (!compute_grad) {
-    const Tensor e = at::empty({0}, hidden.options());
-    return {loss, logp, entropy, e, e, e};
+    // three distinct tensors: outputs of a custom op must not alias each other
+    const auto e = [&] { return at::empty({0}, hidden.options()); };
+    return {loss, logp, entropy, e(), e(), e()};
   }
   return {loss,
           logp,
