@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from r1kernels import copy_blocks, merge_attention_states, paged_attention, reshape_and_cache
+import r1kernels  # noqa: F401  registers the r1kernels:: ops
+
+# The per-layer ops are called through torch.ops, past the public wrappers' argument checks: the
+# engine builds every tensor they check itself, and the checks cost 0.33 ms per decode-sized
+# paged_attention call here (16 sequences x 600 tokens, with the data checks that run without the
+# C++ kernel), paid on up to three calls per layer per step.
+_reshape_and_cache = torch.ops.r1kernels.reshape_and_cache.default
+_paged_attention = torch.ops.r1kernels.paged_attention.default
+_merge_attention_states = torch.ops.r1kernels.merge_attention_states.default
 
 ATTENTION_NAME = "r1core_paged"
 
@@ -46,19 +54,21 @@ def paged_attention_forward(module, query, key, value, attention_mask=None, scal
     if r1_attn is None:
         raise RuntimeError(f"the {ATTENTION_NAME!r} attention function only runs inside r1core.engine.Engine")
     meta: AttentionMetadata = r1_attn
-    q = query[0].transpose(0, 1)  # [T, Hq, D]
     k_cache, v_cache = meta.kv_caches[module.layer_idx]
-    reshape_and_cache(key[0].transpose(0, 1), value[0].transpose(0, 1), k_cache, v_cache, meta.slot_mapping)
+    dtype = k_cache.dtype
+    q = query[0].transpose(0, 1).to(dtype).contiguous()  # [T, Hq, D]
+    key = key[0].transpose(0, 1).to(dtype).contiguous()  # [T, Hkv, D]
+    value = value[0].transpose(0, 1).to(dtype).contiguous()
+    _reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+    scale = float(scaling) if scaling is not None else q.shape[-1] ** -0.5
     c = meta.cascade
     if c is None:
-        out = paged_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q, scale=scaling, causal=True)
+        out, _ = _paged_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q, scale, True)
     else:
-        out_p, lse_p = paged_attention(q, k_cache, v_cache, c.prefix_block_tables, c.prefix_lens, c.prefix_cu_seqlens_q,
-                                       scale=scaling, causal=False, return_lse=True)
-        out_s, lse_s = paged_attention(q, k_cache, v_cache, c.suffix_block_tables, c.suffix_lens, meta.cu_seqlens_q,
-                                       scale=scaling, causal=True, return_lse=True)
-        out, _ = merge_attention_states(out_p, lse_p, out_s, lse_s)
-    return out.unsqueeze(0), None  # [1, T, Hq, D]
+        out_p, lse_p = _paged_attention(q, k_cache, v_cache, c.prefix_block_tables, c.prefix_lens, c.prefix_cu_seqlens_q, scale, False)
+        out_s, lse_s = _paged_attention(q, k_cache, v_cache, c.suffix_block_tables, c.suffix_lens, meta.cu_seqlens_q, scale, True)
+        out, _ = _merge_attention_states(out_p, lse_p, out_s, lse_s)
+    return out.to(query.dtype).unsqueeze(0), None  # [1, T, Hq, D]
 
 
 def register() -> str:

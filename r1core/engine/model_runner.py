@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from r1core.engine.attention import AttentionMetadata, CascadeMetadata
-from r1core.engine.attention import copy_blocks as _copy_blocks
+from r1kernels import copy_blocks as _copy_blocks
 from r1core.engine.scheduler import ScheduledBatch
 
 
