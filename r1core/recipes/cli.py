@@ -5,6 +5,7 @@ and `--config file.json` (flags given on the command line win over the file).
     r1core sft --max-steps 300 --save runs/sft/model
     r1core grpo --model runs/sft/model --max-steps 50
     r1core eval --model runs/r1-zero/final --samples 4
+    r1core ttc                                   # test-time compute on the default run's model
 """
 
 from __future__ import annotations
@@ -197,6 +198,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_ttc(args) -> int:
+    from r1core.recipes.ttc import TTCConfig, run_ttc
+
+    extra = {"budgets": [int(b) for b in args.budgets]} if "budgets" in vars(args) else None
+    cfg = build_config(TTCConfig, args, extra)
+    try:
+        run_ttc(cfg)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from r1core.recipes.r1_zero import RunConfig
     from r1core.trainers.grpo_config import GRPOConfig
@@ -244,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     _add_task_args(p, None)
     p.set_defaults(func=cmd_eval)
+
+    from r1core.recipes.ttc import TTCConfig
+
+    p = sub.add_parser("ttc", help="test-time compute: majority, best-of-N, weighted best-of-N, beam search, DVTS, MCTS at budgets 1..64",
+                       description="Accuracy against generated tokens for every method on held-out problems with the default run's model "
+                                   "(runs/<name>/final) or --model DIR; writes runs/<name>/ttc.json, ttc.md and ttc.png.")
+    p.add_argument("--config", help="a JSON file of TTCConfig fields")
+    add_dataclass_args(p, TTCConfig)
+    p.set_defaults(func=cmd_ttc)
     return parser
 
 

@@ -12,7 +12,9 @@ solution with the best score ("best"), or the answer whose finished solutions' s
 DVTS: N/M independent subtrees, each extended M ways per round and keeping only its single best
 candidate: less greedy about one early step than beam search, which spends all N on the few best.
 
-The expansions of a round go to the step generator in one `expand_batch` call (one engine batch).
+The expansions of a round go to the step generator in one call (one engine batch). Each search is
+also a coroutine (`beam_search_steps`, `dvts_steps`): `drive_many` runs those of many problems
+side by side, one engine batch per round for all of them.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from r1core.rewards.completions import extract_answer
 
 from .result import Candidate, SearchResult
 from .scoring import Partial, Scorer
-from .step_generator import check_positive_int, expand_batch
+from .step_generator import StepRequest, check_positive_int, drive
 from .voting import Normalize, majority_index, weighted_index
 
 SELECTIONS = ("best", "weighted", "majority")
@@ -83,11 +85,17 @@ def _result(method: str, finished: list[Partial], fallback: list[Partial], token
                         extra=extra)
 
 
-def beam_search(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, beam_width: int = 4,
-                max_steps: int = 40, max_step_tokens: int = 32, max_tokens: int | None = None, select: str = "best",
-                extract: Callable[[str], Any] = extract_answer, normalize: Normalize = None) -> SearchResult:
+def beam_search(generator, prompt_ids: Sequence[int], scorer: Scorer, **kwargs: Any) -> SearchResult:
     """PRM-guided beam search over steps (module docstring). budget: N, the candidates per round;
-    beam_width: M, the expansions of each kept beam (N/M beams are kept, at least one)."""
+    beam_width: M, the expansions of each kept beam (N/M beams are kept, at least one); other
+    arguments as `beam_search_steps`."""
+    return drive(beam_search_steps(prompt_ids, scorer, **kwargs), generator)
+
+
+def beam_search_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, beam_width: int = 4,
+                      max_steps: int = 40, max_step_tokens: int = 32, max_tokens: int | None = None, select: str = "best",
+                      extract: Callable[[str], Any] = extract_answer, normalize: Normalize = None):
+    """Beam search as a coroutine: yields lists of StepRequests, returns the SearchResult."""
     _check_common(budget, beam_width, max_steps, max_step_tokens, max_tokens, select)
     prompt_ids = list(prompt_ids)
     keep = max(1, budget // beam_width)
@@ -95,7 +103,7 @@ def beam_search(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget:
     tokens, rounds, history = 0, 0, []
     while active and len(finished) < budget and rounds < max_steps and (max_tokens is None or tokens < max_tokens):
         counts = _split(budget, len(active)) if rounds == 0 else [beam_width] * len(active)
-        props = expand_batch(generator, [(prompt_ids + b.token_ids, n) for b, n in zip(active, counts)], max_step_tokens)
+        props = yield [StepRequest(prompt_ids + b.token_ids, n, max_step_tokens) for b, n in zip(active, counts)]
         candidates = [b.extend(p) for b, ps in zip(active, props) for p in ps]
         tokens += sum(len(p.token_ids) for ps in props for p in ps)
         _score(scorer, candidates)
@@ -111,19 +119,23 @@ def beam_search(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget:
     return _result("beam_search", finished, active, tokens, budget, select, extract, normalize, extra)
 
 
-def diverse_verifier_tree_search(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int,
-                                 beam_width: int = 4, max_steps: int = 40, max_step_tokens: int = 32,
-                                 max_tokens: int | None = None, select: str = "best",
-                                 extract: Callable[[str], Any] = extract_answer, normalize: Normalize = None) -> SearchResult:
+def diverse_verifier_tree_search(generator, prompt_ids: Sequence[int], scorer: Scorer, **kwargs: Any) -> SearchResult:
     """DVTS (module docstring): max(1, budget // beam_width) subtrees, each extended beam_width ways
     per round, keeping its best candidate; a subtree ends when that candidate is finished."""
+    return drive(dvts_steps(prompt_ids, scorer, **kwargs), generator)
+
+
+def dvts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, beam_width: int = 4, max_steps: int = 40,
+               max_step_tokens: int = 32, max_tokens: int | None = None, select: str = "best",
+               extract: Callable[[str], Any] = extract_answer, normalize: Normalize = None):
+    """DVTS as a coroutine: yields lists of StepRequests, returns the SearchResult."""
     _check_common(budget, beam_width, max_steps, max_step_tokens, max_tokens, select)
     prompt_ids = list(prompt_ids)
     trees = [Partial() for _ in range(max(1, budget // beam_width))]
     finished: list[Partial] = []
     tokens, rounds = 0, 0
     while trees and rounds < max_steps and (max_tokens is None or tokens < max_tokens):
-        props = expand_batch(generator, [(prompt_ids + t.token_ids, beam_width) for t in trees], max_step_tokens)
+        props = yield [StepRequest(prompt_ids + t.token_ids, beam_width, max_step_tokens) for t in trees]
         tokens += sum(len(p.token_ids) for ps in props for p in ps)
         rounds += 1
         nxt = []

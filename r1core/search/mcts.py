@@ -31,7 +31,7 @@ from r1core.rewards.completions import extract_answer
 
 from .result import Candidate, SearchResult
 from .scoring import Partial, Scorer
-from .step_generator import check_positive_int
+from .step_generator import StepRequest, check_positive_int, drive
 
 VALUES = ("verifier", "rollout")
 
@@ -76,12 +76,18 @@ def _priors(logprobs: Sequence[float]) -> list[float]:
     return [x / s for x in w]
 
 
-def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_children: int = 4,
+def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, **kwargs: Any) -> SearchResult:
+    """MCTS over steps (module docstring); arguments as `mcts_steps`."""
+    return drive(mcts_steps(prompt_ids, scorer, **kwargs), generator)
+
+
+def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_children: int = 4,
          c_puct: float = 1.0, value: str = "verifier", outcome_scorer: Scorer | None = None, num_rollouts: int = 1,
          max_depth: int = 40, max_step_tokens: int = 32, max_rollout_tokens: int = 256, max_tokens: int | None = None,
-         stop_score: float | None = None, extract: Callable[[str], Any] = extract_answer) -> SearchResult:
-    """MCTS over steps (module docstring). scorer(text, finished) values partial and finished
-    solutions; outcome_scorer (default: scorer) scores the end of a rollout."""
+         stop_score: float | None = None, extract: Callable[[str], Any] = extract_answer):
+    """MCTS as a coroutine (yields lists of StepRequests, returns the SearchResult). scorer(text,
+    finished) values partial and finished solutions; outcome_scorer (default: scorer) scores the
+    end of a rollout. The rollouts of a simulation's new children go out in one request list."""
     check_positive_int("budget", budget)
     check_positive_int("num_children", num_children)
     check_positive_int("num_rollouts", num_rollouts)
@@ -100,19 +106,6 @@ def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, n
     finished: list[Node] = []
     tokens, sims, expansions = 0, 0, 0
 
-    def evaluate(child: Node) -> float:
-        nonlocal tokens
-        p = child.partial
-        if p.finished:
-            p.score = float(outcome_scorer(p.text, True))
-            return p.score
-        p.score = float(scorer(p.text, False))
-        if value == "verifier":
-            return p.score
-        outs = generator.rollout(prompt_ids + p.token_ids, num_rollouts, max_rollout_tokens)
-        tokens += sum(len(o.token_ids) for o in outs)
-        return sum(float(outcome_scorer(p.text + o.text, True)) for o in outs) / len(outs)
-
     solved = False
     while sims < budget and not solved and not root.exhausted and (max_tokens is None or tokens < max_tokens):
         sims += 1
@@ -125,7 +118,7 @@ def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, n
             node.exhausted = True  # a leaf that cannot grow: count the visit, then never select it again
             _mark_exhausted(node.parent)
             continue
-        props = generator.expand(prompt_ids + node.partial.token_ids, num_children, max_step_tokens)
+        (props,) = yield [StepRequest(prompt_ids + node.partial.token_ids, num_children, max_step_tokens)]
         tokens += sum(len(p.token_ids) for p in props)
         expansions += 1
         node.expanded = True
@@ -138,11 +131,20 @@ def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, n
             continue
         for p, prior in zip(kids, _priors([p.logprob for p in kids])):
             node.children.append(Node(node.partial.extend(p), prior, node))
-        values = []
         for ch in node.children:
-            v = evaluate(ch)
+            p = ch.partial
+            p.score = float((outcome_scorer if p.finished else scorer)(p.text, p.finished))
+        values = [ch.partial.score for ch in node.children]
+        if value == "rollout":
+            open_ = [i for i, ch in enumerate(node.children) if not ch.partial.finished]
+            outs = yield [StepRequest(prompt_ids + node.children[i].partial.token_ids, num_rollouts, max_rollout_tokens,
+                                      rollout=True) for i in open_]
+            for i, os_ in zip(open_, outs):
+                tokens += sum(len(o.token_ids) for o in os_)
+                text = node.children[i].partial.text
+                values[i] = sum(float(outcome_scorer(text + o.text, True)) for o in os_) / len(os_)
+        for ch, v in zip(node.children, values):
             ch.visits, ch.value_sum = 1, v
-            values.append(v)
             if ch.partial.finished:
                 ch.exhausted = True
                 finished.append(ch)
@@ -160,7 +162,7 @@ def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, n
         node = root
         while node.children:
             node = max(node.children, key=lambda ch: (ch.visits, ch.q))
-        outs = generator.rollout(prompt_ids + node.partial.token_ids, 1, max_rollout_tokens)
+        (outs,) = yield [StepRequest(prompt_ids + node.partial.token_ids, 1, max_rollout_tokens, rollout=True)]
         tokens += sum(len(o.token_ids) for o in outs)
         chosen = node.partial.extend(outs[0])
         chosen.score = float(outcome_scorer(chosen.text, True))

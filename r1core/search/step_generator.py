@@ -12,7 +12,9 @@ to the end of the solution). The protocol:
 a stop string: the engine prefills the prefix once and forks its KV into the n children, and the
 prefix cache serves the full blocks of a prefix seen in an earlier call (a parent's prefix when its
 children are expanded), so a search pays for each new step's tokens, not for its whole history.
-`expand_batch` runs the expansions of many nodes in one engine call (one round of beam search).
+`serve` answers many requests (expansions and rollouts) in one engine call: the searches are
+coroutines that yield their requests, so `drive_many` runs the searches of many problems side by
+side with one engine batch per round.
 """
 from __future__ import annotations
 
@@ -44,12 +46,62 @@ class StepGenerator(Protocol):
     def rollout(self, prefix_ids: Sequence[int], n: int, max_tokens: int) -> list[StepProposal]: ...
 
 
+@dataclass
+class StepRequest:
+    """One question to a step generator: n next steps of a prefix (rollout=False: each up to the
+    delimiter, at most max_tokens) or n rollouts to the end of the solution (rollout=True)."""
+    prefix_ids: list[int]
+    n: int
+    max_tokens: int
+    rollout: bool = False
+
+
+def serve(generator, requests: Sequence[StepRequest]) -> list[list[StepProposal]]:
+    """Answer every request, in one call where the generator has a `serve` of its own (one engine
+    batch for all of them)."""
+    if not requests:
+        return []
+    if hasattr(generator, "serve"):
+        return generator.serve(requests)
+    return [generator.rollout(r.prefix_ids, r.n, r.max_tokens) if r.rollout else
+            generator.expand(r.prefix_ids, r.n, r.max_tokens) for r in requests]
+
+
 def expand_batch(generator, requests: Sequence[tuple[Sequence[int], int]], max_step_tokens: int) -> list[list[StepProposal]]:
-    """`generator.expand` for every (prefix_ids, n) request, in one call where the generator has an
-    `expand_batch` of its own."""
-    if hasattr(generator, "expand_batch"):
-        return generator.expand_batch(requests, max_step_tokens)
-    return [generator.expand(p, n, max_step_tokens) for p, n in requests]
+    """`generator.expand` for every (prefix_ids, n) pair, batched as `serve` does."""
+    return serve(generator, [StepRequest(list(p), n, max_step_tokens) for p, n in requests])
+
+
+def drive(search, generator):
+    """Run one search coroutine (it yields lists of StepRequests and is sent their answers) to its
+    result."""
+    return drive_many([search], generator)[0]
+
+
+def drive_many(searches, generator) -> list:
+    """Run many search coroutines side by side: each round, the requests of all of them go to the
+    generator in one `serve` call (with the engine: one batch across problems)."""
+    results: list = [None] * len(searches)
+    pending: dict[int, list[StepRequest]] = {}
+    for i, co in enumerate(searches):
+        try:
+            pending[i] = next(co)
+        except StopIteration as stop:
+            results[i] = stop.value
+    while pending:
+        order = list(pending)
+        flat = [r for i in order for r in pending[i]]
+        answers = serve(generator, flat)
+        at = 0
+        for i in order:
+            k = len(pending[i])
+            try:
+                pending[i] = searches[i].send(answers[at:at + k])
+            except StopIteration as stop:
+                results[i] = stop.value
+                del pending[i]
+            at += k
+    return results
 
 
 def check_positive_int(name: str, value) -> int:
@@ -100,31 +152,40 @@ class EngineStepGenerator:
     def _eos(self) -> set[int]:
         return self.engine.stop_checker.eos_token_ids
 
-    def expand_batch(self, requests: Sequence[tuple[Sequence[int], int]], max_step_tokens: int) -> list[list[StepProposal]]:
-        check_positive_int("max_step_tokens", max_step_tokens)
+    def serve(self, requests: Sequence[StepRequest]) -> list[list[StepProposal]]:
+        """All requests in one engine call: steps stop at the delimiter, rollouts run to the end."""
         if not requests:
             return []
         prompts, params = [], []
-        for i, (prefix, n) in enumerate(requests):
-            check_positive_int(f"requests[{i}] n", n)
-            prompts.append(list(prefix))
-            params.append(self._params(n, self._room(prefix, max_step_tokens), [self.delimiter]))
+        for i, r in enumerate(requests):
+            check_positive_int(f"requests[{i}].n", r.n)
+            check_positive_int(f"requests[{i}].max_tokens", r.max_tokens)
+            prompts.append(list(r.prefix_ids))
+            params.append(self._params(r.n, self._room(r.prefix_ids, r.max_tokens), None if r.rollout else [self.delimiter]))
         outs = self.engine.generate(prompts, params)
         eos = self._eos()
-        return [[self._proposal(c, eos) for c in o.outputs] for o in outs]
+        answers = []
+        for r, o in zip(requests, outs):
+            props = [self._proposal(c, eos) for c in o.outputs]
+            if r.rollout:
+                for p in props:
+                    p.finished = True
+            answers.append(props)
+        return answers
+
+    def expand_batch(self, requests: Sequence[tuple[Sequence[int], int]], max_step_tokens: int) -> list[list[StepProposal]]:
+        check_positive_int("max_step_tokens", max_step_tokens)
+        return self.serve([StepRequest(list(p), n, max_step_tokens) for p, n in requests])
 
     def expand(self, prefix_ids: Sequence[int], n: int, max_step_tokens: int) -> list[StepProposal]:
-        return self.expand_batch([(prefix_ids, n)], max_step_tokens)[0]
+        check_positive_int("n", n)
+        check_positive_int("max_step_tokens", max_step_tokens)
+        return self.serve([StepRequest(list(prefix_ids), n, max_step_tokens)])[0]
 
     def rollout(self, prefix_ids: Sequence[int], n: int, max_tokens: int) -> list[StepProposal]:
         check_positive_int("n", n)
         check_positive_int("max_tokens", max_tokens)
-        out = self.engine.generate([list(prefix_ids)], self._params(n, self._room(prefix_ids, max_tokens), None))[0]
-        eos = self._eos()
-        props = [self._proposal(c, eos) for c in out.outputs]
-        for p in props:
-            p.finished = True
-        return props
+        return self.serve([StepRequest(list(prefix_ids), n, max_tokens, rollout=True)])[0]
 
     def _room(self, prefix: Sequence[int], want: int) -> int:
         """`want` new tokens, fewer where the model's positions run out (the engine refuses more)."""
