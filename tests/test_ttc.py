@@ -1,0 +1,130 @@
+"""`r1core ttc`: every method on a policy whose per-step accuracy is known (so the accuracies can be
+checked), end to end on a tiny random model through the engine in a shrunk configuration, the CLI
+and bad configurations."""
+import json
+import os
+import random
+
+import pytest
+
+from r1core.recipes.base_model import build_tokenizer
+from r1core.recipes.ttc import ALL_METHODS, TTCConfig, evaluate_methods, exact_verifier, problem_columns, run_ttc
+from r1core.search.scoring import verifier_scorer
+from r1core.search.step_generator import StepProposal
+from r1core.tasks import arithmetic, generate
+
+
+class NoisyAdditionPolicy:
+    """Writes the gold scratchpad step with probability `p` and a wrong column sum otherwise; after
+    a wrong step every later step and the answer stay wrong (it carries on from its own sums)."""
+
+    def __init__(self, tok, p: float, seed: int):
+        self.tok, self.p, self.rng = tok, p, random.Random(seed)
+
+    def _step(self, text: str):
+        prompt, _, done = text.partition("=")
+        prob = arithmetic.parse_prompt(prompt + "=")
+        gold = prob.steps()
+        steps, _ = arithmetic.split_completion(done)
+        k = len(steps)
+        alive = steps == gold[:k]
+        step = gold[k]
+        if not alive or self.rng.random() > self.p:
+            lhs, rhs = step.split("=")
+            step = f"{lhs}={(int(rhs) + self.rng.randint(1, 9)) % 19}"
+        body = ("T" if k == 0 else "") + step
+        last = k == len(gold) - 1
+        if last:
+            answer = prob.answer if alive and step == gold[k] else prob.answer + self.rng.randint(1, 50)
+            body += f";A{answer}"
+        else:
+            body += ","
+        ids = self.tok(body, add_special_tokens=False)["input_ids"]
+        return StepProposal(ids + ([self.tok.eos_token_id] if last else []), body, -0.1 * len(ids), last)
+
+    def _text(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def expand(self, prefix_ids, n, max_step_tokens):
+        return [self._step(self._text(prefix_ids)) for _ in range(n)]
+
+    def rollout(self, prefix_ids, n, max_tokens):
+        outs = []
+        for _ in range(n):
+            ids, text = list(prefix_ids), ""
+            while True:
+                s = self._step(self._text(ids))
+                ids += s.token_ids
+                text += s.text
+                if s.finished:
+                    break
+            outs.append(StepProposal(ids[len(prefix_ids):], text, 0.0, True))
+        return outs
+
+
+def test_methods_on_a_policy_with_known_step_accuracy():
+    tok = build_tokenizer()
+    cfg = TTCConfig(num_problems=12, budgets=[1, 8], digits=3, aggregate="min")
+    rows = generate("addition", "test", cfg.num_problems, seed=random.randrange(1000), digits=3)
+    ver = exact_verifier("addition")
+    gen = NoisyAdditionPolicy(tok, p=0.6, seed=random.randrange(1000))
+
+    def correct(row, text):
+        return ver.outcome(row["prompt"], text, **problem_columns(row)) >= 1.0
+
+    scorers = [verifier_scorer(ver, r["prompt"], problem_columns(r), "min", outcome_when_finished=False) for r in rows]
+    table = evaluate_methods(gen, lambda t: tok(t, add_special_tokens=False)["input_ids"], rows, cfg, scorers, correct)
+    acc = {(r["method"], r["budget"]): r["accuracy"] for r in table}
+    tokens = {(r["method"], r["budget"]): r["generated_tokens"] for r in table}
+    assert set(acc) == {(m, b) for m in ALL_METHODS for b in (1, 8)}
+    # one sample is right with probability 0.6^3 = 0.22; with 8 and the exact step verifier,
+    # best-of-N fails only when all 8 are wrong (0.78^8 = 0.14), beam search and MCTS almost never
+    for m in ("best_of_n", "weighted_best_of_n", "beam_search", "mcts"):
+        assert acc[(m, 8)] >= 0.6, (m, acc)
+        assert tokens[(m, 8)] > tokens[(m, 1)]
+    assert acc[("beam_search", 8)] >= 0.9 and acc[("mcts", 8)] >= 0.9
+    assert acc[("majority", 1)] <= 0.75  # one noisy sample: no search, no miracle
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    cfg = TTCConfig(model="tiny", runs_dir=str(d), name="tiny", num_problems=2, budgets=[1, 2], max_new_tokens=24,
+                    max_step_tokens=8, progress=False)
+    return cfg, run_ttc(cfg)
+
+
+def test_ttc_end_to_end_on_a_tiny_random_model(tiny_run):
+    cfg, res = tiny_run
+    rows = res["rows"]
+    assert {(r["method"], r["budget"]) for r in rows} == {(m, b) for m in ALL_METHODS for b in (1, 2)}
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["generated_tokens"] > 0
+    for key in ("json", "md", "png"):
+        assert os.path.getsize(res["paths"][key]) > 0
+    saved = json.load(open(res["paths"]["json"]))
+    assert saved["rows"] == rows and saved["problems"] == 2
+    table = open(res["paths"]["md"]).read()
+    assert all(m in table for m in ALL_METHODS)
+
+
+def test_ttc_cli(tiny_run, tmp_path):
+    from r1core.recipes.cli import main
+
+    cfg, _ = tiny_run
+    assert main(["ttc", "--model", "tiny", "--runs-dir", str(tmp_path), "--name", "cli", "--num-problems", "1",
+                 "--budgets", "1", "--methods", "majority,beam_search", "--max-new-tokens", "16", "--no-progress"]) == 0
+    saved = json.load(open(tmp_path / "cli" / "ttc.json"))
+    assert {(r["method"], r["budget"]) for r in saved["rows"]} == {("majority", 1), ("beam_search", 1)}
+    with pytest.raises(SystemExit, match="no model"):
+        main(["ttc", "--runs-dir", str(tmp_path), "--name", "missing", "--no-progress"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(budgets=[0, 2]), "budgets"), (dict(budgets=[]), "budgets"), (dict(methods=["oracle"]), "methods"),
+    (dict(verifier="orm"), "verifier"), (dict(aggregate="mean"), "aggregate"), (dict(temperature=0.0), "temperature"),
+    (dict(num_problems=0), "num_problems"), (dict(task="sudoku"), "task"), (dict(name="a/b"), "name"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TTCConfig(**kwargs)
