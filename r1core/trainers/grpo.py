@@ -57,6 +57,19 @@ class RolloutBatch:
                             take(self.advantages), take(self.old_logprobs), take(self.ref_logprobs), take(self.group_ok), self.prompt_len)
 
 
+def _hidden_states(base, b: RolloutBatch) -> torch.Tensor:
+    """Last hidden states [B, P + C, H]. Without left padding the mask is dropped: right padding
+    sits after every real token, so causal attention already keeps it out, and SDPA's maskless
+    causal path is the fast one (0.16 s against 0.39 s for a batch of the tiny model here)."""
+    mask = b.attention_mask
+    if bool(mask[:, :b.prompt_len].all()):
+        n = b.input_ids.shape[1]
+        return base(input_ids=b.input_ids, position_ids=torch.arange(n, device=mask.device).expand(mask.shape[0], n),
+                    use_cache=False).last_hidden_state
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return base(input_ids=b.input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
+
+
 class _PolicyLoss(torch.nn.Module):
     """The fused GRPO loss as a module, so DDP wraps the whole forward (its gradient hooks then
     cover the LM head used outside the base model too)."""
@@ -70,9 +83,7 @@ class _PolicyLoss(torch.nn.Module):
         cfg = self.config
         base, weight, bias = lm_head_params(self.model)
         P, C = b.prompt_len, b.completion_ids.shape[1]
-        position_ids = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
-        hidden = hidden[:, P - 1:P - 1 + C]  # [B, C, H]: the states that predict the completion tokens
+        hidden = _hidden_states(base, b)[:, P - 1:P - 1 + C]  # [B, C, H]: the states that predict the completion tokens
         return r1kernels.grpo_loss(
             hidden, weight, b.completion_ids, b.advantages, mask=b.completion_mask, old_logprobs=b.old_logprobs,
             ref_logprobs=b.ref_logprobs, bias=bias, beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high,
@@ -86,8 +97,7 @@ def policy_logprobs(model, b: RolloutBatch, temperature: float) -> torch.Tensor:
     base, weight, bias = lm_head_params(model)
     P, C = b.prompt_len, b.completion_ids.shape[1]
     with torch.no_grad():
-        position_ids = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = _hidden_states(base, b)
         return r1kernels.token_logprobs(hidden[:, P - 1:P - 1 + C], weight, b.completion_ids, bias=bias, temperature=temperature)
 
 
@@ -175,7 +185,7 @@ class GRPOTrainer:
 
         cfg = self.config
         return SamplingParams(n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
-                              max_new_tokens=cfg.max_completion_length, stop=cfg.stop, seed=seed, logprobs=True)
+                              max_new_tokens=cfg.max_completion_length, stop=cfg.stop, ignore_eos=cfg.ignore_eos, seed=seed, logprobs=True)
 
     def generate(self, idx: list[int]):
         """G completions for each row in idx, from the live weights; per-prompt seeds derived from

@@ -42,6 +42,7 @@ class GRPOConfig:
     top_k: int = 0
     min_p: float = 0.0
     stop: list[str] | None = None
+    ignore_eos: bool = False  # sample exactly max_completion_length tokens (benchmarks)
     # loss
     beta: float = 0.0
     epsilon: float = 0.2
