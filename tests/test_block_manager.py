@@ -124,3 +124,15 @@ def test_shared_blocks_keep_their_cache_entry_until_last_free():
     assert all(bm.ref_count(x) == 1 for x in b.block_table)
     bm.free(b)
     assert bm.num_free_blocks == 8
+
+
+def test_weight_version_bump_reuses_the_formerly_cached_blocks_first():
+    bm = BlockManager(16, 2)
+    a = make_seq(range(6))
+    compute(bm, a)
+    used = set(a.block_table)
+    bm.free(a)
+    bm.bump_weight_version()
+    b = make_seq([9] * 6, seq_id=1)
+    compute(bm, b)
+    assert set(b.block_table) == used  # touched pages are reused before fresh ones

@@ -172,9 +172,12 @@ class BlockManager:
         seq.num_computed_tokens = 0
 
     def bump_weight_version(self) -> None:
-        """The model's weights changed: no cached block may be reused any more."""
+        """The model's weights changed: no cached block may be reused any more. The free blocks that
+        held cached prefixes move to the front of the free list (their pages are touched already)."""
         self.weight_version += 1
         self.hash_to_block.clear()
         for block in self.blocks:
-            if block.ref_count == 0:
+            if block.hash is not None:
                 block.hash = block.token_ids = None
+                if block.ref_count == 0:
+                    self._free_ids.move_to_end(block.block_id, last=False)
