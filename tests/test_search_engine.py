@@ -295,3 +295,27 @@ def test_engine_step_generator_bad_input(engine_and_tok):
         gen.expand([5, 6], 0, 4)
     with pytest.raises(ValueError, match="max_step_tokens"):
         gen.expand([5, 6], 2, 0)
+
+
+def test_drive_many_batches_searches_and_matches_them_alone():
+    from r1core.search import beam_search_steps, drive_many, mcts_steps
+
+    class CountingPolicy(DigitPolicy):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def serve(self, requests):
+            self.calls.append(len(requests))
+            return [self.expand(r.prefix_ids, r.n, r.max_tokens) for r in requests]
+
+    prompts = [[ord(c)] for c in "abcd"]
+    alone = [beam_search(DigitPolicy(), p, _digit_score, budget=8, beam_width=4) for p in prompts]
+    alone += [mcts(DigitPolicy(), p, _digit_score, budget=6, num_children=3) for p in prompts]
+    gen = CountingPolicy()
+    many = drive_many([beam_search_steps(p, _digit_score, budget=8, beam_width=4) for p in prompts]
+                      + [mcts_steps(p, _digit_score, budget=6, num_children=3) for p in prompts], gen)
+    key = lambda r: (r.method, r.text, r.score, r.generated_tokens)  # noqa: E731
+    assert [key(r) for r in many] == [key(r) for r in alone]
+    # one serve per round: beam rounds ask 1 then 2 prefixes per problem, MCTS one per simulation
+    assert gen.calls[:3] == [4 + 4, 8 + 4, 8 + 4] and len(gen.calls) == 6
