@@ -246,3 +246,21 @@ def test_cpu_kernels_registered():
     # the engine's speed on a CPU machine depends on the C++ kernels; fails where _C lacks them
     for name in ("paged_attention", "reshape_and_cache", "copy_blocks", "merge_attention_states", "tree_attention"):
         assert has_cpp_kernel(name, "cpu"), f"r1kernels::{name} has no C++ CPU kernel"
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_triton_paged_attention(causal):
+    # the Triton kernel itself (under TRITON_INTERPRET=1 on a CPU machine): fp32, tiny shapes,
+    # block_size and head_dim not powers of two, an empty sequence
+    from r1kernels.triton.paged_attention import paged_attention as triton_paged_attention
+
+    seq_lens = [1, 11, 0, 7]
+    q_lens = [1, 4, 0, 7] if causal else [1, 4, 2, 7]
+    kc, vc, table, sl = make_cache(seq_lens, 5, 2, 12, torch.float32, max_blocks=4)
+    q, cq = torch.randn(sum(q_lens), 4, 12), cu(q_lens)
+    if torch.cuda.is_available():
+        q, kc, vc, table, sl, cq = (x.cuda() for x in (q, kc, vc, table, sl, cq))
+    out, lse = triton_paged_attention(q, kc, vc, table, sl, cq, 0.3, causal)
+    ref, ref_lse = reference.paged_attention(q, kc, vc, table, sl, cq, 0.3, causal)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)

@@ -112,3 +112,20 @@ def test_opcheck():
         (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], a["k_cache"], a["v_cache"], a["block_tables"], a["prefix_lens"], 0.35),
     )
     torch.library.opcheck(torch.ops.r1kernels.tree_attention.default, (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], None, None, None, None, 0.35))
+
+
+@pytest.mark.parametrize("with_prefix", [True, False])
+def test_triton_tree_attention(with_prefix):
+    from r1kernels.triton.tree_attention import tree_attention as triton_tree_attention
+
+    parents, cu_nodes = make_trees([1, 6, 5], ["random", "random", "chain"])
+    kc, vc, table, pl = make_cache([3, 0, 9], 4, 1, 12, torch.float32, max_blocks=3)
+    q, k, v = torch.randn(12, 2, 12), torch.randn(12, 1, 12), torch.randn(12, 1, 12)
+    cache = (kc, vc, table, pl) if with_prefix else (None, None, None, None)
+    args = (q, k, v, parents, cu_nodes, *cache)
+    if torch.cuda.is_available():
+        args = tuple(x.cuda() if x is not None else None for x in args)
+    out, lse = triton_tree_attention(*args, 0.3)
+    ref, ref_lse = reference.tree_attention(*args, 0.3)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)

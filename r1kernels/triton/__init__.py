@@ -13,6 +13,8 @@ import torch
 
 from r1kernels._library import has_cpp_kernel
 from r1kernels.triton import group_advantages, grpo_loss
+from r1kernels.triton import paged_attention as _paged_attention
+from r1kernels.triton import tree_attention as _tree_attention
 
 KERNELS = {
     "group_advantages": group_advantages.group_advantages,
@@ -21,6 +23,8 @@ KERNELS = {
     "fused_grpo_loss": grpo_loss.fused_grpo_loss,
     "logits_grpo_loss": grpo_loss.logits_grpo_loss,
     "grpo_token_loss": grpo_loss.grpo_token_loss,
+    "paged_attention": _paged_attention.paged_attention,
+    "tree_attention": _tree_attention.tree_attention,
 }
 
 # the ops whose CUDA kernel is Triton's in this process (the rest run CUDA C++ kernels)
