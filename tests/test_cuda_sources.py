@@ -1,8 +1,9 @@
 """Compile check of the CUDA sources: every csrc/cuda/*.cu through nvcc `-c` for sm_80 and sm_90a
 against torch's headers, as setup.py would build them on a GPU machine. Nothing is run.
 
-nvcc spends about 45 s of CPU per file on torch's headers (measured on the 2-core CI machine: 69 s
-wall for group_advantages.cu alone), so the files compile two at a time in threads, and a file that
+nvcc spends 35-40 s of CPU per file, nearly all of it parsing torch's headers three times (host,
+sm_80, sm_90a; measured with `nvcc --time` on the 2-core dev machine), so the files compile two at a
+time in threads, and a file that
 compiled is remembered under build/nvcc-check/ by the hash of everything that goes into the compile
 (the source, csrc's headers, the flags, nvcc's and torch's versions): a repeated run costs nothing.
 """

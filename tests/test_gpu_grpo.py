@@ -173,7 +173,7 @@ def test_grpo_loss_from_logits_cuda(dtype, atol, rtol, loss_type):
     z = logits.cuda().requires_grad_()
     loss, stats = r1kernels.grpo_loss_from_logits(z, targets.cuda(), adv.cuda(), mask=mask.cuda(), old_logprobs=old.cuda(), ref_logprobs=ref.cuda(), **kw)
     loss.backward()
-    zr = logits.clone().requires_grad_()
+    zr = logits.detach().clone().requires_grad_()
     rloss, rstats = reference.grpo_loss_from_logits(zr, targets, adv, mask, old, ref, **kw)
     rloss.backward()
     _close(loss, rloss, atol, rtol, "loss")
