@@ -274,3 +274,16 @@ def test_bad_sampling_params(field, value, match):
     engine = Engine(tiny_model("llama"), block_size=4, num_blocks=128)
     with pytest.raises(ValueError, match=f"request 1: {match}"):
         engine.generate([[3, 4], [5, 6]], [SamplingParams(max_new_tokens=8), ok])
+
+
+@pytest.mark.parametrize("cache_dtype, atol, rtol", [(torch.bfloat16, 0.1, 0.05), (torch.float16, 0.02, 0.01)])
+def test_low_precision_cache(cache_dtype, atol, rtol):
+    model = tiny_model("qwen2")
+    prompts = random_prompts([6, 19])
+    engine = Engine(model, block_size=4, num_blocks=64, cache_dtype=cache_dtype)
+    assert engine.model_runner.kv_cache.dtype == cache_dtype
+    outs = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=10, ignore_eos=True))
+    for p, o in zip(prompts, outs):
+        for c in o.outputs:
+            ref = full_forward_logprobs(model, p, c.token_ids, 1.0)
+            torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=atol, rtol=rtol)
