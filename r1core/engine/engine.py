@@ -43,7 +43,8 @@ class Engine:
     counters, or announced with `weights_updated()`) invalidates the prefix cache.
 
     cascade: shared-prefix attention for the samples of a group in decode steps: True, False, or
-    "auto" (when it saves reading at least 256 prefix tokens in a step)."""
+    "auto" (when it saves reading at least 4096 prefix tokens in a step: below that the second
+    attention call and the merge cost more than they save on the CPU)."""
 
     def __init__(self, model, tokenizer=None, block_size: int = 16, num_blocks: int | None = None,
                  memory_budget_bytes: int | None = None, max_num_seqs: int = 256,
