@@ -146,3 +146,39 @@ def test_bad_trainer_input(tok):
         train_reward_model(model, tok, [])
     with pytest.raises(ValueError, match="kind"):
         score_positions(tok, [1, 2], "value")
+
+
+def test_shepherd_examples_from_a_noisy_policy_train_a_prm(tok):
+    # the policy never recovers from a wrong step, so every step at or after the first wrong one
+    # must be labelled 0 whatever the rollouts do; a right prefix is labelled 1 unless all of its
+    # rollouts went wrong
+    from _search_fakes import NoisyAdditionPolicy
+    from r1core.search.reward_models import shepherd_examples
+
+    seed = random.randrange(1000)
+    gen = NoisyAdditionPolicy(tok, p=0.7, seed=seed)
+    rows = arithmetic.generate_arithmetic(12, "train", seed, digits=2)
+    ver = ArithmeticVerifier()
+
+    def correct(row, text):
+        return ver.outcome(row["prompt"], text) >= 1.0
+
+    encode = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    exs = shepherd_examples(gen, list(rows), encode, correct, solutions_per_row=2, rollouts=4)
+    assert len(exs) == 24
+    n_right = n_right_one = 0
+    for ex in exs:
+        steps, _ = ver.split(ex.completion)
+        good = ver.score(ex.prompt, steps)
+        assert len(ex.labels) == len(steps)
+        for g, y in zip(good[:-1], ex.labels[:-1]):
+            if g == 0.0:
+                assert y == 0.0
+            else:
+                n_right += 1
+                n_right_one += y == 1.0
+        assert ex.labels[-1] == (1.0 if correct({"prompt": ex.prompt}, ex.completion) else 0.0)
+    assert n_right == 0 or n_right_one / n_right >= 0.5
+    model = build_reward_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=seed)
+    losses = train_reward_model(model, tok, exs, kind="prm", max_steps=40, batch_size=12, seed=seed)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
