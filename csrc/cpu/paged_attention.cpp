@@ -1,0 +1,205 @@
+// r1kernels::paged_attention and r1kernels::merge_attention_states on the CPU.
+//
+// Work item = (sequence, kv head, tile of up to kQTile query tokens). An item loads each KV block
+// of its sequence once and applies it to all its query rows and all Hq / Hkv query heads that read
+// that kv head: decode (1 query), prefill, chunked prefill and the cascade's shared-prefix call
+// (a group's rows packed as one non-causal sequence) are the same loop. fp32 online softmax; items
+// run on torch's intra-op threads with dynamic scheduling.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "attention_common.h"
+
+namespace {
+
+constexpr int64_t kQTile = 64;  // query tokens per item: bounds the fp32 tile (64 x Hq/Hkv x D)
+constexpr int64_t kKeyChunk = 128;  // keys per softmax update
+
+struct PagedArgs {
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  void* out;
+  float* lse;
+  const int32_t* table;
+  const int32_t* seq_lens;
+  const int32_t* cu;
+  int64_t max_blocks, block_size, hq, hkv, d;
+  float scale;
+  bool causal;
+};
+
+struct Item {
+  int64_t seq, head, j0, j1;
+};
+
+template <typename T>
+R1_INLINE void paged_item(const PagedArgs& p, const Item& it) {
+  thread_local r1::RowTile tile;
+  thread_local std::vector<float> kbuf, vbuf;
+  thread_local std::vector<const float*> kp, vp;
+  const int64_t G = p.hq / p.hkv, D = p.d, bs = p.block_size;
+  const int64_t a = p.cu[it.seq], qlen = p.cu[it.seq + 1] - a, L = p.seq_lens[it.seq];
+  const int64_t rows = (it.j1 - it.j0) * G;
+  tile.reset(rows, D, kKeyChunk + 8);
+  const T* q = static_cast<const T*>(p.q);
+  for (int64_t j = it.j0; j < it.j1; ++j)
+    for (int64_t g = 0; g < G; ++g)
+      r1::load_row(tile.Q.data() + ((j - it.j0) * G + g) * D, q + ((a + j) * p.hq + it.head * G + g) * D, D, p.scale);
+  // kv tokens visible to query token j
+  auto limit = [&](int64_t j) { return p.causal ? L - qlen + j + 1 : L; };
+  const int64_t max_limit = limit(it.j1 - 1);
+  // keys go through the softmax in chunks of whole blocks (>= kKeyChunk keys): fewer rescales and
+  // calls per row than block by block, which is what decode (a few rows per item) pays for
+  const int64_t chunk = std::max<int64_t>(1, kKeyChunk / bs) * bs;
+  kp.resize(chunk);
+  vp.resize(chunk);
+  if (!std::is_same<T, float>::value) {
+    kbuf.resize(chunk * D);
+    vbuf.resize(chunk * D);
+  }
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int32_t* table = p.table + it.seq * p.max_blocks;
+  for (int64_t c0 = 0; c0 < max_limit; c0 += chunk) {
+    const int64_t c1 = std::min(max_limit, c0 + chunk);
+    for (int64_t pos = c0; pos < c1; ++pos) {
+      const int64_t t = pos - c0;
+      const int64_t off = ((static_cast<int64_t>(table[pos / bs]) * bs + pos % bs) * p.hkv + it.head) * D;
+      if constexpr (std::is_same<T, float>::value) {
+        kp[t] = kc + off;
+        vp[t] = vc + off;
+      } else {
+        r1::load_row(kbuf.data() + t * D, kc + off, D);
+        r1::load_row(vbuf.data() + t * D, vc + off, D);
+        kp[t] = kbuf.data() + t * D;
+        vp[t] = vbuf.data() + t * D;
+      }
+    }
+    for (int64_t j = it.j0; j < it.j1; ++j) {
+      const int64_t nvalid = std::min(c1, limit(j)) - c0;
+      for (int64_t g = 0; g < G; ++g) tile.attend_row((j - it.j0) * G + g, nvalid, kp.data(), vp.data());
+    }
+  }
+  T* out = static_cast<T*>(p.out);
+  for (int64_t j = it.j0; j < it.j1; ++j)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t row = (a + j) * p.hq + it.head * G + g;
+      tile.finish_row((j - it.j0) * G + g, out + row * D, p.lse + row);
+    }
+}
+
+// One copy per ISA, chosen at load time: the inlined loops above use AVX-512 / AVX2 where present.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void run_paged_item(const PagedArgs& p, const Item& it, int dtype) {
+  switch (dtype) {
+    case 0: paged_item<float>(p, it); break;
+    case 1: paged_item<c10::BFloat16>(p, it); break;
+    default: paged_item<c10::Half>(p, it); break;
+  }
+}
+
+int dtype_code(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return 0;
+    case at::kBFloat16: return 1;
+    case at::kHalf: return 2;
+    default: TORCH_CHECK_VALUE(false, "the cache must be float32, bfloat16 or float16, got ", t);
+  }
+  return 0;
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                                       const at::Tensor& block_tables, const at::Tensor& seq_lens,
+                                                       const at::Tensor& cu_seqlens_q, double scale, bool causal) {
+  TORCH_CHECK_VALUE(q.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(), "q must be [Nq, Hq, D] and the caches [num_blocks, block_size, Hkv, D]");
+  TORCH_CHECK_VALUE(q.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == k_cache.scalar_type(), "q must have the cache's dtype");
+  TORCH_CHECK_VALUE(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt && cu_seqlens_q.scalar_type() == at::kInt,
+                    "block_tables, seq_lens and cu_seqlens_q must be int32");
+  const int64_t S = block_tables.size(0), max_blocks = block_tables.size(1);
+  const int64_t nb = k_cache.size(0), bs = k_cache.size(1), hkv = k_cache.size(2), d = k_cache.size(3);
+  const int64_t nq = q.size(0), hq = q.size(1);
+  TORCH_CHECK_VALUE(q.size(2) == d, "q has head_dim ", q.size(2), " but k_cache has head_dim ", d);
+  TORCH_CHECK_VALUE(hkv > 0 && hq % hkv == 0, "q's heads (", hq, ") must be a multiple of k_cache's kv heads (", hkv, ")");
+  TORCH_CHECK_VALUE(seq_lens.numel() == S && cu_seqlens_q.numel() == S + 1, "seq_lens must have ", S, " entries and cu_seqlens_q ", S + 1);
+  const int dt = dtype_code(k_cache.scalar_type());
+  auto qc = q.contiguous();
+  auto tb = block_tables.contiguous();
+  auto sl = seq_lens.contiguous();
+  auto cq = cu_seqlens_q.contiguous();
+  const int32_t* table = tb.data_ptr<int32_t>();
+  const int32_t* lens = sl.data_ptr<int32_t>();
+  const int32_t* cu = cq.data_ptr<int32_t>();
+  // The data checks the Python wrapper leaves to this kernel (a few integer loops).
+  bool cu_ok = cu[0] == 0 && cu[S] == nq;
+  for (int64_t s = 0; s < S; ++s) cu_ok = cu_ok && cu[s + 1] >= cu[s];
+  TORCH_CHECK_VALUE(cu_ok, "cu_seqlens_q must start at 0, never decrease and end at ", nq);
+  std::vector<Item> items;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t L = lens[s], ql = cu[s + 1] - cu[s];
+    TORCH_CHECK_VALUE(L >= 0 && L <= max_blocks * bs, "seq_lens must be in [0, ", max_blocks * bs, "] (max_blocks * block_size of block_tables), got ", L, " for sequence ", s);
+    TORCH_CHECK_VALUE(!causal || L >= ql, "seq_lens must be >= each sequence's query count when causal (the queries' own K/V are in the cache), got ", L, " kv tokens for ", ql, " queries in sequence ", s);
+    for (int64_t b = 0; b * bs < L; ++b) {
+      const int64_t id = table[s * max_blocks + b];
+      TORCH_CHECK_VALUE(id >= 0 && id < nb, "block_tables holds block ids outside [0, ", nb, ") in the blocks the sequences use: ", id, " at (", s, ", ", b, ")");
+    }
+    for (int64_t j0 = 0; j0 < ql; j0 += kQTile)
+      for (int64_t h = 0; h < hkv; ++h) items.push_back({s, h, j0, std::min(ql, j0 + kQTile)});
+  }
+  auto out = at::empty_like(qc);
+  auto lse = at::empty({nq, hq}, q.options().dtype(at::kFloat));
+  PagedArgs p{qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), lse.data_ptr<float>(), table, lens, cu,
+              max_blocks, bs, hq, hkv, d, static_cast<float>(scale), causal};
+  r1::parallel_items(static_cast<int64_t>(items.size()), [&](int64_t i) { run_paged_item(p, items[i], dt); });
+  return {out, lse};
+}
+
+template <typename T>
+R1_INLINE void merge_rows(const T* oa, const float* la, const T* ob, const float* lb, T* out, float* lse, int64_t r0, int64_t r1, int64_t d) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float a = la[r], b = lb[r];
+    const float m = std::max(a, b);
+    float wa = 0.f, wb = 0.f;
+    if (m != r1::kNegInf) {
+      wa = a == r1::kNegInf ? 0.f : std::exp(a - m);
+      wb = b == r1::kNegInf ? 0.f : std::exp(b - m);
+    }
+    const float tot = wa + wb;
+    lse[r] = tot > 0.f ? m + std::log(tot) : r1::kNegInf;
+    if (tot > 0.f) {
+      wa /= tot;
+      wb /= tot;
+    }
+    const T* xa = oa + r * d;
+    const T* xb = ob + r * d;
+    T* y = out + r * d;
+    for (int64_t i = 0; i < d; ++i) y[i] = static_cast<T>(wa * r1::to_float(xa[i]) + wb * r1::to_float(xb[i]));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> merge_attention_states_cpu(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
+                                                              const at::Tensor& lse_b) {
+  TORCH_CHECK_VALUE(out_a.dim() == 3 && out_b.sizes() == out_a.sizes() && out_b.scalar_type() == out_a.scalar_type(),
+                    "out_a and out_b must be [N, H, D] of the same shape and dtype");
+  TORCH_CHECK_VALUE(lse_a.scalar_type() == at::kFloat && lse_b.scalar_type() == at::kFloat && lse_a.numel() == out_a.size(0) * out_a.size(1) &&
+                        lse_b.numel() == lse_a.numel(),
+                    "lse_a and lse_b must be float32 [N, H]");
+  auto oa = out_a.contiguous(), ob = out_b.contiguous(), la = lse_a.contiguous(), lb = lse_b.contiguous();
+  auto out = at::empty_like(oa);
+  auto lse = at::empty_like(la);
+  const int64_t rows = oa.size(0) * oa.size(1), d = oa.size(2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, oa.scalar_type(), "merge_attention_states", [&] {
+    at::parallel_for(0, rows, 2048 / std::max<int64_t>(d, 1) + 1, [&](int64_t r0, int64_t r1) {
+      merge_rows(oa.data_ptr<scalar_t>(), la.data_ptr<float>(), ob.data_ptr<scalar_t>(), lb.data_ptr<float>(), out.data_ptr<scalar_t>(),
+                 lse.data_ptr<float>(), r0, r1, d);
+    });
+  });
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(r1kernels, CPU, m) {
+  m.impl("paged_attention", &paged_attention_cpu);
+  m.impl("merge_attention_states", &merge_attention_states_cpu);
+}

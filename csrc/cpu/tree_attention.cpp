@@ -1,0 +1,194 @@
+// r1kernels::tree_attention on the CPU.
+//
+// Work item = (tree, kv head, tile of up to kNodeTile nodes). An item first runs the tree's paged
+// prefix through the online softmax of all its rows (every node and every query head of the kv
+// head: each prefix block is loaded once per item, not once per branch), then each node's
+// ancestors-and-self, found by walking `parents` (depth <= tree size).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "attention_common.h"
+
+namespace {
+
+constexpr int64_t kNodeTile = 64;
+
+struct TreeArgs {
+  const void *q, *k, *v, *k_cache, *v_cache;
+  void* out;
+  float* lse;
+  const int32_t *parents, *cu, *table, *prefix_lens;
+  int64_t max_blocks, block_size, hq, hkv, d;
+  float scale;
+};
+
+struct Item {
+  int64_t tree, head, n0, n1;
+};
+
+template <typename T>
+R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
+  thread_local r1::RowTile tile;
+  thread_local std::vector<float> kbuf, vbuf;
+  thread_local std::vector<const float*> kp, vp;
+  thread_local std::vector<int64_t> anc;
+  const int64_t G = p.hq / p.hkv, D = p.d, bs = p.block_size, H = it.head;
+  const int64_t a = p.cu[it.tree], n_tree = p.cu[it.tree + 1] - a;
+  const int64_t rows = (it.n1 - it.n0) * G;
+  tile.reset(rows, D, std::max(bs, it.n1));
+  const T* q = static_cast<const T*>(p.q);
+  for (int64_t i = it.n0; i < it.n1; ++i)
+    for (int64_t g = 0; g < G; ++g)
+      r1::load_row(tile.Q.data() + ((i - it.n0) * G + g) * D, q + ((a + i) * p.hq + H * G + g) * D, D, p.scale);
+  constexpr bool is_f32 = std::is_same<T, float>::value;
+  const int64_t tok_stride = p.hkv * D;
+  kp.resize(std::max(bs, it.n1));
+  vp.resize(kp.size());
+  // prefix: identical for every row of the item
+  if (p.k_cache != nullptr) {
+    const int64_t P = p.prefix_lens[it.tree];
+    const T* kc = static_cast<const T*>(p.k_cache);
+    const T* vc = static_cast<const T*>(p.v_cache);
+    if (!is_f32) {
+      kbuf.resize(bs * D);
+      vbuf.resize(bs * D);
+    }
+    for (int64_t b = 0; b * bs < P; ++b) {
+      const int64_t id = p.table[it.tree * p.max_blocks + b];
+      const int64_t n = std::min(bs, P - b * bs);
+      const int64_t base = (id * bs * p.hkv + H) * D;
+      for (int64_t t = 0; t < n; ++t) {
+        const T* ks = kc + base + t * tok_stride;
+        const T* vs = vc + base + t * tok_stride;
+        if constexpr (is_f32) {
+          kp[t] = ks;
+          vp[t] = vs;
+        } else {
+          r1::load_row(kbuf.data() + t * D, ks, D);
+          r1::load_row(vbuf.data() + t * D, vs, D);
+          kp[t] = kbuf.data() + t * D;
+          vp[t] = vbuf.data() + t * D;
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) tile.attend_row(r, n, kp.data(), vp.data());
+    }
+  }
+  // ancestors and self: nodes [0, n1) of the tree hold every ancestor of the item's nodes
+  const T* k = static_cast<const T*>(p.k) + (a * p.hkv + H) * D;
+  const T* v = static_cast<const T*>(p.v) + (a * p.hkv + H) * D;
+  if (!is_f32) {
+    kbuf.resize(it.n1 * D);
+    vbuf.resize(it.n1 * D);
+    for (int64_t j = 0; j < it.n1; ++j) {
+      r1::load_row(kbuf.data() + j * D, k + j * tok_stride, D);
+      r1::load_row(vbuf.data() + j * D, v + j * tok_stride, D);
+    }
+  }
+  const int32_t* par = p.parents + a;
+  for (int64_t i = it.n0; i < it.n1; ++i) {
+    int64_t depth = 0;
+    for (int64_t j = i; j >= 0; j = par[j], ++depth) {
+      if constexpr (is_f32) {
+        kp[depth] = reinterpret_cast<const float*>(k + j * tok_stride);
+        vp[depth] = reinterpret_cast<const float*>(v + j * tok_stride);
+      } else {
+        kp[depth] = kbuf.data() + j * D;
+        vp[depth] = vbuf.data() + j * D;
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) tile.attend_row((i - it.n0) * G + g, depth, kp.data(), vp.data());
+  }
+  (void)n_tree;
+  T* out = static_cast<T*>(p.out);
+  for (int64_t i = it.n0; i < it.n1; ++i)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t row = (a + i) * p.hq + H * G + g;
+      tile.finish_row((i - it.n0) * G + g, out + row * D, p.lse + row);
+    }
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void run_tree_item(const TreeArgs& p, const Item& it, int dtype) {
+  switch (dtype) {
+    case 0: tree_item<float>(p, it); break;
+    case 1: tree_item<c10::BFloat16>(p, it); break;
+    default: tree_item<c10::Half>(p, it); break;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& parents,
+                                                      const at::Tensor& cu_nodes, const std::optional<at::Tensor>& k_cache,
+                                                      const std::optional<at::Tensor>& v_cache, const std::optional<at::Tensor>& block_tables,
+                                                      const std::optional<at::Tensor>& prefix_lens, double scale) {
+  TORCH_CHECK_VALUE(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q.size(0), "q must be [N, Hq, D] and k, v [N, Hkv, D]");
+  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "k and v must have q's dtype");
+  TORCH_CHECK_VALUE(parents.scalar_type() == at::kInt && cu_nodes.scalar_type() == at::kInt, "parents and cu_nodes must be int32");
+  const int64_t N = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1);
+  TORCH_CHECK_VALUE(k.size(2) == d, "q has head_dim ", d, " but k has head_dim ", k.size(2));
+  TORCH_CHECK_VALUE(hkv > 0 && hq % hkv == 0, "q's heads (", hq, ") must be a multiple of k's kv heads (", hkv, ")");
+  TORCH_CHECK_VALUE(parents.numel() == N, "parents must have ", N, " entries");
+  const int64_t T = cu_nodes.numel() - 1;
+  TORCH_CHECK_VALUE(T >= 0, "cu_nodes must have num_trees + 1 entries");
+  int dt = 0;
+  switch (q.scalar_type()) {
+    case at::kFloat: dt = 0; break;
+    case at::kBFloat16: dt = 1; break;
+    case at::kHalf: dt = 2; break;
+    default: TORCH_CHECK_VALUE(false, "q must be float32, bfloat16 or float16, got ", q.scalar_type());
+  }
+  const bool has_cache = k_cache.has_value();
+  TORCH_CHECK_VALUE(has_cache == v_cache.has_value() && has_cache == block_tables.has_value() && has_cache == prefix_lens.has_value(),
+                    "k_cache, v_cache, block_tables and prefix_lens must be given together (the paged prefix) or not at all");
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), pc = parents.contiguous(), cc = cu_nodes.contiguous();
+  const int32_t* cu = cc.data_ptr<int32_t>();
+  const int32_t* par = pc.data_ptr<int32_t>();
+  bool cu_ok = cu[0] == 0 && cu[T] == N;
+  for (int64_t t = 0; t < T; ++t) cu_ok = cu_ok && cu[t + 1] >= cu[t];
+  TORCH_CHECK_VALUE(cu_ok, "cu_nodes must start at 0, never decrease and end at ", N);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < cu[t + 1] - cu[t]; ++i) {
+      const int64_t pi = par[cu[t] + i];
+      TORCH_CHECK_VALUE(pi >= -1 && pi < i, "parents must index a node of the same tree before the child (-1 for a root), so the nodes form trees in "
+                        "topological order; node ", cu[t] + i, " (index ", i, " in its tree) has parent ", pi);
+    }
+  at::Tensor tb, pl;
+  int64_t max_blocks = 0, bs = 1;
+  if (has_cache) {
+    const auto& kcache = *k_cache;
+    TORCH_CHECK_VALUE(kcache.dim() == 4 && v_cache->sizes() == kcache.sizes() && kcache.size(2) == hkv && kcache.size(3) == d,
+                      "k_cache and v_cache must be [num_blocks, block_size, Hkv, D] matching k");
+    TORCH_CHECK_VALUE(kcache.scalar_type() == q.scalar_type() && v_cache->scalar_type() == q.scalar_type(), "k_cache must have q's dtype");
+    TORCH_CHECK_VALUE(kcache.is_contiguous() && v_cache->is_contiguous(), "k_cache must be contiguous");
+    tb = block_tables->contiguous();
+    pl = prefix_lens->contiguous();
+    TORCH_CHECK_VALUE(tb.scalar_type() == at::kInt && pl.scalar_type() == at::kInt && tb.dim() == 2 && tb.size(0) == T && pl.numel() == T,
+                      "block_tables must be int32 [num_trees, max_blocks] and prefix_lens int32 [num_trees]");
+    max_blocks = tb.size(1);
+    bs = kcache.size(1);
+    const int64_t nb = kcache.size(0);
+    const int32_t* table = tb.data_ptr<int32_t>();
+    const int32_t* lens = pl.data_ptr<int32_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      TORCH_CHECK_VALUE(lens[t] >= 0 && lens[t] <= max_blocks * bs, "prefix_lens must be in [0, ", max_blocks * bs, "] (max_blocks * block_size of block_tables), got ", lens[t], " for tree ", t);
+      for (int64_t b = 0; b * bs < lens[t]; ++b) {
+        const int64_t id = table[t * max_blocks + b];
+        TORCH_CHECK_VALUE(id >= 0 && id < nb, "block_tables holds block ids outside [0, ", nb, ") in the blocks the sequences use: ", id, " at (", t, ", ", b, ")");
+      }
+    }
+  }
+  std::vector<Item> items;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n0 = 0; n0 < cu[t + 1] - cu[t]; n0 += kNodeTile)
+      for (int64_t h = 0; h < hkv; ++h) items.push_back({t, h, n0, std::min<int64_t>(cu[t + 1] - cu[t], n0 + kNodeTile)});
+  auto out = at::empty_like(qc);
+  auto lse = at::empty({N, hq}, q.options().dtype(at::kFloat));
+  TreeArgs p{qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), has_cache ? k_cache->data_ptr() : nullptr, has_cache ? v_cache->data_ptr() : nullptr,
+             out.data_ptr(), lse.data_ptr<float>(), par, cu, has_cache ? tb.data_ptr<int32_t>() : nullptr,
+             has_cache ? pl.data_ptr<int32_t>() : nullptr, max_blocks, bs, hq, hkv, d, static_cast<float>(scale)};
+  r1::parallel_items(static_cast<int64_t>(items.size()), [&](int64_t i) { run_tree_item(p, items[i], dt); });
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(r1kernels, CPU, m) { m.impl("tree_attention", &tree_attention_cpu); }

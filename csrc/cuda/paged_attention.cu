@@ -1,0 +1,263 @@
+// Paged KV cache ops on the GPU, for the CUDA dispatch key: r1kernels::reshape_and_cache,
+// r1kernels::copy_blocks, r1kernels::paged_attention (decode, prefill and chunked prefill, one
+// kernel) and r1kernels::merge_attention_states.
+//
+// paged_attention: one thread block per (query row, kv head), serving the Hq / Hkv query heads of
+// that kv head. Keys go through an fp32 online softmax CHUNK at a time: threads compute the
+// chunk's scores (one key per thread, all heads), one warp per head reduces max and sum, then the
+// threads update the [heads, D] output accumulator in shared memory, reading V coalesced along D.
+// The row's sequence comes from a binary search of cu_seqlens_q, so nothing waits on the host.
+// The data checks (offsets, lengths, block ids) are done by the Python wrapper for CUDA tensors.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace r1kernels {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kChunk = 64;  // keys per softmax update
+constexpr int kMaxSmemBytes = 48 * 1024;
+
+// ---- cache writes -----------------------------------------------------------------------------
+
+template <typename T>
+__global__ void reshape_and_cache_kernel(const T* __restrict__ key, const T* __restrict__ value, T* __restrict__ k_cache,
+                                         T* __restrict__ v_cache, const int64_t* __restrict__ slots, int64_t row) {
+  const int64_t i = blockIdx.x;
+  const int64_t slot = slots[i];
+  if (slot < 0) return;  // padding token
+  for (int64_t e = threadIdx.x; e < row; e += blockDim.x) {
+    k_cache[slot * row + e] = key[i * row + e];
+    v_cache[slot * row + e] = value[i * row + e];
+  }
+}
+
+template <typename T>
+__global__ void copy_blocks_kernel(T* __restrict__ k_cache, T* __restrict__ v_cache, const int64_t* __restrict__ mapping, int64_t block_numel) {
+  const int64_t src = mapping[2 * blockIdx.x], dst = mapping[2 * blockIdx.x + 1];
+  for (int64_t e = threadIdx.x; e < block_numel; e += blockDim.x) {
+    k_cache[dst * block_numel + e] = k_cache[src * block_numel + e];
+    v_cache[dst * block_numel + e] = v_cache[src * block_numel + e];
+  }
+}
+
+void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slot_mapping) {
+  TORCH_CHECK_VALUE(k_cache.is_contiguous() && v_cache.is_contiguous() && key.is_contiguous() && value.is_contiguous(), "key, value and the caches must be contiguous");
+  TORCH_CHECK_VALUE(slot_mapping.scalar_type() == at::kLong, "slot_mapping must be int64");
+  const int64_t n = slot_mapping.numel();
+  if (n == 0) return;
+  const int64_t row = k_cache.size(2) * k_cache.size(3);
+  const c10::cuda::CUDAGuard guard(key.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(), "reshape_and_cache", [&] {
+    reshape_and_cache_kernel<scalar_t><<<n, kThreads, 0, stream>>>(key.data_ptr<scalar_t>(), value.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(),
+                                                                   v_cache.data_ptr<scalar_t>(), slot_mapping.data_ptr<int64_t>(), row);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void copy_blocks_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& block_mapping) {
+  TORCH_CHECK_VALUE(k_cache.is_contiguous() && v_cache.is_contiguous(), "the caches must be contiguous");
+  TORCH_CHECK_VALUE(block_mapping.scalar_type() == at::kLong && block_mapping.dim() == 2 && block_mapping.size(1) == 2, "block_mapping must be int64 [M, 2]");
+  const int64_t m = block_mapping.size(0);
+  if (m == 0) return;
+  auto mapping = block_mapping.contiguous();
+  const c10::cuda::CUDAGuard guard(k_cache.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(), "copy_blocks", [&] {
+    copy_blocks_kernel<scalar_t><<<m, 256, 0, stream>>>(k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(), mapping.data_ptr<int64_t>(), k_cache.stride(0));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---- attention --------------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <typename T>
+__global__ void paged_attention_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache, T* __restrict__ out,
+                                       float* __restrict__ lse, const int32_t* __restrict__ table, const int32_t* __restrict__ seq_lens,
+                                       const int32_t* __restrict__ cu, int num_seqs, int64_t max_blocks, int block_size, int hq, int hkv, int d,
+                                       float scale, bool causal) {
+  extern __shared__ float smem[];
+  const int G = hq / hkv;
+  float* qs = smem;                 // [G, D] scaled queries
+  float* acc = qs + G * d;          // [G, D] unnormalised output
+  float* sc = acc + G * d;          // [G, kChunk] scores, then probabilities
+  float* m = sc + G * kChunk;       // [G] running max
+  float* l = m + G;                 // [G] running sum
+  float* alpha = l + G;             // [G] rescale of this chunk
+
+  const int64_t row = blockIdx.x;
+  const int kvh = blockIdx.y;
+  // the row's sequence: the last s with cu[s] <= row
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (cu[mid] <= row) lo = mid; else hi = mid - 1;
+  }
+  const int s = lo;
+  const int64_t q_len = cu[s + 1] - cu[s];
+  const int64_t L = seq_lens[s];
+  const int64_t limit = causal ? L - q_len + (row - cu[s]) + 1 : L;
+
+  for (int i = threadIdx.x; i < G * d; i += blockDim.x) {
+    const int g = i / d, e = i % d;
+    qs[i] = static_cast<float>(q[(row * hq + kvh * G + g) * d + e]) * scale;
+    acc[i] = 0.f;
+  }
+  for (int g = threadIdx.x; g < G; g += blockDim.x) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+  }
+  __syncthreads();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+  const int32_t* tab = table + s * max_blocks;
+  for (int64_t c0 = 0; c0 < limit; c0 += kChunk) {
+    const int n = static_cast<int>(limit - c0 < kChunk ? limit - c0 : kChunk);
+    for (int t = threadIdx.x; t < n; t += blockDim.x) {
+      const int64_t pos = c0 + t;
+      const T* kr = k_cache + ((static_cast<int64_t>(tab[pos / block_size]) * block_size + pos % block_size) * hkv + kvh) * d;
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.f;
+        for (int e = 0; e < d; ++e) dot += qs[g * d + e] * static_cast<float>(kr[e]);
+        sc[g * kChunk + t] = dot;
+      }
+    }
+    __syncthreads();
+    for (int g = warp; g < G; g += n_warps) {
+      float mx = -INFINITY;
+      for (int t = lane; t < n; t += 32) mx = fmaxf(mx, sc[g * kChunk + t]);
+      mx = warp_max(mx);
+      const float m_new = fmaxf(m[g], mx);
+      float sum = 0.f;
+      for (int t = lane; t < n; t += 32) {
+        const float p = __expf(sc[g * kChunk + t] - m_new);
+        sc[g * kChunk + t] = p;
+        sum += p;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        const float a = m[g] == -INFINITY ? 0.f : __expf(m[g] - m_new);
+        alpha[g] = a;
+        l[g] = l[g] * a + sum;
+        m[g] = m_new;
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * d; i += blockDim.x) {
+      const int g = i / d, e = i % d;
+      float o = acc[i] * alpha[g];
+      for (int t = 0; t < n; ++t) {
+        const int64_t pos = c0 + t;
+        const T* vr = v_cache + ((static_cast<int64_t>(tab[pos / block_size]) * block_size + pos % block_size) * hkv + kvh) * d;
+        o += sc[g * kChunk + t] * static_cast<float>(vr[e]);
+      }
+      acc[i] = o;
+    }
+    __syncthreads();
+  }
+
+  for (int i = threadIdx.x; i < G * d; i += blockDim.x) {
+    const int g = i / d, e = i % d;
+    const float inv = l[g] > 0.f ? 1.f / l[g] : 0.f;
+    out[(row * hq + kvh * G + g) * d + e] = static_cast<T>(acc[i] * inv);
+  }
+  for (int g = threadIdx.x; g < G; g += blockDim.x) lse[row * hq + kvh * G + g] = l[g] > 0.f ? m[g] + logf(l[g]) : -INFINITY;
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& block_tables,
+                                                        const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q, double scale, bool causal) {
+  TORCH_CHECK_VALUE(q.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(), "q must be [Nq, Hq, D] and the caches [num_blocks, block_size, Hkv, D]");
+  TORCH_CHECK_VALUE(q.scalar_type() == k_cache.scalar_type(), "q must have the cache's dtype");
+  const int64_t nq = q.size(0), hq = q.size(1), d = q.size(2), hkv = k_cache.size(2), bs = k_cache.size(1);
+  TORCH_CHECK_VALUE(hkv > 0 && hq % hkv == 0 && k_cache.size(3) == d, "q's heads must be a multiple of the cache's kv heads, with the same head_dim");
+  const int64_t G = hq / hkv;
+  const int64_t smem = (2 * G * d + G * kChunk + 3 * G) * static_cast<int64_t>(sizeof(float));
+  TORCH_CHECK_VALUE(smem <= kMaxSmemBytes, "the CUDA paged attention holds (Hq / Hkv) x head_dim = ", G * d, " floats per block in shared memory; at most ",
+                    (kMaxSmemBytes / 4 - G * kChunk - 3 * G) / 2, " fit");
+  auto qc = q.contiguous();
+  auto out = at::empty_like(qc);
+  auto lse = at::empty({nq, hq}, q.options().dtype(at::kFloat));
+  const int num_seqs = static_cast<int>(block_tables.size(0));
+  if (nq == 0 || num_seqs == 0) return {out, lse};
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(hkv));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "paged_attention", [&] {
+    paged_attention_kernel<scalar_t><<<grid, kThreads, smem, stream>>>(
+        qc.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<float>(),
+        block_tables.data_ptr<int32_t>(), seq_lens.data_ptr<int32_t>(), cu_seqlens_q.data_ptr<int32_t>(), num_seqs, block_tables.size(1),
+        static_cast<int>(bs), static_cast<int>(hq), static_cast<int>(hkv), static_cast<int>(d), static_cast<float>(scale), causal);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, lse};
+}
+
+template <typename T>
+__global__ void merge_kernel(const T* __restrict__ oa, const float* __restrict__ la, const T* __restrict__ ob, const float* __restrict__ lb, T* __restrict__ out,
+                             float* __restrict__ lse, int64_t rows, int64_t d) {
+  const int64_t r = blockIdx.x;
+  const float a = la[r], b = lb[r];
+  const float mx = fmaxf(a, b);
+  float wa = 0.f, wb = 0.f;
+  if (mx != -INFINITY) {
+    wa = a == -INFINITY ? 0.f : expf(a - mx);
+    wb = b == -INFINITY ? 0.f : expf(b - mx);
+  }
+  const float tot = wa + wb;
+  if (tot > 0.f) {
+    wa /= tot;
+    wb /= tot;
+  }
+  for (int64_t e = threadIdx.x; e < d; e += blockDim.x)
+    out[r * d + e] = static_cast<T>(wa * static_cast<float>(oa[r * d + e]) + wb * static_cast<float>(ob[r * d + e]));
+  if (threadIdx.x == 0) lse[r] = tot > 0.f ? mx + logf(tot) : -INFINITY;
+}
+
+std::tuple<at::Tensor, at::Tensor> merge_attention_states_cuda(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b, const at::Tensor& lse_b) {
+  TORCH_CHECK_VALUE(out_a.dim() == 3 && out_b.sizes() == out_a.sizes() && lse_a.scalar_type() == at::kFloat && lse_b.scalar_type() == at::kFloat,
+                    "out_a, out_b must be [N, H, D] and lse_a, lse_b float32 [N, H]");
+  auto oa = out_a.contiguous(), ob = out_b.contiguous(), la = lse_a.contiguous(), lb = lse_b.contiguous();
+  auto out = at::empty_like(oa);
+  auto lse = at::empty_like(la);
+  const int64_t rows = oa.size(0) * oa.size(1), d = oa.size(2);
+  if (rows == 0) return {out, lse};
+  const c10::cuda::CUDAGuard guard(oa.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, oa.scalar_type(), "merge_attention_states", [&] {
+    merge_kernel<scalar_t><<<rows, 64, 0, stream>>>(oa.data_ptr<scalar_t>(), la.data_ptr<float>(), ob.data_ptr<scalar_t>(), lb.data_ptr<float>(),
+                                                    out.data_ptr<scalar_t>(), lse.data_ptr<float>(), rows, d);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, lse};
+}
+
+}  // namespace
+}  // namespace r1kernels
+
+TORCH_LIBRARY_IMPL(r1kernels, CUDA, m) {
+  m.impl("reshape_and_cache", &r1kernels::reshape_and_cache_cuda);
+  m.impl("copy_blocks", &r1kernels::copy_blocks_cuda);
+  m.impl("paged_attention", &r1kernels::paged_attention_cuda);
+  m.impl("merge_attention_states", &r1kernels::merge_attention_states_cuda);
+}
