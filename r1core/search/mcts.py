@@ -18,6 +18,10 @@ is exhausted. The budget is the number of simulations
 (`budget`) and, optionally, generated tokens (`max_tokens`); with `stop_score` the search ends as
 soon as a finished solution scores at least that (e.g. 1.0 under an exact verifier).
 
+Each node is expanded once, with `num_children` sampled steps (no progressive widening): a node
+whose sampled steps are all bad stays a dead end, so a larger `num_children` trades breadth for
+depth at the same budget.
+
 The answer: the finished solution with the highest score (ties: more visits); with none finished,
 the most visited path is completed by one rollout.
 """
