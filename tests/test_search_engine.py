@@ -319,3 +319,39 @@ def test_drive_many_batches_searches_and_matches_them_alone():
     assert [key(r) for r in many] == [key(r) for r in alone]
     # one serve per round: beam rounds ask 1 then 2 prefixes per problem, MCTS one per simulation
     assert gen.calls[:3] == [4 + 4, 8 + 4, 8 + 4] and len(gen.calls) == 6
+
+
+def test_engine_step_generator_finished_flags():
+    # an engine stand-in with scripted outputs: what ends a step decides `finished`
+    from types import SimpleNamespace
+
+    from r1core.engine.outputs import CompletionOutput, RequestOutput
+    from r1core.recipes.base_model import build_tokenizer
+
+    tok = build_tokenizer()
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tok.eos_token_id
+    scripted = [(enc("1+2=3,"), "stop"), (enc("4+5=9") + [eos], "stop"), (enc("12"), "length"), (enc("7;A17,"), "stop")]
+    seen = []
+
+    class Stub:
+        tokenizer, max_positions = tok, 64
+        stop_checker = SimpleNamespace(eos_token_ids={eos})
+
+        def generate(self, prompts, params):
+            seen.append(params)
+            return [RequestOutput(0, None, p, [CompletionOutput(i, ids, "", [-0.5] * len(ids), why)
+                                               for i, (ids, why) in enumerate(scripted)]) for p in prompts]
+
+    for marker, last in ((None, False), (";A", True)):
+        gen = EngineStepGenerator(Stub(), ",", end_marker=marker)
+        props = gen.expand(enc("12+5="), 4, 8)
+        assert [p.finished for p in props] == [False, True, True, last]
+        assert props[0].text == "1+2=3," and props[1].text == "4+5=9"
+        assert props[0].logprob == pytest.approx(-0.5 * 6)
+        assert seen[-1][0].stop_strings == (",",) and seen[-1][0].n == 4 and seen[-1][0].max_new_tokens == 8
+    rolled = gen.rollout(enc("12+5="), 4, 100)
+    assert all(p.finished for p in rolled)
+    assert seen[-1][0].stop_strings == () and seen[-1][0].max_new_tokens == 64 - len(enc("12+5="))  # room left in the model
+    with pytest.raises(ValueError, match="end_marker"):
+        EngineStepGenerator(Stub(), ",", end_marker="")

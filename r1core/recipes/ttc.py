@@ -270,7 +270,7 @@ def run_ttc(cfg: TTCConfig) -> dict:
     model_path = _resolve_model(cfg)
     model, tok = load_model(model_path, cfg.seed)
     engine = Engine(model, tokenizer=tok)
-    generator = EngineStepGenerator(engine, ",", temperature=cfg.temperature, seed=cfg.seed)
+    generator = EngineStepGenerator(engine, ",", end_marker=";A", temperature=cfg.temperature, seed=cfg.seed)
     kwargs = {"digits": cfg.digits} if cfg.task != "countdown" else {}
     rows = generate(cfg.task, "test", cfg.num_problems, seed=cfg.seed + 101, **kwargs)
     exact = exact_verifier(cfg.task)

@@ -113,21 +113,25 @@ def check_positive_int(name: str, value) -> int:
 class EngineStepGenerator:
     """Steps sampled by an `Engine` with `delimiter` as the stop string.
 
-    temperature, top_p: the sampling distribution of the steps (the log-probs reported are those of
+    end_marker: text that ends a solution even when a delimiter follows it (";A" for the scratchpad
+    tasks: a model that writes `17;A1785,` has answered); temperature, top_p: the sampling distribution of the steps (the log-probs reported are those of
     the temperature-scaled distribution, as the engine reports them); seed: each call draws from
     seed + a call counter, so a search is reproducible and two calls never repeat each other."""
 
-    def __init__(self, engine, delimiter: str = "\n\n", *, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int = 0):
+    def __init__(self, engine, delimiter: str = "\n\n", *, end_marker: str | None = None, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0):
         if engine.tokenizer is None:
             raise ValueError("engine: expected an Engine built with a tokenizer (steps end at a stop string)")
         if not isinstance(delimiter, str) or not delimiter:
             raise ValueError(f"delimiter: expected a non-empty string, got {delimiter!r}")
+        if end_marker is not None and (not isinstance(end_marker, str) or not end_marker):
+            raise ValueError(f"end_marker: expected None or a non-empty string, got {end_marker!r}")
         if not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.delimiter = delimiter
+        self.end_marker = end_marker
         self.temperature = float(temperature)
         self.top_p = top_p
         self.seed = seed
@@ -145,9 +149,11 @@ class EngineStepGenerator:
         ids = list(out.token_ids)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         lp = float(sum(out.logprobs or []))
-        at_delimiter = out.finish_reason == "stop" and not (ids and ids[-1] in eos) and text.endswith(self.delimiter)
+        # `in`, not endswith: the token that completed the delimiter may carry more text after it
+        at_delimiter = out.finish_reason == "stop" and not (ids and ids[-1] in eos) and self.delimiter in text
+        ended = self.end_marker is not None and self.end_marker in text
         self.generated_tokens += len(ids)
-        return StepProposal(ids, text, lp, finished=not at_delimiter)
+        return StepProposal(ids, text, lp, finished=ended or not at_delimiter)
 
     def _eos(self) -> set[int]:
         return self.engine.stop_checker.eos_token_ids
