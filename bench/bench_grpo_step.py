@@ -4,8 +4,9 @@ num_generations 8, one prompt and its 8 completions per step, exactly 64 complet
 suppressed in both, so both do the same work), beta 0.04 (a frozen reference model), dapo loss,
 no vLLM, AdamW.
 
-Reported per step (median over the measured steps, after one warm-up step): seconds generating,
-seconds for the rest (rewards, old/reference log-probs, loss, backward, optimizer), total, and the
+Reported per step (median over the measured steps, after one warm-up step): wall seconds
+generating, for the rest (rewards, old/reference log-probs, loss, backward, optimizer) and in all;
+CPU seconds of the process (a steadier measure of the work when other processes share the cores);
 peak resident memory above the level before the trainer was built; steps/s ratio ours / TRL.
 
     python bench/bench_grpo_step.py            # 5M and 30M, 5 measured steps each
@@ -80,6 +81,24 @@ def rows(n: int):
     return generate("addition", "train", n, seed=0)
 
 
+class Clock:
+    """Wall and CPU seconds (all threads of the process): on a shared machine the CPU seconds
+    still compare the work done when the wall clock is inflated by other processes."""
+
+    def __init__(self):
+        self.wall, self.cpu = [], []
+
+    def wrap(self, fn):
+        def timed(*a, **k):
+            w, c = time.perf_counter(), time.process_time()
+            r = fn(*a, **k)
+            self.wall.append(time.perf_counter() - w)
+            self.cpu.append(time.process_time() - c)
+            return r
+
+        return timed
+
+
 def bench_ours(size: str, steps: int) -> dict:
     from r1core.recipes.base_model import build_tokenizer
     from r1core.rewards import accuracy_reward
@@ -87,18 +106,17 @@ def bench_ours(size: str, steps: int) -> dict:
 
     tok = build_tokenizer()
     model = make_model(tok, size)
-    with PeakRSS() as mem, tempfile.TemporaryDirectory() as out:
+    gen, step = Clock(), Clock()
+    with tempfile.TemporaryDirectory() as out, PeakRSS() as mem:
         cfg = GRPOConfig(num_generations=G, per_device_train_batch_size=G, max_completion_length=COMPLETION, beta=0.04,
                          learning_rate=1e-6, ignore_eos=True, output_dir=out, max_steps=steps + 1, logging_steps=1)
         tr = GRPOTrainer(model, tok, [accuracy_reward], rows(64), cfg)
-        gen, total = [], []
-        for s in range(steps + 1):
-            info = tr.train_step()
-            if s > 0:  # step 0 warms up
-                gen.append(info["gen_seconds"])
-                total.append(info["step_seconds"])
+        tr.generate = gen.wrap(tr.generate)
+        train_step = step.wrap(tr.train_step)
+        for _ in range(steps + 1):
+            info = train_step()
         assert info["completion_length"] == COMPLETION
-    return summarize(gen, total, mem.delta)
+    return summarize(gen, step, mem.delta)
 
 
 def bench_trl(size: str, steps: int) -> dict:
@@ -112,18 +130,16 @@ def bench_trl(size: str, steps: int) -> dict:
     tok = build_tokenizer()
     model = make_model(tok, size)
     ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows(64)])
-    gen, total = [], []
+    gen, step = Clock(), Clock()
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-            self.gen0 = sum(gen_all)
+            self.t = (time.perf_counter(), time.process_time())
 
         def on_step_end(self, args, state, control, **kw):
-            total_all.append(time.perf_counter() - self.t0)
-            gen_step.append(sum(gen_all) - self.gen0)
+            step.wall.append(time.perf_counter() - self.t[0])
+            step.cpu.append(time.process_time() - self.t[1])
 
-    gen_all, total_all, gen_step = [], [], []
     with tempfile.TemporaryDirectory() as out, PeakRSS() as mem:
         # TRL builds its reference model with from_pretrained(model.config._name_or_path)
         model.save_pretrained(os.path.join(out, "model"))
@@ -134,25 +150,18 @@ def bench_trl(size: str, steps: int) -> dict:
                          dataloader_num_workers=0)
         trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=cfg, train_dataset=ds, processing_class=tok,
                               callbacks=[StepTimer()])
-        orig = trainer._generate_single_turn
-
-        def timed(*a, **k):
-            t0 = time.perf_counter()
-            r = orig(*a, **k)
-            gen_all.append(time.perf_counter() - t0)
-            return r
-
-        trainer._generate_single_turn = timed
+        trainer._generate_single_turn = gen.wrap(trainer._generate_single_turn)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.train()
-    gen, total = gen_step[1:], total_all[1:]
-    return summarize(gen, total, mem.delta)
+    return summarize(gen, step, mem.delta)
 
 
-def summarize(gen, total, mem):
-    g, t = statistics.median(gen), statistics.median(total)
-    return {"gen_s": g, "train_s": t - g, "step_s": t, "peak_mb": mem / 2**20}
+def summarize(gen: Clock, step: Clock, mem: int) -> dict:
+    """Medians over the steps after the first (warm-up)."""
+    med = lambda xs: statistics.median(xs[1:])  # noqa: E731
+    return {"gen_s": med(gen.wall), "train_s": med(step.wall) - med(gen.wall), "step_s": med(step.wall),
+            "gen_cpu": med(gen.cpu), "step_cpu": med(step.cpu), "peak_mb": mem / 2**20}
 
 
 def main():
@@ -165,13 +174,15 @@ def main():
     steps = args.steps or (2 if args.quick else 5)
     sizes = ["5M"] if args.quick else ["5M", "30M"]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {steps} (+1 warm-up), load {os.getloadavg()[0]:.1f}")
-    print(f"{'model':>6} {'trainer':>8} {'gen s':>8} {'train s':>8} {'step s':>8} {'peak MB':>8}")
+    print(f"{'model':>6} {'trainer':>8} {'gen s':>8} {'train s':>8} {'step s':>8} {'gen cpu':>8} {'step cpu':>8} {'peak MB':>8}")
     for size in sizes:
         res = {"trl": bench_trl(size, steps), "r1core": bench_ours(size, steps)}
         for name, r in res.items():
-            print(f"{size:>6} {name:>8} {r['gen_s']:8.3f} {r['train_s']:8.3f} {r['step_s']:8.3f} {r['peak_mb']:8.0f}")
-        print(f"{size:>6} speed-up (steps/s, r1core / TRL): {res['trl']['step_s'] / res['r1core']['step_s']:.2f}x "
-              f"(generation {res['trl']['gen_s'] / res['r1core']['gen_s']:.2f}x, rest {res['trl']['train_s'] / res['r1core']['train_s']:.2f}x)")
+            print(f"{size:>6} {name:>8} {r['gen_s']:8.3f} {r['train_s']:8.3f} {r['step_s']:8.3f} {r['gen_cpu']:8.3f} {r['step_cpu']:8.3f} {r['peak_mb']:8.0f}")
+        t, o = res["trl"], res["r1core"]
+        print(f"{size:>6} speed-up r1core / TRL in steps/s: {t['step_s'] / o['step_s']:.2f}x wall (generation {t['gen_s'] / o['gen_s']:.2f}x, "
+              f"rest {t['train_s'] / o['train_s']:.2f}x); {t['step_cpu'] / o['step_cpu']:.2f}x in CPU seconds")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

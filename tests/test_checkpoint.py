@@ -17,7 +17,7 @@ from r1core.trainers import checkpoint as ckpt
 from r1core.trainers.optim import build_optimizer, build_scheduler
 
 TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
-TIMING = {"elapsed", "gen_seconds", "train_seconds", "step_seconds", "tokens_per_second"}
+TIMING = {"elapsed", "gen_seconds", "train_seconds", "step_seconds", "tokens_per_second", "gen_cpu_seconds", "step_cpu_seconds"}
 
 
 def _model_and_opt():

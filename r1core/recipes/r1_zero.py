@@ -148,7 +148,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     from r1core.rewards import accuracy_reward, scratchpad_format_reward
     from r1core.trainers import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir = cfg.run_dir
@@ -221,7 +221,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         "base_greedy_accuracy": base["greedy_accuracy"], "final_greedy_accuracy": final["greedy_accuracy"],
         "base_format_rate": base.get("format_rate"), "final_format_rate": final.get("format_rate"),
         "base_completion_length": base.get("completion_length"), "final_completion_length": final.get("completion_length"),
-        "wall_seconds": wall, "sft_seconds": sft_seconds, "sft_steps": sft_steps, "grpo_seconds": rl_seconds,
+        "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start, "sft_seconds": sft_seconds, "sft_steps": sft_steps, "grpo_seconds": rl_seconds,
         "grpo_steps": trainer.global_step, "policy_collapsed": trainer.collapsed, "seed": cfg.seed,
         "num_parameters": num_parameters(model), "eval_prompts": len(held_out), "eval_samples": cfg.eval_samples,
         "base": base, "final": final,

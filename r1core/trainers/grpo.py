@@ -249,12 +249,13 @@ class GRPOTrainer:
         cfg, G = self.config, self.config.num_generations
         need = cfg.prompts_per_step
         kept, dead = [], []  # (prompt row, its G completions, rewards [G, F])
-        rounds, gen_time, gen_tokens = 0, 0.0, 0
+        rounds, gen_time, gen_cpu, gen_tokens = 0, 0.0, 0.0, 0
         while True:
             idx = self._next_prompts()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             comps = self.generate(idx)
             gen_time += time.perf_counter() - t0
+            gen_cpu += time.process_time() - c0
             gen_tokens += sum(len(c.token_ids) for c in comps)
             rewards = self.score(idx, comps)  # [B, F]
             total = self._total_reward(rewards)
@@ -287,6 +288,7 @@ class GRPOTrainer:
             "completion_length": sum(len(c.token_ids) for c in comps) / len(comps),
             "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
             "gen_seconds": gen_time,
+            "gen_cpu_seconds": gen_cpu,  # CPU seconds of this process: steadier than wall time on a shared machine
             "gen_tokens": gen_tokens,
         }
         if cfg.dynamic_sampling:
@@ -328,7 +330,7 @@ class GRPOTrainer:
         """One generation round: rollout, reward, advantage, (old/ref log-probs), num_iterations x
         (loss, backward, step); returns the logged metrics."""
         cfg = self.config
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batch, info = self.rollout()
         if cfg.num_iterations > 1:
             batch.old_logprobs = policy_logprobs(self.model, batch, cfg.temperature)
@@ -337,7 +339,8 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         for _ in range(cfg.num_iterations):
             opt = self.optimize(batch)
-        info.update(opt, train_seconds=time.perf_counter() - t1, step_seconds=time.perf_counter() - t0)
+        info.update(opt, train_seconds=time.perf_counter() - t1, step_seconds=time.perf_counter() - t0,
+                    step_cpu_seconds=time.process_time() - c0)
         info["tokens_per_second"] = info["gen_tokens"] / max(info["gen_seconds"], 1e-9)
         return self._reduce_info(info)
 
