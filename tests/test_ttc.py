@@ -84,3 +84,17 @@ def test_ttc_cli(tiny_run, tmp_path):
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TTCConfig(**kwargs)
+
+
+def test_prm_verifier_option_trains_on_the_policys_rollouts():
+    from r1core.recipes.ttc import _train_prm
+
+    tok = build_tokenizer()
+    cfg = TTCConfig(digits=2, prm_problems=4, prm_rollouts=2, prm_steps=10, verifier="prm")
+    gen = NoisyAdditionPolicy(tok, p=0.7, seed=random.randrange(1000))
+    ver = exact_verifier("addition")
+    prm, info = _train_prm(cfg, gen, lambda t: tok(t, add_special_tokens=False)["input_ids"],
+                           lambda row, text: ver.outcome(row["prompt"], text, **problem_columns(row)) >= 1.0, tok, lambda s: None)
+    assert info["examples"] == 8 and 0.0 <= info["positive_fraction"] <= 1.0
+    score = prm.scorer("12+34=", "min")
+    assert 0.0 < score("T2+4+0=6,", False) < 1.0
