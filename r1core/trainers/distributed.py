@@ -98,5 +98,4 @@ def wrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
         return module
     dev = device_for_rank()
     kwargs = {"device_ids": [dev.index]} if dev.type == "cuda" else {}
-    # broadcast_buffers=False: rotary caches are buffers every rank computes identically
-    return torch.nn.parallel.DistributedDataParallel(module, broadcast_buffers=False, **kwargs)
+    return torch.nn.parallel.DistributedDataParallel(module, **kwargs)
