@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import r1kernels
 from r1kernels import reference
 from r1kernels._library import has_cpp_kernel
+from conftest import requires_cuda
 
 DTYPES = [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 2e-2, 2e-2), (torch.float16, 3e-3, 3e-3)]
 
@@ -264,3 +265,30 @@ def test_triton_paged_attention(causal):
     ref, ref_lse = reference.paged_attention(q, kc, vc, table, sl, cq, 0.3, causal)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_cuda_ops_against_reference(dtype, atol, rtol):
+    # whatever the CUDA key runs (the CUDA C++ kernels where built, else Triton / the fallback)
+    seq_lens = [1, 17, 40, 9]
+    q_lens = [1, 17, 6, 1]
+    kc, vc, table, sl = make_cache(seq_lens, 16, 2, 64, dtype, max_blocks=4)
+    kc, vc, table, sl = kc.cuda(), vc.cuda(), table.cuda(), sl.cuda()
+    q, cq = torch.randn(sum(q_lens), 8, 64).to(dtype).cuda(), cu(q_lens).cuda()
+    out, lse = r1kernels.paged_attention(q, kc, vc, table, sl, cq, return_lse=True)
+    ref, ref_lse = reference.paged_attention(q, kc, vc, table, sl, cq)
+    check_close(out, ref, dtype, atol, rtol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+    key = torch.randn(3, 2, 64).to(dtype).cuda()
+    slots = torch.tensor([5, -1, 70], device="cuda")
+    rk, rv = kc.clone(), vc.clone()
+    r1kernels.reshape_and_cache(key, key, kc, vc, slots)
+    reference.reshape_and_cache(key, key, rk, rv, slots)
+    assert torch.equal(kc, rk) and torch.equal(vc, rv)
+    mapping = torch.tensor([[0, 9], [3, 10]], device="cuda")
+    r1kernels.copy_blocks(kc, vc, mapping)
+    reference.copy_blocks(rk, rv, mapping)
+    assert torch.equal(kc, rk) and torch.equal(vc, rv)
+    o, l = r1kernels.merge_attention_states(out, lse, ref, ref_lse)
+    torch.testing.assert_close(l, ref_lse + math.log(2), atol=1e-4, rtol=1e-4)

@@ -7,6 +7,7 @@ import torch
 
 import r1kernels
 from r1kernels import reference
+from conftest import requires_cuda
 from test_paged_attention import DTYPES, cu, make_cache
 
 
@@ -129,3 +130,15 @@ def test_triton_tree_attention(with_prefix):
     ref, ref_lse = reference.tree_attention(*args, 0.3)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_cuda_tree_attention(dtype, atol, rtol):
+    parents, cu_nodes = make_trees([5, 20])
+    kc, vc, table, pl = make_cache([18, 3], 16, 2, 64, dtype, max_blocks=2)
+    q, k, v = torch.randn(25, 4, 64).to(dtype), torch.randn(25, 2, 64).to(dtype), torch.randn(25, 2, 64).to(dtype)
+    args = [x.cuda() for x in (q, k, v, parents, cu_nodes, kc, vc, table, pl)]
+    out = r1kernels.tree_attention(*args[:4], cu_nodes=args[4], k_cache=args[5], v_cache=args[6], block_tables=args[7], prefix_lens=args[8])
+    ref, _ = reference.tree_attention(*args)
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
