@@ -41,7 +41,7 @@ if with_cuda:
     define_macros.append(("R1_WITH_CUDA", None))
     extra_compile_args["nvcc"] = [
         "-O3",
-        "-std=c++17",
+        "-std=c++20",  # torch 2.13's headers expect C++20 (warning 3306 under C++17)
         "--use_fast_math",
         "-gencode=arch=compute_80,code=sm_80",
         "-gencode=arch=compute_90a,code=sm_90a",

@@ -30,7 +30,7 @@ CACHE_DIR = os.path.join(ROOT, "build", "nvcc-check")
 ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
 # as setup.py's nvcc flags and torch's CUDAExtension defines
 FLAGS = [
-    "-O3", "-std=c++17", "--use_fast_math", "-Xcompiler", "-fPIC", *COMMON_NVCC_FLAGS,
+    "-O3", "-std=c++20", "--use_fast_math", "-Xcompiler", "-fPIC", *COMMON_NVCC_FLAGS,
     "-DR1_WITH_CUDA", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
     f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *ARCH_FLAGS,
 ]
