@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import requires_cuda
 from _engine_models import char_tokenizer, full_forward_logprobs, hf_greedy, random_prompts, tiny_model
 
 from r1core.engine import Engine, SamplingParams
@@ -287,3 +288,22 @@ def test_low_precision_cache(cache_dtype, atol, rtol):
         for c in o.outputs:
             ref = full_forward_logprobs(model, p, c.token_ids, 1.0)
             torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=atol, rtol=rtol)
+
+
+@requires_cuda
+def test_cuda_greedy_and_logprobs():
+    model = tiny_model("qwen2").cuda()
+    prompts = random_prompts([5, 18])
+    engine = Engine(model, block_size=16, num_blocks=64)
+    outs = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=12))
+    for p, o in zip(prompts, outs):
+        ref = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=12, do_sample=False, pad_token_id=0)[0, len(p):]
+        assert o.outputs[0].token_ids == ref.tolist()
+    outs = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=8, ignore_eos=True, seed=1))
+    for p, o in zip(prompts, outs):
+        for c in o.outputs:
+            ids = torch.tensor([p + c.token_ids], device="cuda")
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(p) - 1 : -1].float()
+            ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids, device="cuda")[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(c.logprobs), ref.cpu(), atol=2e-3, rtol=1e-3)

@@ -90,7 +90,7 @@ class Engine:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError(f"request {i}: prompt is a string but the Engine has no tokenizer")
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(prompt)["input_ids"]  # with the tokenizer's special tokens (BOS), as generate
             text = prompt
         else:
             try:
