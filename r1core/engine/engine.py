@@ -38,7 +38,8 @@ class Engine:
     """Generates from `model` (a transformers causal LM whose attention goes through
     `AttentionInterface`) on a paged KV cache of `num_blocks` blocks of `block_size` tokens. With
     num_blocks=None the cache is sized from `memory_budget_bytes`, by default 20% of the memory
-    available now (MemAvailable on the CPU, free memory on a GPU). The model is used in place: each
+    available now (MemAvailable on the CPU, free memory on a GPU), capped at what max_num_seqs
+    sequences of the model's full length can use. The model is used in place: each
     generate reads its current parameters; a change in them (detected from the parameters' version
     counters, or announced with `weights_updated()`) invalidates the prefix cache.
 
@@ -54,13 +55,15 @@ class Engine:
             raise ValueError("model must be a transformers model whose attention goes through AttentionInterface")
         self.model = model
         self.tokenizer = tokenizer
-        self.model_runner = ModelRunner(model, block_size, num_blocks, memory_budget_bytes, cache_dtype, cascade)
+        text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
+        useful = max_num_seqs * -(-self.max_positions // block_size) if self.max_positions else None
+        self.model_runner = ModelRunner(model, block_size, num_blocks, memory_budget_bytes, cache_dtype, cascade,
+                                        max_useful_blocks=useful)
         self.block_manager = BlockManager(self.model_runner.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.sampler = Sampler()
         self.attn_name = attention.register()
-        text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
         self.stop_checker = StopChecker(tokenizer, _eos_ids(model, tokenizer), self.max_positions)
         windows = [m.sliding_window for m in model.modules() if getattr(m, "sliding_window", None)]
         self.sliding_window = min(windows) if windows else None

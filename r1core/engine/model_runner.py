@@ -41,7 +41,8 @@ class ModelRunner:
     DEFAULT_MEMORY_FRACTION = 0.2
 
     def __init__(self, model, block_size: int, num_blocks: int | None = None, memory_budget_bytes: int | None = None,
-                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", cascade_min_saved_tokens: int = 4096):
+                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", cascade_min_saved_tokens: int = 4096,
+                 max_useful_blocks: int | None = None):
         if cascade not in (True, False, "auto"):
             raise ValueError(f"cascade must be True, False or 'auto', got {cascade!r}")
         self.cascade = cascade
@@ -64,6 +65,8 @@ class ModelRunner:
                 else:
                     memory_budget_bytes = int(_available_memory_bytes() * self.DEFAULT_MEMORY_FRACTION)
             num_blocks = memory_budget_bytes // self.block_bytes
+            if max_useful_blocks is not None:  # more than every seat at full length can never be used
+                num_blocks = min(num_blocks, max_useful_blocks)
         if num_blocks < 1:
             raise ValueError(f"the KV-cache memory budget holds no block of {self.block_bytes} bytes")
         self.num_blocks = int(num_blocks)
