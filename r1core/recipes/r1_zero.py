@@ -102,20 +102,18 @@ def make_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def _plots(run_dir: str) -> list[str]:
+    """plots/grpo.png (reward, accuracy, KL, completion length and the diagnostics per step) and
+    plots/sft.png; two figures, since each savefig costs about a second here."""
     from r1core.trainers.metrics import plot_metrics, read_jsonl
 
-    recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     out = []
-    for key in ("reward", "accuracy", "kl", "completion_length"):
-        p = plot_metrics(recs, [key], os.path.join(run_dir, "plots", f"{key}.png"), title=f"GRPO {key}")
-        if p:
-            out.append(p)
+    recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     p = plot_metrics(recs, ["reward", "accuracy", "kl", "completion_length", "entropy", "zero_std_frac", "clip_region", "grad_norm"],
-                     os.path.join(run_dir, "plots", "grpo.png"), title="GRPO")
+                     os.path.join(run_dir, "plots", "grpo.png"), title="GRPO per step")
     if p:
         out.append(p)
     sft = read_jsonl(os.path.join(run_dir, "sft_metrics.jsonl"))
-    p = plot_metrics(sft, ["loss", "greedy_accuracy"], os.path.join(run_dir, "plots", "sft.png"), title="SFT (base model)")
+    p = plot_metrics(sft, ["loss", "greedy_accuracy"], os.path.join(run_dir, "plots", "sft.png"), title="SFT of the base model")
     if p:
         out.append(p)
     return out
@@ -136,6 +134,13 @@ def print_table(base: dict, final: dict, base_seconds: float, rl_seconds: float)
             t.add_row(label, fmt.format(base[key]), fmt.format(final[key]))
     t.add_row("time (s)", f"{base_seconds:.0f} (SFT + eval)", f"{rl_seconds:.0f} (GRPO + eval)")
     Console().print(t)
+
+
+def _cache_blocks(cfg: RunConfig) -> int:
+    """KV blocks (16 tokens) for one GRPO step's sequences with room to spare; evaluation batches
+    larger than that are scheduled in turns by the engine."""
+    per_seq = -(-(cfg.digits * 2 + 3 + cfg.max_completion_length) // 16) + 1
+    return 2 * cfg.num_prompts * cfg.num_generations * per_seq
 
 
 def run(cfg: RunConfig, resume: bool = False) -> dict:
@@ -165,11 +170,11 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     if base_dir is not None:
         tok = build_tokenizer()
         model = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="sdpa")
-        engine = Engine(model, tokenizer=tok)
+        engine = Engine(model, tokenizer=tok, num_blocks=_cache_blocks(cfg))
     else:
         tok = build_tokenizer()
         model = build_model(tok, seed=cfg.seed)
-        engine = Engine(model, tokenizer=tok)
+        engine = Engine(model, tokenizer=tok, num_blocks=_cache_blocks(cfg))
         sft = SFTTrainer(model, tok, train, SFTConfig(
             learning_rate=cfg.sft_learning_rate, per_device_train_batch_size=cfg.sft_batch_size, max_steps=cfg.sft_max_steps,
             max_seconds=cfg.sft_max_seconds, completion_field="solution", logging_steps=cfg.sft_check_every,

@@ -148,7 +148,11 @@ class GRPOTrainer:
         if engine is None:
             from r1core.engine import Engine
 
-            engine = Engine(model, tokenizer=tokenizer)
+            # a cache sized for one step's sequences (not the engine's default share of free RAM,
+            # which takes seconds to allocate and that much memory): prompts x G, whole blocks
+            block = 16
+            per_seq = -(-(max(len(p) for p in self.prompt_ids) + cfg.max_completion_length) // block) + 1
+            engine = Engine(model, tokenizer=tokenizer, block_size=block, num_blocks=cfg.prompts_per_step * cfg.num_generations * per_seq + 16)
         self.engine = engine
         self.optimizer = build_optimizer(model, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.num_warmup_steps(), cfg.max_steps)
