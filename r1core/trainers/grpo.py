@@ -121,7 +121,12 @@ class GRPOTrainer:
         if cfg.reward_weights is not None and len(cfg.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"GRPOConfig.reward_weights has {len(cfg.reward_weights)} entries for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(cfg.reward_weights or [1.0] * len(self.reward_funcs), dtype=torch.float32)
+        # the function whose reward >= 1 counts as a correct sample in the logged `accuracy`
+        if isinstance(accuracy_func, str) and accuracy_func not in self.reward_names:
+            raise ValueError(f"accuracy_func {accuracy_func!r} names no reward function (have {self.reward_names})")
         self.accuracy_index = self.reward_names.index(accuracy_func) if isinstance(accuracy_func, str) else int(accuracy_func)
+        if not 0 <= self.accuracy_index < len(self.reward_funcs):
+            raise ValueError(f"accuracy_func must index reward_funcs (0..{len(self.reward_funcs) - 1}), got {accuracy_func!r}")
 
         self.rows = list(train_dataset)
         if not self.rows:
