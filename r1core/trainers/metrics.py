@@ -92,7 +92,15 @@ def plot_metrics(records: list[dict], keys: list[str], path: str, title: str | N
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if len(pts) > 20:  # per-step values are noisy: faint raw line, and a running mean over ~5% of the run
+            ax.plot(xs, ys, alpha=0.3, color="C0")
+            w = max(3, len(ys) // 20)
+            ax.plot(xs, [sum(ys[max(0, i - w + 1):i + 1]) / len(ys[max(0, i - w + 1):i + 1]) for i in range(len(ys))],
+                    color="C0", label=f"mean of {w}")
+            ax.legend(loc="best", fontsize=8)
+        else:
+            ax.plot(xs, ys, marker=".")
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
