@@ -355,3 +355,20 @@ def test_engine_step_generator_finished_flags():
     assert seen[-1][0].stop_strings == () and seen[-1][0].max_new_tokens == 64 - len(enc("12+5="))  # room left in the model
     with pytest.raises(ValueError, match="end_marker"):
         EngineStepGenerator(Stub(), ",", end_marker="")
+
+
+def test_verifier_scorer_finished_modes():
+    from r1core.search import ArithmeticVerifier
+
+    ver, prompt = ArithmeticVerifier(), "12+34="
+    right_steps_wrong_answer = "T2+4+0=6,1+3+0=4;A47"
+    right = "T2+4+0=6,1+3+0=4;A46"
+    wrong_step = "T2+4+0=7,1+3+0=4;A46"
+    for mode, expect in (("outcome", (0.0, 1.0, 1.0)), ("steps", (1.0, 1.0, 0.0)), ("steps_and_outcome", (0.0, 1.0, 0.0))):
+        score = verifier_scorer(ver, prompt, aggregate="min", finished=mode)
+        assert tuple(score(t, True) for t in (right_steps_wrong_answer, right, wrong_step)) == expect, mode
+        assert score("T2+4+0=6,", False) == 1.0 and score("T2+4+0=5,", False) == 0.0 and score("T", False) == 1.0
+    with pytest.raises(ValueError, match="finished"):
+        verifier_scorer(ver, prompt, finished="answer")
+    with pytest.raises(ValueError, match="aggregate"):
+        verifier_scorer(ver, prompt, aggregate="mean")

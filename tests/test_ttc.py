@@ -25,7 +25,7 @@ def test_methods_on_a_policy_with_known_step_accuracy():
     def correct(row, text):
         return ver.outcome(row["prompt"], text, **problem_columns(row)) >= 1.0
 
-    scorers = [verifier_scorer(ver, r["prompt"], problem_columns(r), "min", outcome_when_finished=False) for r in rows]
+    scorers = [verifier_scorer(ver, r["prompt"], problem_columns(r), "min", finished="steps") for r in rows]
     table = evaluate_methods(gen, lambda t: tok(t, add_special_tokens=False)["input_ids"], rows, cfg, scorers, correct)
     acc = {(r["method"], r["budget"]): r["accuracy"] for r in table}
     tokens = {(r["method"], r["budget"]): r["generated_tokens"] for r in table}
@@ -79,7 +79,7 @@ def test_ttc_cli(tiny_run, tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(budgets=[0, 2]), "budgets"), (dict(budgets=[]), "budgets"), (dict(methods=["oracle"]), "methods"),
     (dict(verifier="orm"), "verifier"), (dict(aggregate="mean"), "aggregate"), (dict(temperature=0.0), "temperature"),
-    (dict(num_problems=0), "num_problems"), (dict(task="sudoku"), "task"), (dict(name="a/b"), "name"),
+    (dict(num_problems=0), "num_problems"), (dict(finished_score="answer"), "finished_score"), (dict(task="sudoku"), "task"), (dict(name="a/b"), "name"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -3,8 +3,11 @@ method, at budgets of 1 to 64 samples, on held-out problems, with the model the 
 produced (runs/<name>/final, else runs/<name>/base) or any saved model.
 
 Methods, all against the same verifier (default: the exact step verifier of the task, used as a
-process verifier: a solution's score is its step scores aggregated by `aggregate`; `--verifier
-prm` trains a small PRM on Math-Shepherd labels from the policy's own rollouts first):
+process verifier: a partial solution's score is its step scores aggregated by `aggregate`, a
+finished one's also takes the answer check as its last step (`--finished-score`); `--verifier
+prm` trains a small PRM on Math-Shepherd labels from the policy's own rollouts first). With an
+exact verifier best-of-N reaches pass@N; what the curves compare is the tokens each method
+spends to get there:
 - majority, best_of_n, weighted_best_of_n: one draw of max(budgets) samples per problem; budget b
   uses the first b (so the curves share their samples);
 - beam_search (budget N = candidates per round, beam width min(4, N)), dvts, mcts (budget =
@@ -44,6 +47,7 @@ class TTCConfig:
     search_max_budget: int = 64  # step searches above this budget are skipped (their cost grows with it)
     verifier: str = "exact"
     aggregate: str = "min"
+    finished_score: str = "steps_and_outcome"  # exact verifier on a finished solution: see verifier_scorer
     temperature: float = 1.0
     max_new_tokens: int = 48
     max_step_tokens: int = 16
@@ -77,6 +81,10 @@ class TTCConfig:
             raise ValueError(f"TTCConfig.methods must be a non-empty list from {ALL_METHODS}, got {self.methods!r}")
         if self.verifier not in VERIFIERS:
             raise ValueError(f"TTCConfig.verifier must be one of {VERIFIERS}, got {self.verifier!r}")
+        from r1core.search.scoring import FINISHED_SCORES
+
+        if self.finished_score not in FINISHED_SCORES:
+            raise ValueError(f"TTCConfig.finished_score must be one of {FINISHED_SCORES}, got {self.finished_score!r}")
         if self.aggregate not in AGGREGATIONS:
             raise ValueError(f"TTCConfig.aggregate must be one of {AGGREGATIONS}, got {self.aggregate!r}")
         if not self.temperature > 0:
@@ -286,8 +294,7 @@ def run_ttc(cfg: TTCConfig) -> dict:
         prm, meta["prm"] = _train_prm(cfg, generator, encode, correct, tok, log)
         scorers = [prm.scorer(r["prompt"], cfg.aggregate) for r in rows]
     else:
-        # the exact verifier as a process verifier: steps only, the final answer is not looked at
-        scorers = [verifier_scorer(exact, r["prompt"], problem_columns(r), cfg.aggregate, outcome_when_finished=False)
+        scorers = [verifier_scorer(exact, r["prompt"], problem_columns(r), cfg.aggregate, finished=cfg.finished_score)
                    for r in rows]
     table = evaluate_methods(generator, encode, rows, cfg, scorers, correct, log=log)
     title = f"test-time compute, {cfg.task} ({cfg.num_problems} held-out problems, {cfg.verifier} verifier)"

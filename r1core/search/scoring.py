@@ -11,23 +11,34 @@ from .verifiers import AGGREGATIONS, Verifier, aggregate_step_scores
 Scorer = Callable[[str, bool], float]
 
 
+FINISHED_SCORES = ("outcome", "steps", "steps_and_outcome")
+
+
 def verifier_scorer(verifier: Verifier, prompt: str, problem: dict | None = None, aggregate: str = "last",
-                    outcome_when_finished: bool = True) -> Scorer:
+                    finished: str = "outcome") -> Scorer:
     """A partial solution scores its steps' verifier scores aggregated by `aggregate` ("last",
-    "min", "product"); a finished one its outcome score (or, with outcome_when_finished=False, its
-    aggregated step scores as well). A partial solution with no complete step yet scores 1.0 (no
-    evidence against it), so the first round ranks by the first step alone."""
+    "min", "product"). A finished one scores by `finished`: "outcome" (the verifier's outcome
+    score), "steps" (its step scores aggregated, the final answer not looked at) or
+    "steps_and_outcome" (the outcome as one more step score, aggregated with the others: a PRM
+    whose last label judges the answer). A partial solution with no complete step yet scores 1.0
+    (no evidence against it), so the first round ranks by the first step alone."""
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate: expected one of {AGGREGATIONS}, got {aggregate!r}")
+    if finished not in FINISHED_SCORES:
+        raise ValueError(f"finished: expected one of {FINISHED_SCORES}, got {finished!r}")
     problem = dict(problem or {})
+    mode = finished
 
     def score(completion: str, finished: bool) -> float:
-        if finished and outcome_when_finished:
+        if finished and mode == "outcome":
             return float(verifier.outcome(prompt, completion, **problem))
         steps, _ = verifier.split(completion)
-        if not steps:
+        scores = list(verifier.score(prompt, steps, **problem)) if steps else []
+        if finished and mode == "steps_and_outcome":
+            scores.append(float(verifier.outcome(prompt, completion, **problem)))
+        if not scores:
             return 0.0 if finished else 1.0
-        return aggregate_step_scores(verifier.score(prompt, steps, **problem), aggregate)
+        return aggregate_step_scores(scores, aggregate)
 
     return score
 
