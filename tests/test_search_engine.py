@@ -372,3 +372,16 @@ def test_verifier_scorer_finished_modes():
         verifier_scorer(ver, prompt, finished="answer")
     with pytest.raises(ValueError, match="aggregate"):
         verifier_scorer(ver, prompt, aggregate="mean")
+
+
+def test_beam_final_selection_modes():
+    best = beam_search(DigitPolicy(), [ord("w")], _digit_score, budget=8, beam_width=4, select="best")
+    weighted = beam_search(DigitPolicy(), [ord("w")], _digit_score, budget=8, beam_width=4, select="weighted")
+    assert weighted.candidates == best.candidates  # the same search; only the final pick differs
+    sums = {}
+    for c in weighted.candidates:
+        sums[c.answer] = sums.get(c.answer, 0.0) + c.score
+    assert weighted.score == max(sums.values()) and sums[weighted.answer] == weighted.score
+    majority = beam_search(DigitPolicy(), [ord("w")], _digit_score, budget=8, beam_width=4, select="majority")
+    counts = Counter(c.answer for c in majority.candidates)
+    assert counts[majority.answer] == max(counts.values())
