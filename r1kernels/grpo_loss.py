@@ -35,7 +35,7 @@ def _(hidden, weight, bias, targets, token_scale, token_adv, old_logp, ref_logp,
         gb = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
         grads = (torch.empty_like(hidden), torch.empty_like(weight), gb)
     else:
-        grads = (hidden.new_empty(0),) * 3
+        grads = tuple(hidden.new_empty(0) for _ in range(3))  # distinct: outputs must not alias
     return hidden.new_empty((), dtype=torch.float32), f, torch.empty_like(f), *grads
 
 
@@ -46,8 +46,20 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def _grad_is_one(grad_loss):
+    # loss.backward() on the CPU: the gradients the forward computed are the answer. Handing them on
+    # as they are lets autograd's AccumulateGrad take the [V, H] tensor without a copy (the saved
+    # reference is released first unless retain_graph, and then it copies); scaling would cost a
+    # second [V, H] buffer at the peak.
+    # (only on plain tensors: fake and functional ones, while tracing, cannot be branched on)
+    eager = type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling()
+    return eager and grad_loss.device.type == "cpu" and bool(grad_loss == 1)
+
+
 def _backward(ctx, grad_loss, *_):
     gh, gw, gb = ctx.saved_tensors
+    if _grad_is_one(grad_loss):
+        return (gh, gw, gb if ctx.has_bias else None) + (None,) * 14
     g = grad_loss.to(gh.dtype)
     return (gh * g, gw * g.to(gw.dtype), (gb * g.to(gb.dtype)) if ctx.has_bias else None) + (None,) * 14
 

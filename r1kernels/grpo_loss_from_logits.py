@@ -10,6 +10,7 @@ import torch
 from r1kernels import reference
 from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, check_targets_in_vocab, flat, token_scale
 from r1kernels._library import op
+from r1kernels.grpo_loss import _grad_is_one
 
 
 @torch.library.register_fake("r1kernels::logits_grpo_loss")
@@ -26,6 +27,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, *_):
     (g,) = ctx.saved_tensors
+    if _grad_is_one(grad_loss):  # no second [N, V] buffer for loss.backward()
+        return (g,) + (None,) * 14
     return (g * grad_loss.to(g.dtype),) + (None,) * 14
 
 
