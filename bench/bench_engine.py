@@ -5,7 +5,8 @@ tokens (eos ignored), one prompt sampled G times:
   engine    r1core.engine.Engine.generate(SamplingParams(n=G, temperature=1))
   generate  model.generate(do_sample=True, num_return_sequences=G)
   gen_batch model.generate_batch([prompt] * G)  (transformers' continuous batching), where it runs
-Reported: generated tokens/s, wall time, peak RSS growth during the call, KV-cache bytes, the
+engine and generate run --repeats times each, interleaved, and the fastest run of each is kept
+(the machine is shared); generate_batch runs once. Reported: generated tokens/s, wall time, peak RSS growth during the call, KV-cache bytes, the
 matmul-bound floor of the case (every Linear of the model timed on the case's row counts in this
 run: one prefill of the prompt plus one decode step per new token), and the engine's mean decode
 step against the floor of one decode step.
@@ -164,6 +165,7 @@ def main():
     ap.add_argument("--groups", nargs="*", type=int, default=None)
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--no-generate-batch", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="engine and generate runs per case, interleaved; the best is kept")
     args = ap.parse_args()
     models = args.models or (["5M"] if args.quick else ["5M", "30M"])
     groups = args.groups or ([1, 16] if args.quick else [1, 4, 16])
@@ -183,9 +185,14 @@ def main():
             for G in groups:
                 decode_floor = linear_floor_s(model, G, 100)
                 floor = prefill_floor + new_tokens * decode_floor
-                prompt = torch.randint(1, model.config.vocab_size, (P,)).tolist()  # fresh: no prefix-cache help
-                e_wall, e_mem, e_kv, e_step = run_engine(engine, prompt, G, new_tokens)
-                g_wall, g_mem, g_kv = run_generate(model, prompt, G, new_tokens)
+                e_best = g_best = None
+                for _ in range(args.repeats):  # interleaved, best of each: other processes' load hits both alike
+                    prompt = torch.randint(1, model.config.vocab_size, (P,)).tolist()  # fresh: no prefix-cache help
+                    e = run_engine(engine, prompt, G, new_tokens)
+                    g = run_generate(model, prompt, G, new_tokens)
+                    e_best = e if e_best is None or e[0] < e_best[0] else e_best
+                    g_best = g if g_best is None or g[0] < g_best[0] else g_best
+                (e_wall, e_mem, e_kv, e_step), (g_wall, g_mem, g_kv) = e_best, g_best
                 gb = None
                 if not (args.quick or args.no_generate_batch):
                     try:

@@ -55,10 +55,11 @@ def paged_attention_forward(module, query, key, value, attention_mask=None, scal
         raise RuntimeError(f"the {ATTENTION_NAME!r} attention function only runs inside r1core.engine.Engine")
     meta: AttentionMetadata = r1_attn
     k_cache, v_cache = meta.kv_caches[module.layer_idx]
-    dtype = k_cache.dtype
-    q = query[0].transpose(0, 1).to(dtype).contiguous()  # [T, Hq, D]
-    key = key[0].transpose(0, 1).to(dtype).contiguous()  # [T, Hkv, D]
-    value = value[0].transpose(0, 1).to(dtype).contiguous()
+    q = query[0].transpose(0, 1).contiguous()  # [T, Hq, D]
+    key = key[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
+    value = value[0].transpose(0, 1).contiguous()
+    if q.dtype != k_cache.dtype:  # a cache in another precision than the model
+        q, key, value = q.to(k_cache.dtype), key.to(k_cache.dtype), value.to(k_cache.dtype)
     _reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
     scale = float(scaling) if scaling is not None else q.shape[-1] ** -0.5
     c = meta.cascade
@@ -68,7 +69,7 @@ def paged_attention_forward(module, query, key, value, attention_mask=None, scal
         out_p, lse_p = _paged_attention(q, k_cache, v_cache, c.prefix_block_tables, c.prefix_lens, c.prefix_cu_seqlens_q, scale, False)
         out_s, lse_s = _paged_attention(q, k_cache, v_cache, c.suffix_block_tables, c.suffix_lens, meta.cu_seqlens_q, scale, True)
         out, _ = _merge_attention_states(out_p, lse_p, out_s, lse_s)
-    return out.to(query.dtype).unsqueeze(0), None  # [1, T, Hq, D]
+    return out.to(query.dtype)[None], None  # [1, T, Hq, D]
 
 
 def register() -> str:

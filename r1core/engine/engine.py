@@ -133,8 +133,10 @@ class Engine:
     def add_request(self, prompt, params: SamplingParams, *, _index: int = 0, _checked=None) -> int:
         """Queue a request (it joins the running batch at the next step); returns its request id."""
         text, ids = _checked if _checked is not None else self._tokenize(_index, prompt)
-        if _checked is None:
+        if _checked is None:  # called directly, not from generate
             self._validate(_index, ids, params)
+            if not self.scheduler.has_unfinished():
+                self._check_weights()
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
         group = SequenceGroup(next(self._request_ids), text, ids, params, seed)
         seq = Sequence(next(self._seq_ids), group, 0, ids)
@@ -144,7 +146,7 @@ class Engine:
         self.scheduler.add(seq)
         return group.request_id
 
-    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None, use_tqdm: bool = False) -> list[RequestOutput]:
+    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
         """One RequestOutput per prompt, in order. prompts: strings (with a tokenizer) or lists of
         token ids; params: one SamplingParams for all or one per prompt."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
