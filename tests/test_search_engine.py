@@ -385,3 +385,32 @@ def test_beam_final_selection_modes():
     majority = beam_search(DigitPolicy(), [ord("w")], _digit_score, budget=8, beam_width=4, select="majority")
     counts = Counter(c.answer for c in majority.candidates)
     assert counts[majority.answer] == max(counts.values())
+
+
+class RotatingCountdownPolicy(FakeCountdownPolicy):
+    """Asked again for the same prefix, proposes its next most probable steps (as a sampler would
+    eventually): the first proposal is the greedy dead end."""
+
+    def __init__(self, prompt):
+        super().__init__(prompt)
+        self.asked = Counter()
+
+    def expand(self, prefix_ids, n, max_step_tokens):
+        k = self.asked[tuple(prefix_ids)]
+        self.asked[tuple(prefix_ids)] += 1
+        return self._ranked(prefix_ids)[k * n:(k + 1) * n] or self._ranked(prefix_ids)[:n]
+
+
+def test_mcts_expands_a_node_again_when_every_branch_below_ended():
+    ver = CountdownVerifier()
+    hard = _hard_instances(6)
+    solved = {1: 0, 16: 0}
+    for r in hard:
+        problem = {"numbers": r["numbers"], "target": r["target"]}
+        scorer = verifier_scorer(ver, r["prompt"], problem, aggregate="min")
+        for max_exp in solved:
+            res = mcts(RotatingCountdownPolicy(r["prompt"]), _encode(r["prompt"]), scorer, budget=200, num_children=1,
+                       max_expansions=max_exp, stop_score=1.0)
+            solved[max_exp] += ver.outcome(r["prompt"], res.text, **problem) == 1.0
+    assert solved[1] == 0  # one step per node: the greedy path, a dead end
+    assert solved[16] == len(hard)

@@ -12,15 +12,14 @@ Each simulation:
    a finished child is scored as a finished solution;
 4. back up: each new child starts with N=1, W=its value; the leaf and its ancestors get one visit
    and the mean value of the new children.
-Subtrees whose every leaf is a finished solution are marked exhausted and never selected again
-(each node is expanded once, so nothing new can appear there); the search also ends when the root
-is exhausted. The budget is the number of simulations
+Subtrees whose every leaf is a finished solution and whose nodes used up their expansions are
+marked exhausted and never selected again; the search also ends when the root is exhausted. The budget is the number of simulations
 (`budget`) and, optionally, generated tokens (`max_tokens`); with `stop_score` the search ends as
 soon as a finished solution scores at least that (e.g. 1.0 under an exact verifier).
 
-Each node is expanded once, with `num_children` sampled steps (no progressive widening): a node
-whose sampled steps are all bad stays a dead end, so a larger `num_children` trades breadth for
-depth at the same budget.
+A node is expanded again (up to `max_expansions` times, `num_children` fresh samples each, only
+new distinct steps kept) when every branch below it has ended: a confident policy samples the
+same step four times, and without this its single branch would be a dead end once it failed.
 
 The answer: the finished solution with the highest score (ties: more visits); with none finished,
 the most visited path is completed by one rollout.
@@ -49,6 +48,7 @@ class Node:
     visits: int = 0
     value_sum: float = 0.0
     expanded: bool = False
+    expansions: int = 0
     exhausted: bool = False  # a finished solution, or every child exhausted: nothing left to find below
 
     @property
@@ -67,8 +67,11 @@ def puct_select(node: Node, c_puct: float) -> Node:
     return max(open_, key=lambda ch: ch.q + c_puct * ch.prior * sqrt_n / (1 + ch.visits))
 
 
-def _mark_exhausted(node: Node | None) -> None:
-    while node is not None and node.expanded and all(ch.exhausted for ch in node.children):
+def _mark_exhausted(node: Node | None, max_expansions: int = 1) -> None:
+    """Mark `node` and its ancestors exhausted while all their children are and they may not be
+    expanded again."""
+    while (node is not None and node.expanded and node.expansions >= max_expansions
+           and all(ch.exhausted for ch in node.children)):
         node.exhausted = True
         node = node.parent
 
@@ -88,7 +91,7 @@ def mcts(generator, prompt_ids: Sequence[int], scorer: Scorer, **kwargs: Any) ->
 def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_children: int = 4,
          c_puct: float = 1.0, value: str = "verifier", outcome_scorer: Scorer | None = None, num_rollouts: int = 1,
          max_depth: int = 40, max_step_tokens: int = 32, max_rollout_tokens: int = 256, max_tokens: int | None = None,
-         stop_score: float | None = None, extract: Callable[[str], Any] = extract_answer):
+         stop_score: float | None = None, max_expansions: int = 4, extract: Callable[[str], Any] = extract_answer):
     """MCTS as a coroutine (yields lists of StepRequests, returns the SearchResult). scorer(text,
     finished) values partial and finished solutions; outcome_scorer (default: scorer) scores the
     end of a rollout. The rollouts of a simulation's new children go out in one request list."""
@@ -98,6 +101,7 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
     check_positive_int("max_depth", max_depth)
     check_positive_int("max_step_tokens", max_step_tokens)
     check_positive_int("max_rollout_tokens", max_rollout_tokens)
+    check_positive_int("max_expansions", max_expansions)
     if max_tokens is not None:
         check_positive_int("max_tokens", max_tokens)
     if value not in VALUES:
@@ -115,39 +119,50 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
         sims += 1
         node = root
         while node.expanded and node.children and not node.partial.finished:
+            if node.expansions < max_expansions and all(ch.exhausted for ch in node.children):
+                break  # every branch below ended: sample this node's step again
             node = puct_select(node, c_puct)
-        if node.partial.finished or node.depth >= max_depth or (node.expanded and not node.children):
+        if node.partial.finished or node.depth >= max_depth:
             v = node.partial.score if node.partial.finished else node.q
             _backup(node, v)
             node.exhausted = True  # a leaf that cannot grow: count the visit, then never select it again
-            _mark_exhausted(node.parent)
+            _mark_exhausted(node.parent, max_expansions)
             continue
         (props,) = yield [StepRequest(prompt_ids + node.partial.token_ids, num_children, max_step_tokens)]
         tokens += sum(len(p.token_ids) for p in props)
         expansions += 1
         node.expanded = True
-        distinct: dict[tuple[int, ...], Any] = {}
+        node.expansions += 1
+        seen = {tuple(ch.partial.token_ids[len(node.partial.token_ids):]) for ch in node.children}
+        new: dict[tuple[int, ...], Any] = {}
         for p in props:
-            distinct.setdefault(tuple(p.token_ids), p)
-        kids = list(distinct.values())
-        if not kids:
-            _mark_exhausted(node)
+            key = tuple(p.token_ids)
+            if key not in seen:
+                new.setdefault(key, p)
+        if not new:  # only steps it already had: nothing to evaluate
+            _backup(node, node.q)
+            _mark_exhausted(node, max_expansions)
             continue
-        for p, prior in zip(kids, _priors([p.logprob for p in kids])):
-            node.children.append(Node(node.partial.extend(p), prior, node))
-        for ch in node.children:
+        first_new = len(node.children)
+        for p in new.values():
+            node.children.append(Node(node.partial.extend(p), 0.0, node))
+        # priors over every distinct step sampled here so far
+        for ch, prior in zip(node.children, _priors([ch.partial.logprob - node.partial.logprob for ch in node.children])):
+            ch.prior = prior
+        fresh = node.children[first_new:]
+        for ch in fresh:
             p = ch.partial
             p.score = float((outcome_scorer if p.finished else scorer)(p.text, p.finished))
-        values = [ch.partial.score for ch in node.children]
+        values = [ch.partial.score for ch in fresh]
         if value == "rollout":
-            open_ = [i for i, ch in enumerate(node.children) if not ch.partial.finished]
-            outs = yield [StepRequest(prompt_ids + node.children[i].partial.token_ids, num_rollouts, max_rollout_tokens,
+            open_ = [i for i, ch in enumerate(fresh) if not ch.partial.finished]
+            outs = yield [StepRequest(prompt_ids + fresh[i].partial.token_ids, num_rollouts, max_rollout_tokens,
                                       rollout=True) for i in open_]
             for i, os_ in zip(open_, outs):
                 tokens += sum(len(o.token_ids) for o in os_)
-                text = node.children[i].partial.text
+                text = fresh[i].partial.text
                 values[i] = sum(float(outcome_scorer(text + o.text, True)) for o in os_) / len(os_)
-        for ch, v in zip(node.children, values):
+        for ch, v in zip(fresh, values):
             ch.visits, ch.value_sum = 1, v
             if ch.partial.finished:
                 ch.exhausted = True
@@ -155,7 +170,7 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
                 if stop_score is not None and ch.partial.score >= stop_score:
                     solved = True
         _backup(node, sum(values) / len(values))
-        _mark_exhausted(node)
+        _mark_exhausted(node, max_expansions)
 
     extra = {"simulations": sims, "expansions": expansions, "solved": solved, "finished": len(finished),
              "tree_size": _size(root)}
