@@ -135,6 +135,7 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, cons
   for (int64_t s = 0; s < S; ++s) cu_ok = cu_ok && cu[s + 1] >= cu[s];
   TORCH_CHECK_VALUE(cu_ok, "cu_seqlens_q must start at 0, never decrease and end at ", nq);
   std::vector<Item> items;
+  int64_t macs = 0;
   for (int64_t s = 0; s < S; ++s) {
     const int64_t L = lens[s], ql = cu[s + 1] - cu[s];
     TORCH_CHECK_VALUE(L >= 0 && L <= max_blocks * bs, "seq_lens must be in [0, ", max_blocks * bs, "] (max_blocks * block_size of block_tables), got ", L, " for sequence ", s);
@@ -145,12 +146,13 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, cons
     }
     for (int64_t j0 = 0; j0 < ql; j0 += kQTile)
       for (int64_t h = 0; h < hkv; ++h) items.push_back({s, h, j0, std::min(ql, j0 + kQTile)});
+    macs += ql * hq * (causal ? L - ql / 2 : L) * d * 2;
   }
   auto out = at::empty_like(qc);
   auto lse = at::empty({nq, hq}, q.options().dtype(at::kFloat));
   PagedArgs p{qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), lse.data_ptr<float>(), table, lens, cu,
               max_blocks, bs, hq, hkv, d, static_cast<float>(scale), causal};
-  r1::parallel_items(static_cast<int64_t>(items.size()), [&](int64_t i) { run_paged_item(p, items[i], dt); });
+  r1::parallel_items(static_cast<int64_t>(items.size()), macs, [&](int64_t i) { run_paged_item(p, items[i], dt); });
   return {out, lse};
 }
 

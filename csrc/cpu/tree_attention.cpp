@@ -177,6 +177,11 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const
     }
   }
   std::vector<Item> items;
+  int64_t macs = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t nt = cu[t + 1] - cu[t];
+    macs += nt * hq * ((has_cache ? pl.data_ptr<int32_t>()[t] : 0) + nt) * d * 2;
+  }
   for (int64_t t = 0; t < T; ++t)
     for (int64_t n0 = 0; n0 < cu[t + 1] - cu[t]; n0 += kNodeTile)
       for (int64_t h = 0; h < hkv; ++h) items.push_back({t, h, n0, std::min<int64_t>(cu[t + 1] - cu[t], n0 + kNodeTile)});
@@ -185,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const
   TreeArgs p{qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), has_cache ? k_cache->data_ptr() : nullptr, has_cache ? v_cache->data_ptr() : nullptr,
              out.data_ptr(), lse.data_ptr<float>(), par, cu, has_cache ? tb.data_ptr<int32_t>() : nullptr,
              has_cache ? pl.data_ptr<int32_t>() : nullptr, max_blocks, bs, hq, hkv, d, static_cast<float>(scale)};
-  r1::parallel_items(static_cast<int64_t>(items.size()), [&](int64_t i) { run_tree_item(p, items[i], dt); });
+  r1::parallel_items(static_cast<int64_t>(items.size()), macs, [&](int64_t i) { run_tree_item(p, items[i], dt); });
   return {out, lse};
 }
 
