@@ -8,11 +8,13 @@ process: B branches of T tokens each hanging off one P-token prompt that lives i
   cascade:    paged_attention over the prefix once (causal=False, all B*T rows as one sequence),
               paged_attention over each branch's own blocks, merge_attention_states.
 
-Times: median of alternating runs (wall clock, torch's intra-op threads). Also the per-call cost
+Times: median of alternating runs (wall clock and torch's intra-op threads; --cpu-time --threads 1
+for the single-core CPU time, steadier where other processes share the machine). Also the per-call cost
 of a decode-sized paged_attention (16 sequences x 1 query) and of the cache writes.
 
     python bench/bench_tree_attention.py            # 16 x 32 tokens on a 512-token prefix
     python bench/bench_tree_attention.py --quick    # small shapes (seconds)
+    python bench/bench_tree_attention.py --threads 1 --cpu-time --tokens 1   # one new token per branch
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import r1kernels
 from r1kernels import reference
 
 
+CLOCK = time.perf_counter
+
+
 def timeit(fns: dict, reps: int, warmup: int = 2) -> dict:
     """Median seconds per call of each fn, runs alternating between fns."""
     for f in fns.values():
@@ -35,9 +40,9 @@ def timeit(fns: dict, reps: int, warmup: int = 2) -> dict:
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t = time.perf_counter()
+            t = CLOCK()
             f()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(CLOCK() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -151,10 +156,19 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--check-reference", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--cpu-time", action="store_true", help="time the process's CPU time, not the wall clock: steadier on a "
+                    "loaded machine; with --threads 1 it is the single-core cost")
     args = ap.parse_args()
+    global CLOCK
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        CLOCK = time.process_time
     if args.quick:
         args.branches, args.tokens, args.prefix, args.reps = 4, 8, 64, 5
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; B={args.branches} branches x T={args.tokens} tokens on a "
+    clock = "process CPU time" if args.cpu_time else "wall clock"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock}; B={args.branches} branches x T={args.tokens} tokens on a "
           f"P={args.prefix}-token paged prefix, Hq={args.hq} Hkv={args.hkv} D={args.d} block_size={args.block_size}")
     print("| dtype | tree (ms) | per-branch paged (ms) | cascade (ms) | per-branch / tree | cascade / tree |")
     print("|---|---|---|---|---|---|")
