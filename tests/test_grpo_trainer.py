@@ -109,6 +109,23 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
             torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-4)
 
 
+def test_samples_without_advantage_are_skipped_exactly(tmp_path):
+    tr = make(tmp_path, reward_funcs=[random_reward], beta=0.0, loss_type="dapo", per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    batch, _ = tr.rollout()
+    batch.advantages[:4] = 0.0  # one dead group
+    batch.advantages[5] = 0.0
+    num_items = batch.completion_mask.sum().float().item()
+    loss, _ = tr.loss_module(batch, num_items)  # the whole batch, nothing skipped
+    loss.backward()
+    want = [p.grad.clone() for p in tr.model.parameters()]
+    tr.optimizer.step = lambda: None
+    out = tr.optimize(batch)
+    assert out["trained_samples"] == max(1, int((batch.advantages != 0).sum())) <= 3
+    assert out["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
+    for p, g in zip(tr.model.parameters(), want):
+        torch.testing.assert_close(p.grad, g, atol=1e-7, rtol=1e-4)
+
+
 def test_train_writes_metrics_and_moves_weights(tmp_path):
     tr = make(tmp_path, reward_funcs=[random_reward], max_steps=3, num_iterations=2, warmup_steps=1)
     before = [p.detach().clone() for p in tr.model.parameters()]

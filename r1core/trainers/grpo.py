@@ -312,9 +312,16 @@ class GRPOTrainer:
         num_items = dist.all_reduce_sum(count_mask.sum().float()).clamp(min=1.0)  # global tokens (dapo)
         by_items = cfg.loss_type in ("dapo", "cispo")
         mb = cfg.per_device_train_batch_size
+        if by_items and cfg.beta == 0 and self.world_size == 1:
+            # with no KL term a sample of advantage 0 adds nothing to a loss whose normaliser
+            # (num_items) is fixed above: skip its forward and backward (dead groups are common,
+            # more so as accuracy rises). Not under DDP, whose ranks must run equal passes.
+            keep = batch.advantages != 0
+            if not bool(keep.all()):
+                batch = batch.rows(keep if bool(keep.any()) else slice(0, 1))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, stats_sum = 0.0, {}
+        loss_sum, stats_sum, passes = 0.0, {}, 0
         for s in range(0, batch.completion_ids.shape[0], mb):
             part = batch.rows(slice(s, s + mb))
             loss, stats = self.loss_module(part, num_items.item() if by_items else None)
@@ -323,8 +330,10 @@ class GRPOTrainer:
             scaled = loss * self.world_size if by_items else loss / cfg.gradient_accumulation_steps
             scaled.backward()
             loss_sum += loss.item() if by_items else loss.item() / cfg.gradient_accumulation_steps
+            passes += 1
             for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v.item() / cfg.gradient_accumulation_steps
+                stats_sum[k] = stats_sum.get(k, 0.0) + v.item()
+        stats_mean = {k: v / passes for k, v in stats_sum.items()}  # over the samples that carry gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.scheduler.step()
@@ -333,7 +342,8 @@ class GRPOTrainer:
             self.engine.weights_updated()
         loss_t = torch.tensor([loss_sum])
         loss_global = dist.all_reduce_sum(loss_t) if by_items else dist.all_reduce_mean(loss_t)
-        return {"loss": loss_global.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0], **stats_sum}
+        return {"loss": loss_global.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0],
+                "trained_samples": batch.completion_ids.shape[0], **stats_mean}
 
     def train_step(self) -> dict:
         """One generation round: rollout, reward, advantage, (old/ref log-probs), num_iterations x
