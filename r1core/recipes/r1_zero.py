@@ -8,7 +8,9 @@
 2. Held-out evaluation: pass@1 of samples at temperature 1 and greedy accuracy.
 3. R1-Zero-style GRPO: 16 prompts x 8 samples per step, temperature 1, binary correctness reward
    (math-verify on the answer after `A`), token-level clipped loss (dapo, epsilon 0.2), no KL,
-   AdamW lr 1e-4 (3e-4 and above collapsed the policy in 20-40 steps here), a time budget.
+   AdamW lr 1e-4 (3e-4 and above collapsed the policy in 20-40 steps here), a time budget: GRPO
+   gets what is left of 450 s for the whole run (at most 360 s) after SFT and the base
+   evaluation, less a reserve for the final evaluation, so the run ends within 8 minutes.
 4. Held-out evaluation again; a table on the terminal; in runs/<name>/: metrics.jsonl,
    sft_metrics.jsonl, PNG plots, summary.json, the base and final models.
 
@@ -56,7 +58,8 @@ class RunConfig:
     loss_type: str = "dapo"
     max_completion_length: int = 48
     max_steps: int = 10000
-    max_seconds: float = 300.0
+    max_seconds: float = 360.0  # GRPO's own cap ...
+    total_seconds: float | None = 450.0  # ... and the whole run's: GRPO stops early enough for the final evaluation
     save_steps: int | None = None
     threads: int = 2
     progress: bool = True
@@ -74,6 +77,8 @@ class RunConfig:
         for name in ("sft_max_seconds", "max_seconds", "learning_rate", "sft_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RunConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.total_seconds is not None and not self.total_seconds > 0:
+            raise ValueError(f"RunConfig.total_seconds must be None or > 0, got {self.total_seconds!r}")
         if not self.name or "/" in self.name:
             raise ValueError(f"RunConfig.name must be a non-empty folder name, got {self.name!r}")
 
@@ -210,6 +215,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         max_steps=cfg.max_steps, max_seconds=cfg.max_seconds, save_steps=cfg.save_steps, output_dir=run_dir, seed=cfg.seed,
         logging_steps=1, max_grad_norm=1.0,
     )
+    if cfg.total_seconds is not None:
+        # what is left of the run's budget, less the final evaluation (as long as the base one, with margin)
+        left = cfg.total_seconds - (time.perf_counter() - t_start) - 1.5 * base.get("eval_seconds", 0.0) - 5.0
+        grpo_cfg.max_seconds = max(1.0, min(cfg.max_seconds, left))
     trainer = GRPOTrainer(model, tok, [accuracy_reward], train, grpo_cfg, engine=engine)
     t_rl = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume and trainer_has_checkpoint(run_dir), progress=cfg.progress)
@@ -227,7 +236,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         "base_format_rate": base.get("format_rate"), "final_format_rate": final.get("format_rate"),
         "base_completion_length": base.get("completion_length"), "final_completion_length": final.get("completion_length"),
         "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start, "sft_seconds": sft_seconds, "sft_steps": sft_steps, "grpo_seconds": rl_seconds,
-        "grpo_steps": trainer.global_step, "policy_collapsed": trainer.collapsed, "seed": cfg.seed,
+        "grpo_steps": trainer.global_step, "grpo_budget_seconds": grpo_cfg.max_seconds, "policy_collapsed": trainer.collapsed, "seed": cfg.seed,
         "num_parameters": num_parameters(model), "eval_prompts": len(held_out), "eval_samples": cfg.eval_samples,
         "base": base, "final": final,
     }
