@@ -292,3 +292,18 @@ def test_cuda_ops_against_reference(dtype, atol, rtol):
     assert torch.equal(kc, rk) and torch.equal(vc, rv)
     o, l = r1kernels.merge_attention_states(out, lse, ref, ref_lse)
     torch.testing.assert_close(l, ref_lse + math.log(2), atol=1e-4, rtol=1e-4)
+
+
+def test_raw_op_with_non_contiguous_cache_is_refused_or_right():
+    # the engine calls torch.ops.r1kernels directly, past the Python checks: a cache the kernel
+    # cannot read as laid out must be refused (C++ kernel) or read correctly (fallback), never misread
+    kc, vc, table, sl = make_cache([9, 20], 4, 2, 8, torch.float32)
+    kc_nc, vc_nc = kc.transpose(0, 1).contiguous().transpose(0, 1), vc.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not kc_nc.is_contiguous() and torch.equal(kc_nc, kc)
+    q, cq = torch.randn(3, 4, 8), cu([1, 2])
+    try:
+        out, _ = torch.ops.r1kernels.paged_attention(q, kc_nc, vc_nc, table, sl, cq, 0.35, True)
+    except ValueError as e:
+        assert "contiguous" in str(e)
+    else:
+        torch.testing.assert_close(out, reference.paged_attention(q, kc, vc, table, sl, cq, 0.35)[0])
