@@ -79,7 +79,8 @@ def test_ttc_cli(tiny_run, tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(budgets=[0, 2]), "budgets"), (dict(budgets=[]), "budgets"), (dict(methods=["oracle"]), "methods"),
     (dict(verifier="orm"), "verifier"), (dict(aggregate="mean"), "aggregate"), (dict(temperature=0.0), "temperature"),
-    (dict(num_problems=0), "num_problems"), (dict(finished_score="answer"), "finished_score"), (dict(task="sudoku"), "task"), (dict(name="a/b"), "name"),
+    (dict(num_problems=0), "num_problems"), (dict(finished_score="answer"), "finished_score"), (dict(task="sudoku"), "task"),
+    (dict(name="a/b"), "name"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

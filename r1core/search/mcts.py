@@ -13,9 +13,10 @@ Each simulation:
 4. back up: each new child starts with N=1, W=its value; the leaf and its ancestors get one visit
    and the mean value of the new children.
 Subtrees whose every leaf is a finished solution and whose nodes used up their expansions are
-marked exhausted and never selected again; the search also ends when the root is exhausted. The budget is the number of simulations
-(`budget`) and, optionally, generated tokens (`max_tokens`); with `stop_score` the search ends as
-soon as a finished solution scores at least that (e.g. 1.0 under an exact verifier).
+marked exhausted and never selected again; the search also ends when the root is exhausted.
+The budget is the number of simulations (`budget`) and, optionally, generated tokens
+(`max_tokens`); with `stop_score` the search ends as soon as a finished solution scores at least
+that (e.g. 1.0 under an exact verifier).
 
 A node is expanded again (up to `max_expansions` times, `num_children` fresh samples each, only
 new distinct steps kept) when every branch below it has ended: a confident policy samples the

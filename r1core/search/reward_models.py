@@ -306,7 +306,8 @@ def sample_solution(generator, prompt_ids: Sequence[int], *, max_steps: int = 16
     return steps
 
 
-def shepherd_examples(generator, rows: Sequence[dict], encode: Callable[[str], list[int]], is_correct: Callable[[dict, str], bool],
+def shepherd_examples(generator, rows: Sequence[dict], encode: Callable[[str], list[int]],
+                      is_correct: Callable[[dict, str], bool],
                       *, solutions_per_row: int = 2, rollouts: int = 4, soft: bool = False, max_steps: int = 16,
                       max_step_tokens: int = 32, max_tokens: int = 64) -> list[RewardExample]:
     """PRM training examples from the policy itself: sample solutions step by step and label each

@@ -114,9 +114,10 @@ class EngineStepGenerator:
     """Steps sampled by an `Engine` with `delimiter` as the stop string.
 
     end_marker: text that ends a solution even when a delimiter follows it (";A" for the scratchpad
-    tasks: a model that writes `17;A1785,` has answered); temperature, top_p: the sampling distribution of the steps (the log-probs reported are those of
-    the temperature-scaled distribution, as the engine reports them); seed: each call draws from
-    seed + a call counter, so a search is reproducible and two calls never repeat each other."""
+    tasks: a model that writes `17;A1785,` has answered); temperature, top_p: the sampling
+    distribution of the steps (the log-probs reported are those of the temperature-scaled
+    distribution, as the engine reports them); seed: each call draws from seed + a call counter, so
+    a search is reproducible and two calls never repeat each other."""
 
     def __init__(self, engine, delimiter: str = "\n\n", *, end_marker: str | None = None, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0):
