@@ -6,7 +6,8 @@ tokens (eos ignored), one prompt sampled G times:
   generate  model.generate(do_sample=True, num_return_sequences=G)
   gen_batch model.generate_batch([prompt] * G)  (transformers' continuous batching), where it runs
 engine and generate run --repeats times each, interleaved, and the fastest run of each is kept
-(the machine is shared); generate_batch runs once. Reported: generated tokens/s, wall time, peak RSS growth during the call, KV-cache bytes, the
+(the machine is shared); generate_batch runs once. Reported: generated tokens/s, wall time, the speed-up by process CPU time (less sensitive to other
+processes on a shared machine than wall time), peak RSS growth during the call, KV-cache bytes, the
 matmul-bound floor of the case (every Linear of the model timed on the case's row counts in this
 run: one prefill of the prompt plus one decode step per new token), and the engine's mean decode
 step against the floor of one decode step.
@@ -117,26 +118,26 @@ def run_engine(engine, prompt, G, new_tokens):
     engine.block_manager.peak_used_blocks = engine.block_manager.num_used_blocks
     try:
         with PeakRSS() as mem:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             outs = engine.generate([prompt], SamplingParams(n=G, temperature=1.0, max_new_tokens=new_tokens, ignore_eos=True, seed=0))
-            wall = time.perf_counter() - t
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
     finally:
         del engine._step
     assert all(len(c.token_ids) == new_tokens for c in outs[0].outputs)
     kv = engine.block_manager.peak_used_blocks * engine.model_runner.block_bytes
     step = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
-    return wall, mem.bytes, kv, step
+    return wall, mem.bytes, kv, step, cpu
 
 
 def run_generate(model, prompt, G, new_tokens):
     ids = torch.tensor([prompt])
     with PeakRSS() as mem, torch.inference_mode():
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, num_return_sequences=G, temperature=1.0,
                              top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
-        wall = time.perf_counter() - t
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
     assert out.shape == (G, len(prompt) + new_tokens)
-    return wall, mem.bytes, G * (len(prompt) + new_tokens) * kv_bytes_per_token(model)
+    return wall, mem.bytes, G * (len(prompt) + new_tokens) * kv_bytes_per_token(model), cpu
 
 
 def run_generate_batch(model, prompt, G, new_tokens, num_blocks):
@@ -192,7 +193,7 @@ def main():
                     g = run_generate(model, prompt, G, new_tokens)
                     e_best = e if e_best is None or e[0] < e_best[0] else e_best
                     g_best = g if g_best is None or g[0] < g_best[0] else g_best
-                (e_wall, e_mem, e_kv, e_step), (g_wall, g_mem, g_kv) = e_best, g_best
+                (e_wall, e_mem, e_kv, e_step, e_cpu), (g_wall, g_mem, g_kv, g_cpu) = e_best, g_best
                 gb = None
                 if not (args.quick or args.no_generate_batch):
                     try:
@@ -204,21 +205,21 @@ def main():
                                  gb_tps=(toks / gb[0]) if isinstance(gb, tuple) else None, gb_err=gb if isinstance(gb, str) else None,
                                  e_wall=e_wall, g_wall=g_wall, gb_wall=gb[0] if isinstance(gb, tuple) else None,
                                  e_mem=e_mem, g_mem=g_mem, gb_mem=gb[1] if isinstance(gb, tuple) else None, e_kv=e_kv, g_kv=g_kv,
-                                 floor_tps=toks / floor, e_step=e_step, step_floor=decode_floor))
+                                 floor_tps=toks / floor, e_step=e_step, step_floor=decode_floor, e_cpu=e_cpu, g_cpu=g_cpu))
                 r = rows[-1]
                 print(f"{r['model']:>12} P={P:<4} G={G:<3} engine {r['e_tps']:8.1f} tok/s ({e_wall:6.2f}s)  generate {r['g_tps']:8.1f} "
-                      f"tok/s ({g_wall:6.2f}s)  x{r['e_tps'] / r['g_tps']:.2f}  decode step {e_step * 1e3:.1f} ms "
+                      f"tok/s ({g_wall:6.2f}s)  x{r['e_tps'] / r['g_tps']:.2f} (CPU time x{g_cpu / e_cpu:.2f})  decode step {e_step * 1e3:.1f} ms "
                       f"(floor {decode_floor * 1e3:.1f} ms)", flush=True)
     print()
     print("| model | prompt | G | engine tok/s | generate tok/s | generate_batch tok/s | engine / generate | wall s (engine / generate / batch) "
-          "| peak RSS MB (engine / generate / batch) | KV MB (engine / generate) | matmul floor tok/s | engine decode step ms (floor) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| by CPU time | peak RSS MB (engine / generate / batch) | KV MB (engine / generate) | matmul floor tok/s | engine decode step ms (floor) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gb_tps = f"{r['gb_tps']:.1f}" if r["gb_tps"] else (f"error: {r['gb_err']}" if r["gb_err"] else "-")
         gb_wall = f"{r['gb_wall']:.2f}" if r["gb_wall"] else "-"
         gb_mem = fmt_mb(r["gb_mem"]) if r["gb_mem"] is not None else "-"
         print(f"| {r['model']} | {r['P']} | {r['G']} | {r['e_tps']:.1f} | {r['g_tps']:.1f} | {gb_tps} | {r['e_tps'] / r['g_tps']:.2f}x "
-              f"| {r['e_wall']:.2f} / {r['g_wall']:.2f} / {gb_wall} | {fmt_mb(r['e_mem'])} / {fmt_mb(r['g_mem'])} / {gb_mem} "
+              f"| {r['e_wall']:.2f} / {r['g_wall']:.2f} / {gb_wall} | {r['g_cpu'] / r['e_cpu']:.2f}x | {fmt_mb(r['e_mem'])} / {fmt_mb(r['g_mem'])} / {gb_mem} "
               f"| {fmt_mb(r['e_kv'])} / {fmt_mb(r['g_kv'])} | {r['floor_tps']:.0f} | {r['e_step'] * 1e3:.1f} ({r['step_floor'] * 1e3:.1f}) |")
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from r1core.engine.attention import AttentionMetadata, CascadeMetadata
-from r1kernels import copy_blocks as _copy_blocks
 from r1core.engine.scheduler import ScheduledBatch
+from r1kernels import copy_blocks as _copy_blocks
 
 
 def _available_memory_bytes() -> int:
@@ -83,7 +83,7 @@ class ModelRunner:
         for k_cache, v_cache in self.kv_caches:
             _copy_blocks(k_cache, v_cache, mapping)
 
-    def prepare(self, batch: ScheduledBatch, cascade: bool = False):
+    def prepare(self, batch: ScheduledBatch, cascade_groups: list[tuple[int, int, int]] | None = None):
         bs = self.block_size
         input_ids, positions, slots, last_rows = [], [], [], []
         seq_lens, cu = [], [0]
@@ -111,7 +111,7 @@ class ModelRunner:
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
             kv_caches=self.kv_caches,
-            cascade=self._cascade(batch, seq_lens) if cascade else None,
+            cascade=self._cascade(batch, seq_lens, cascade_groups) if cascade_groups is not None else None,
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)[None]  # [1, T]
         pos = torch.tensor(positions, dtype=torch.long, device=dev)[None]  # [1, T]
@@ -138,10 +138,9 @@ class ModelRunner:
             i = j
         return groups
 
-    def _cascade(self, batch: ScheduledBatch, seq_lens: list[int]) -> CascadeMetadata:
+    def _cascade(self, batch: ScheduledBatch, seq_lens: list[int], groups) -> CascadeMetadata:
         bs = self.block_size
         dev = self.device
-        groups = self.shared_prefix_tokens(batch)
         prefix_tables, prefix_lens, prefix_cu = [], [], [0]
         suffix_tables, suffix_lens = [], []
         for first, rows, shared in groups:
@@ -159,26 +158,26 @@ class ModelRunner:
             suffix_lens=torch.tensor(suffix_lens, dtype=torch.int32, device=dev),
         )
 
-    def use_cascade(self, batch: ScheduledBatch) -> bool:
-        """Shared-prefix attention for decode-only batches, when the prefix reads it saves pay for its
+    def cascade_groups(self, batch: ScheduledBatch) -> list[tuple[int, int, int]] | None:
+        """The (first row, rows, shared blocks) groups for shared-prefix attention, or None for plain
+        attention. Used for decode-only batches, when the prefix reads it saves pay for its
         second attention call and the merge (`cascade`: True / False / "auto"). Measured per layer
         on the C++ kernels (Hq 8, Hkv 4, D 64, 64 own tokens per sample, 10th-percentile times):
         prefix 512 x G 16 (7680 tokens saved) 1.2-1.3x faster, 512 x 4 (1536) even, 64 x 16 (960)
         0.75x; hence "auto" needs `cascade_min_saved_tokens` (4096) saved tokens in the step."""
         if self.cascade is False or len(batch.seqs) < 2 or batch.num_tokens != len(batch.seqs):
-            return False
-        if self.cascade is True:
-            return True
-        saved = sum((rows - 1) * shared for _, rows, shared in self.shared_prefix_tokens(batch)) * self.block_size
-        return saved >= self.cascade_min_saved_tokens
+            return None
+        groups = self.shared_prefix_tokens(batch)
+        saved = sum((rows - 1) * shared for _, rows, shared in groups) * self.block_size
+        return groups if self.cascade is True or saved >= self.cascade_min_saved_tokens else None
 
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """Logits [R, V] (float32) of the last token of each sequence whose tokens are now all computed."""
         if batch.copies:
             self.copy_blocks(batch.copies)
-        cascade = self.use_cascade(batch)
-        self.num_cascade_steps += cascade
-        ids, pos, meta, last_rows = self.prepare(batch, cascade)
+        groups = self.cascade_groups(batch)
+        self.num_cascade_steps += groups is not None
+        ids, pos, meta, last_rows = self.prepare(batch, groups)
         hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False, r1_attn=meta).last_hidden_state[0]  # [T, H]
         if not last_rows:
             return hidden.new_empty(0, self.lm_head.out_features, dtype=torch.float32)
