@@ -182,3 +182,24 @@ def test_shepherd_examples_from_a_noisy_policy_train_a_prm(tok):
     model = build_reward_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=seed)
     losses = train_reward_model(model, tok, exs, kind="prm", max_steps=40, batch_size=12, seed=seed)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_shepherd_examples_drop_steps_without_text(tok):
+    # a policy that ends right after a delimiter (eos alone) writes a last step with no text
+    from r1core.search.reward_models import shepherd_examples
+
+    class EndsAfterComma:
+        def expand(self, prefix_ids, n, max_step_tokens):
+            text = tok.decode(prefix_ids)
+            if text.endswith(","):
+                return [StepProposal([tok.eos_token_id], "", -0.1, True)] * n
+            return [StepProposal(tok("T2+4+0=6,", add_special_tokens=False)["input_ids"], "T2+4+0=6,", -0.1, False)] * n
+
+        def rollout(self, prefix_ids, n, max_tokens):
+            return [StepProposal([tok.eos_token_id], "", 0.0, True)] * n
+
+    rows = [{"prompt": "12+34=", "answer": "46"}]
+    exs = shepherd_examples(EndsAfterComma(), rows, lambda t: tok(t, add_special_tokens=False)["input_ids"],
+                            lambda row, c: False, solutions_per_row=1, rollouts=2)
+    assert [(e.completion, e.labels) for e in exs] == [("T2+4+0=6,", [0.0])]
+    collate(tok, exs, "prm")  # one label, one scored position

@@ -321,7 +321,11 @@ def shepherd_examples(generator, rows: Sequence[dict], encode: Callable[[str], l
                 continue  # ran out of steps: its last label would have no end of solution to judge
             labels = math_shepherd_labels(generator, pids, steps, lambda c, row=row: is_correct(row, c),
                                           rollouts=rollouts, max_tokens=max_tokens, soft=soft)
-            out.append(RewardExample(row["prompt"], "".join(s.text for s in steps), labels))
+            # a step with no text (an end of sequence right after a delimiter) has no position of
+            # its own in the text: the PRM scores that end at the previous step's separator
+            kept = [(s, y) for s, y in zip(steps, labels) if s.text]
+            if kept:
+                out.append(RewardExample(row["prompt"], "".join(s.text for s, _ in kept), [y for _, y in kept]))
     return out
 
 
