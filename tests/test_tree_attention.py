@@ -142,3 +142,21 @@ def test_cuda_tree_attention(dtype, atol, rtol):
     out = r1kernels.tree_attention(*args[:4], cu_nodes=args[4], k_cache=args[5], v_cache=args[6], block_tables=args[7], prefix_lens=args[8])
     ref, _ = reference.tree_attention(*args)
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+
+
+def test_public_ops_trace_under_torch_compile():
+    # fullgraph: the wrappers' checks trace (data checks skip while compiling) and the fakes give shapes
+    a = _tree_args()
+    kc, vc, table, pl = make_cache([7, 12], 4, 2, 8, torch.float32)
+    q, cq = torch.randn(3, 4, 8), cu([1, 2])
+
+    def f(q, kc, vc, table, pl, cq, tq, tk, tv, parents, cu_nodes):
+        o1, l1 = r1kernels.paged_attention(q, kc, vc, table, pl, cq, return_lse=True)
+        o2 = r1kernels.tree_attention(tq, tk, tv, parents, cu_nodes=cu_nodes)
+        return r1kernels.merge_attention_states(o1, l1, o1, l1)[0], o2
+
+    args = (q, kc, vc, table, pl, cq, a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"])
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
+    want = f(*args)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])

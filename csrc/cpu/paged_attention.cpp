@@ -114,6 +114,10 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, cons
                                                        const at::Tensor& cu_seqlens_q, double scale, bool causal) {
   TORCH_CHECK_VALUE(q.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(), "q must be [Nq, Hq, D] and the caches [num_blocks, block_size, Hkv, D]");
   TORCH_CHECK_VALUE(q.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == k_cache.scalar_type(), "q must have the cache's dtype");
+  // the raw op is called past the Python checks (the engine does): the layout it assumes is checked here
+  TORCH_CHECK_VALUE(k_cache.is_contiguous() && v_cache.is_contiguous(), "k_cache and v_cache must be contiguous");
+  TORCH_CHECK_VALUE(block_tables.dim() == 2 && seq_lens.dim() == 1 && cu_seqlens_q.dim() == 1,
+                    "block_tables must be [num_seqs, max_blocks], seq_lens [num_seqs] and cu_seqlens_q [num_seqs + 1]");
   TORCH_CHECK_VALUE(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt && cu_seqlens_q.scalar_type() == at::kInt,
                     "block_tables, seq_lens and cu_seqlens_q must be int32");
   const int64_t S = block_tables.size(0), max_blocks = block_tables.size(1);

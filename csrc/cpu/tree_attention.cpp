@@ -122,7 +122,8 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const
                                                       const std::optional<at::Tensor>& prefix_lens, double scale) {
   TORCH_CHECK_VALUE(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q.size(0), "q must be [N, Hq, D] and k, v [N, Hkv, D]");
   TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "k and v must have q's dtype");
-  TORCH_CHECK_VALUE(parents.scalar_type() == at::kInt && cu_nodes.scalar_type() == at::kInt, "parents and cu_nodes must be int32");
+  TORCH_CHECK_VALUE(parents.scalar_type() == at::kInt && cu_nodes.scalar_type() == at::kInt && parents.dim() == 1 && cu_nodes.dim() == 1,
+                    "parents and cu_nodes must be 1-D int32");
   const int64_t N = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1);
   TORCH_CHECK_VALUE(k.size(2) == d, "q has head_dim ", d, " but k has head_dim ", k.size(2));
   TORCH_CHECK_VALUE(hkv > 0 && hq % hkv == 0, "q's heads (", hq, ") must be a multiple of k's kv heads (", hkv, ")");
