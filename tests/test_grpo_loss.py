@@ -231,6 +231,8 @@ def test_compile_fullgraph_forward_and_backward():
                                           ref_logprobs=inp["ref"], bias=bias, beta=0.04, temperature=0.8)
         return loss, stats["entropy"]
 
+    # aot_eager: dynamo, fake tensors and AOT autograd, as inductor sees them, without its C++ codegen
+    # (inductor passes too, but compiling takes over a minute on the 2-core CI machine)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     xs, ys = leaves(inp), leaves(inp)
     (l1, e1), (l2, e2) = compiled(*xs, rewards), step(*ys, rewards)
