@@ -91,7 +91,7 @@ def test_prm_verifier_option_trains_on_the_policys_rollouts():
     from r1core.recipes.ttc import _train_prm
 
     tok = build_tokenizer()
-    cfg = TTCConfig(digits=2, prm_problems=4, prm_rollouts=2, prm_steps=10, verifier="prm")
+    cfg = TTCConfig(digits=2, prm_problems=4, prm_rollouts=2, prm_steps=10, verifier="prm", prm_soft_labels=True)
     gen = NoisyAdditionPolicy(tok, p=0.7, seed=random.randrange(1000))
     ver = exact_verifier("addition")
     prm, info = _train_prm(cfg, gen, lambda t: tok(t, add_special_tokens=False)["input_ids"],

@@ -57,6 +57,7 @@ class TTCConfig:
     prm_problems: int = 64  # --verifier prm: training problems (train split), 2 solutions each
     prm_rollouts: int = 4
     prm_steps: int = 300
+    prm_soft_labels: bool = False  # Math-Shepherd soft labels (share of correct rollouts) instead of hard
     seed: int = 0
     threads: int = 2
     output: str = "ttc"  # file stem in runs/<name>/
@@ -195,6 +196,7 @@ def _train_prm(cfg: TTCConfig, generator, encode, correct, tok, log):
     train = generate(cfg.task, "train", cfg.prm_problems, seed=cfg.seed + 7, **kwargs)
     t0 = time.perf_counter()
     exs = shepherd_examples(generator, train, encode, correct, solutions_per_row=2, rollouts=cfg.prm_rollouts,
+                            soft=cfg.prm_soft_labels,
                             max_step_tokens=cfg.max_step_tokens, max_tokens=cfg.max_new_tokens)
     if not exs:
         raise ValueError("verifier prm: the policy finished no solution to label; use --verifier exact")
