@@ -43,6 +43,9 @@ def _setup_context(ctx, inputs, output):
     bias = inputs[2]
     _, _, _, gh, gw, gb = output
     ctx.save_for_backward(gh, gw, gb)
+    # the outputs other than the loss get no gradient: without this autograd would allocate zeros
+    # for them, a second [V, H] buffer at the peak of backward
+    ctx.set_materialize_grads(False)
     ctx.has_bias = bias is not None
 
 
@@ -58,6 +61,8 @@ def _grad_is_one(grad_loss):
 
 def _backward(ctx, grad_loss, *_):
     gh, gw, gb = ctx.saved_tensors
+    if grad_loss is None:  # only the detached outputs (logp, entropy, grads) were used
+        return (None,) * 17
     if _grad_is_one(grad_loss):
         return (gh, gw, gb if ctx.has_bias else None) + (None,) * 14
     g = grad_loss.to(gh.dtype)
@@ -75,10 +80,13 @@ def _(logp, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high,
 def _token_loss_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])
     ctx.logp_dtype = inputs[0].dtype
+    ctx.set_materialize_grads(False)
 
 
 def _token_loss_backward(ctx, grad_loss, _grad_grad):
     (g,) = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * 12
     return ((g * grad_loss).to(ctx.logp_dtype),) + (None,) * 11
 
 

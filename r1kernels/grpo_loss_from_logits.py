@@ -23,10 +23,13 @@ def _(logits, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[3])
+    ctx.set_materialize_grads(False)  # no zeros for the [N, V] gradient output nobody differentiates
 
 
 def _backward(ctx, grad_loss, *_):
     (g,) = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * 15
     if _grad_is_one(grad_loss):  # no second [N, V] buffer for loss.backward()
         return (g,) + (None,) * 14
     return (g * grad_loss.to(g.dtype),) + (None,) * 14
