@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Sequence as Seq
 
 import torch
 
@@ -21,7 +20,7 @@ from r1core.engine.outputs import CompletionOutput, RequestOutput
 from r1core.engine.sampler import Sampler, StopChecker
 from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.scheduler import Scheduler
-from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus
+from r1core.engine.sequence import Sequence, SequenceGroup
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
