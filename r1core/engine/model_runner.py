@@ -163,8 +163,9 @@ class ModelRunner:
         attention. Used for decode-only batches, when the prefix reads it saves pay for its
         second attention call and the merge (`cascade`: True / False / "auto"). Measured per layer
         on the C++ kernels (Hq 8, Hkv 4, D 64, 64 own tokens per sample, 10th-percentile times):
-        prefix 512 x G 16 (7680 tokens saved) 1.2-1.3x faster, 512 x 4 (1536) even, 64 x 16 (960)
-        0.75x; hence "auto" needs `cascade_min_saved_tokens` (4096) saved tokens in the step."""
+        prefix 512 x G 16 (7680 tokens saved) 1.2-1.3x faster, 2048 x 16 1.2x, 2048 x 4 (6144)
+        1.2x, 512 x 4 (1536) even, 64 x 16 (960) 0.75-0.85x; with Hq 4, Hkv 2 even at 512 x 16.
+        Hence "auto" needs `cascade_min_saved_tokens` (4096) saved tokens in the step."""
         if self.cascade is False or len(batch.seqs) < 2 or batch.num_tokens != len(batch.seqs):
             return None
         groups = self.shared_prefix_tokens(batch)
