@@ -1,9 +1,10 @@
 // Per-row math of the fused GRPO CPU ops; see grpo_row_math.h.
 //
 // The vocabulary loops are the only elementwise work of size tokens x vocab, so they are written to
-// auto-vectorise (omp simd, a branch-free exp) and compiled once per x86 level (target_clones): the
-// extension itself is built for the baseline ISA, and libm's scalar expf made the row pass of the
-// Qwen2.5-0.5B head cost about as much as one of its GEMMs.
+// auto-vectorise (omp simd, a branch-free exp instead of libm's scalar expf) and compiled once per
+// x86 level (target_clones), since the extension itself is built for the baseline ISA. Measured on
+// 256 rows of the Qwen2.5-0.5B head (V 151936): the whole logits_grpo_loss op, row copies included,
+// 0.21 s against 1.04 s for the chunk's logits GEMM (2 threads, busy machine).
 #include "grpo_row_math.h"
 
 #include <algorithm>
