@@ -147,7 +147,10 @@ def bench_trl(size: str, steps: int) -> dict:
         cfg = GRPOConfig(output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=G, num_generations=G,
                          max_completion_length=COMPLETION, beta=0.04, learning_rate=1e-6, max_steps=steps + 1, logging_steps=1,
                          save_strategy="no", generation_kwargs={"min_new_tokens": COMPLETION}, disable_tqdm=True, seed=0,
-                         dataloader_num_workers=0)
+                         dataloader_num_workers=0,
+                         # TRL 1.16 defaults to bf16 autocast and gradient checkpointing; both trainers run
+                         # float32 without checkpointing here, so they do the same arithmetic
+                         bf16=False, gradient_checkpointing=False)
         trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=cfg, train_dataset=ds, processing_class=tok,
                               callbacks=[StepTimer()])
         trainer._generate_single_turn = gen.wrap(trainer._generate_single_turn)
