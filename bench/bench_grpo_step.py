@@ -11,6 +11,7 @@ peak resident memory above the level before the trainer was built; steps/s ratio
 
     python bench/bench_grpo_step.py            # 5M and 30M, 5 measured steps each
     python bench/bench_grpo_step.py --quick    # 5M only, 2 measured steps
+    python bench/bench_grpo_step.py --bf16     # bf16 autocast in both (TRL's default)
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Clock:
         return timed
 
 
-def bench_ours(size: str, steps: int) -> dict:
+def bench_ours(size: str, steps: int, bf16: bool = False) -> dict:
     from r1core.recipes.base_model import build_tokenizer
     from r1core.rewards import accuracy_reward
     from r1core.trainers import GRPOConfig, GRPOTrainer
@@ -109,7 +110,7 @@ def bench_ours(size: str, steps: int) -> dict:
     gen, step = Clock(), Clock()
     with tempfile.TemporaryDirectory() as out, PeakRSS() as mem:
         cfg = GRPOConfig(num_generations=G, per_device_train_batch_size=G, max_completion_length=COMPLETION, beta=0.04,
-                         learning_rate=1e-6, ignore_eos=True, output_dir=out, max_steps=steps + 1, logging_steps=1)
+                         learning_rate=1e-6, ignore_eos=True, output_dir=out, max_steps=steps + 1, logging_steps=1, bf16=bf16)
         tr = GRPOTrainer(model, tok, [accuracy_reward], rows(64), cfg)
         tr.generate = gen.wrap(tr.generate)
         train_step = step.wrap(tr.train_step)
@@ -119,7 +120,7 @@ def bench_ours(size: str, steps: int) -> dict:
     return summarize(gen, step, mem.delta)
 
 
-def bench_trl(size: str, steps: int) -> dict:
+def bench_trl(size: str, steps: int, bf16: bool = False) -> dict:
     import datasets
     from trl import GRPOConfig, GRPOTrainer
     from transformers import TrainerCallback
@@ -150,7 +151,7 @@ def bench_trl(size: str, steps: int) -> dict:
                          dataloader_num_workers=0,
                          # TRL 1.16 defaults to bf16 autocast and gradient checkpointing; both trainers run
                          # float32 without checkpointing here, so they do the same arithmetic
-                         bf16=False, gradient_checkpointing=False)
+                         bf16=bf16, gradient_checkpointing=False)
         trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=cfg, train_dataset=ds, processing_class=tok,
                               callbacks=[StepTimer()])
         trainer._generate_single_turn = gen.wrap(trainer._generate_single_turn)
@@ -172,6 +173,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="5M model only, 2 measured steps")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per trainer (default 5, --quick 2)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast in both trainers' training side (TRL's default)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps = args.steps or (2 if args.quick else 5)
@@ -179,7 +181,7 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {steps} (+1 warm-up), load {os.getloadavg()[0]:.1f}")
     print(f"{'model':>6} {'trainer':>8} {'gen s':>8} {'train s':>8} {'step s':>8} {'gen cpu':>8} {'step cpu':>8} {'peak MB':>8}")
     for size in sizes:
-        res = {"trl": bench_trl(size, steps), "r1core": bench_ours(size, steps)}
+        res = {"trl": bench_trl(size, steps, args.bf16), "r1core": bench_ours(size, steps, args.bf16)}
         for name, r in res.items():
             print(f"{size:>6} {name:>8} {r['gen_s']:8.3f} {r['train_s']:8.3f} {r['step_s']:8.3f} {r['gen_cpu']:8.3f} {r['step_cpu']:8.3f} {r['peak_mb']:8.0f}")
         t, o = res["trl"], res["r1core"]

@@ -93,6 +93,23 @@ def test_step_matches_reference_loss_and_gradients(tmp_path):
     assert got["kl"] >= 0 and math.isfinite(info["reward"]) and 0 <= info["zero_std_frac"] <= 1
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.bfloat16, 3e-2, 5e-2)])
+def test_bf16_autocast_step_close_to_float32(tmp_path, dtype, atol, rtol):
+    a = make(tmp_path, seed=5, reward_funcs=[random_reward], beta=0.04)
+    b = make(tmp_path, seed=5, reward_funcs=[random_reward], beta=0.04, bf16=True)
+    batch, _ = a.rollout()
+    for tr in (a, b):
+        batch.ref_logprobs = policy_logprobs(tr.ref_model, batch, 1.0, tr.config.bf16)
+        tr.optimizer.step = lambda: None
+        tr.out = tr.optimize(batch)
+    assert b.out["loss"] == pytest.approx(a.out["loss"], abs=atol, rel=rtol)
+    g32 = torch.cat([p.grad.flatten() for p in a.model.parameters()])
+    g16 = torch.cat([p.grad.flatten() for p in b.model.parameters()])
+    assert all(p.dtype == torch.float32 for p in b.model.parameters())
+    assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.98
+    assert not torch.equal(g32, g16)  # autocast really ran in bf16
+
+
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     for loss_type in ("dapo", "grpo"):
         a = make(tmp_path, seed=3, per_device_train_batch_size=8, gradient_accumulation_steps=1, loss_type=loss_type, reward_funcs=[random_reward])

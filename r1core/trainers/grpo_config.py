@@ -68,6 +68,7 @@ class GRPOConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
+    bf16: bool = False  # bf16 autocast for the training forward and backward (TRL's default; weights stay float32)
     per_device_train_batch_size: int = 8  # completions per micro-batch and device (TRL)
     gradient_accumulation_steps: int = 1
     max_steps: int = 100
