@@ -171,6 +171,16 @@ class Engine:
                     done[out.request_id] = out
         return [done.pop(r) for r in rids]
 
+    def beam_search(self, prompts, beam_width: int, max_new_tokens: int = 16, length_penalty: float = 1.0,
+                    early_stopping: bool | str = False, eos_token_id: int | list[int] | None = None,
+                    num_return_sequences: int = 1):
+        """Beam search with the results of `model.generate(num_beams=beam_width, do_sample=False, ...)`;
+        one `BeamSearchOutput` per prompt (see `r1core.engine.beam_search`)."""
+        from r1core.engine.beam_search import beam_search
+
+        return beam_search(self, prompts, beam_width, max_new_tokens, length_penalty, early_stopping, eos_token_id,
+                           num_return_sequences)
+
     # --- the loop -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _engine_mode(self):

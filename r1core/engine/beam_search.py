@@ -1,0 +1,271 @@
+"""Token-level beam search on the engine's paged KV cache, with the results of transformers 5.x
+`model.generate(num_beams=k, do_sample=False, length_penalty=..., early_stopping=...)` (no logits
+processors):
+
+- each step, per prompt, the top `max(2, 1 + n_eos) * k` candidates over (live beam x vocab) by
+  cumulative log-prob (float32 log_softmax of the logits);
+- candidates that end (an eos token, or the last allowed token) among the first k of them become
+  finished hypotheses scored `sum_logprobs / generated_len ** length_penalty` (eos counted), and
+  the best k finished hypotheses are kept;
+- the first k candidates that do not end are the next live beams;
+- a prompt stops when its k finished slots are full and (early_stopping=True) or its best live
+  beam can no longer beat the worst finished one (transformers' heuristic: the live score over the
+  current generated length, or over the longest allowed one for early_stopping="never" with a
+  positive length_penalty), or when max_new_tokens is reached.
+
+Reordering beams touches no KV: a surviving parent keeps its Sequence for its first child and is
+forked by the block manager (shared blocks, ref counts) for the others; dropped parents are freed.
+The shared, partly filled last block is copied on the next write into it (copy-on-write, one
+block per extra child). Every step is one batched forward over the live beams of all prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from r1core.engine.sampling_params import SamplingParams
+from r1core.engine.scheduler import ScheduledBatch
+from r1core.engine.sequence import Sequence, SequenceGroup
+
+@dataclass
+class BeamHypothesis:
+    token_ids: list[int]  # generated tokens, the eos that ended it included
+    text: str | None
+    score: float  # sum of token log-probs / len(token_ids) ** length_penalty
+    finish_reason: str  # "stop" (eos) or "length"
+
+
+@dataclass
+class BeamSearchOutput:
+    prompt: str | None
+    prompt_token_ids: list[int]
+    hypotheses: list[BeamHypothesis] = field(default_factory=list)  # best first
+
+
+class _PromptSearch:
+    """The beam state of one prompt: live beams (Sequences, cumulative log-probs) and finished ones."""
+
+    def __init__(self, seq: Sequence, k: int):
+        self.k = k
+        self.beams: list[Sequence] = [seq]
+        self.scores: list[float] = [0.0]
+        self.finished: list[tuple[float, list[int], str]] = []  # (score, tokens, reason), best first
+        self.improvable = True  # transformers' "early stop heuristic unsatisfied", sticky
+        self.done = False
+
+
+def _check(name: str, value, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, length_penalty: float = 1.0,
+                early_stopping: bool | str = False, eos_token_id: int | list[int] | None = None,
+                num_return_sequences: int = 1) -> list[BeamSearchOutput]:
+    """Beam search over `prompts` (strings with a tokenizer, or lists of token ids); one
+    BeamSearchOutput per prompt with its `num_return_sequences` best finished hypotheses.
+    eos_token_id: None for the model's, an int or a list (empty: never stop at a token)."""
+    _check("beam_width", beam_width, isinstance(beam_width, int) and not isinstance(beam_width, bool) and beam_width >= 1,
+           "an int >= 1")
+    _check("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
+           and max_new_tokens >= 1, "an int >= 1")
+    _check("num_return_sequences", num_return_sequences, isinstance(num_return_sequences, int)
+           and 1 <= num_return_sequences <= beam_width, f"an int in [1, beam_width={beam_width}]")
+    _check("length_penalty", length_penalty, isinstance(length_penalty, (int, float)) and not isinstance(length_penalty, bool)
+           and length_penalty == length_penalty and abs(length_penalty) != float("inf"), "a finite number")
+    _check("early_stopping", early_stopping, isinstance(early_stopping, bool) or early_stopping == "never",
+           "True, False or 'never'")
+    vocab = engine.model_runner.lm_head.out_features
+    if eos_token_id is None:
+        eos = set(engine.stop_checker.eos_token_ids)
+    else:
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        _check("eos_token_id", eos_token_id, all(isinstance(t, int) and 0 <= t < vocab for t in ids),
+               f"None, or token ids in [0, {vocab})")
+        eos = set(ids)
+    n_keep = max(2, 1 + len(eos)) * beam_width
+    _check("beam_width", beam_width, n_keep <= vocab, f"small enough that {n_keep} candidates fit in the vocabulary ({vocab})")
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    if engine.scheduler.has_unfinished():
+        raise RuntimeError("beam_search needs an idle engine: requests added with add_request are still running")
+
+    bm = engine.block_manager
+    bs = bm.block_size
+    checked, needs = [], []
+    for i, prompt in enumerate(prompts):
+        text, ids = engine._tokenize(i, prompt)
+        total = len(ids) + max_new_tokens
+        if engine.max_positions is not None and total > engine.max_positions:
+            raise ValueError(f"request {i}: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
+                             f"model's {engine.max_positions} positions (max_position_embeddings)")
+        if engine.sliding_window is not None and total > engine.sliding_window:
+            raise ValueError(f"request {i}: prompt + max_new_tokens ({total}) exceed the model's sliding window "
+                             f"({engine.sliding_window}); sliding-window attention is not implemented")
+        # the prompt's full blocks once, then every beam's own blocks, the last partial one included
+        need = len(ids) // bs + beam_width * (-(-total // bs) - len(ids) // bs)
+        if need > bm.num_blocks:
+            raise ValueError(f"request {i}: {beam_width} beams of prompt + max_new_tokens ({total}) need up to {need} "
+                             f"KV-cache blocks, the cache has {bm.num_blocks} of {bs} tokens")
+        checked.append((text, ids))
+        needs.append(need)
+
+    # prompts run in waves whose worst case fits in the cache and the engine's seats
+    waves, cur, used = [], [], 0
+    for i, need in enumerate(needs):
+        if cur and (used + need > bm.num_blocks or (len(cur) + 1) * beam_width > engine.scheduler.max_num_seqs):
+            waves.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += need
+    waves.append(cur)
+
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    engine._check_weights()
+    outputs: list[BeamSearchOutput | None] = [None] * len(prompts)
+    with engine._engine_mode():
+        for wave in waves:
+            for i, search in zip(wave, _run_wave(engine, [checked[i] for i in wave], params, beam_width, max_new_tokens,
+                                                 float(length_penalty), early_stopping, eos, n_keep)):
+                text, ids = checked[i]
+                hyps = [BeamHypothesis(toks, _decode(engine, toks), score, reason)
+                        for score, toks, reason in search.finished[:num_return_sequences]]
+                outputs[i] = BeamSearchOutput(text, ids, hyps)
+    return outputs
+
+
+def _decode(engine, tokens: list[int]) -> str | None:
+    tok = engine.tokenizer
+    return None if tok is None else tok.decode(tokens, skip_special_tokens=True)
+
+
+def _run_wave(engine, prompts, params, k: int, max_new: int, lp: float, early_stopping, eos: set[int],
+              n_keep: int) -> list[_PromptSearch]:
+    bm = engine.block_manager
+    runner = engine.model_runner
+    searches = []
+    for text, ids in prompts:
+        group = SequenceGroup(next(engine._request_ids), text, ids, params, 0)
+        seq = Sequence(next(engine._seq_ids), group, 0, ids)
+        group.seqs.append(seq)
+        searches.append(_PromptSearch(seq, k))
+    try:
+        logits = _prefill(engine, [s.beams[0] for s in searches])  # [P, V]
+        while True:
+            live = [s for s in searches if not s.done]
+            rows = 0
+            for s in live:
+                n = len(s.beams)
+                _select(engine, s, logits[rows : rows + n], max_new, lp, early_stopping, eos, n_keep)
+                rows += n
+            live = [s for s in live if not s.done]
+            if not live:
+                return searches
+            batch = ScheduledBatch()
+            for s in live:
+                for seq in s.beams:
+                    batch.copies += bm.reserve(seq, 1)
+                    batch.seqs.append(seq)
+                    batch.num_new_tokens.append(1)
+            logits = runner.run(batch)  # [sum of live beams, V]
+            for seq in batch.seqs:
+                bm.commit(seq, 1)
+    finally:
+        for s in searches:
+            for seq in s.beams:
+                bm.free(seq)
+            s.beams = []
+
+
+def _prefill(engine, seqs: list[Sequence]) -> torch.Tensor:
+    """Logits [P, V] of the last prompt token of each sequence, the prompts run in batches of at
+    most max_num_batched_tokens tokens (a longer prompt alone)."""
+    bm = engine.block_manager
+    limit = engine.scheduler.max_num_batched_tokens
+    out, batch = [], ScheduledBatch()
+    for seq in seqs:
+        bm.match_prefix(seq)
+        k = seq.num_tokens - seq.num_computed_tokens
+        if batch.seqs and batch.num_tokens + k > limit:
+            out.append(_run(engine, batch))
+            batch = ScheduledBatch()
+        batch.copies += bm.reserve(seq, k)
+        batch.seqs.append(seq)
+        batch.num_new_tokens.append(k)
+    out.append(_run(engine, batch))
+    return torch.cat(out)
+
+
+def _run(engine, batch: ScheduledBatch) -> torch.Tensor:
+    logits = engine.model_runner.run(batch)
+    for seq, k in zip(batch.seqs, batch.num_new_tokens):
+        engine.block_manager.commit(seq, k)
+    return logits
+
+
+def _select(engine, s: _PromptSearch, logits: torch.Tensor, max_new: int, lp: float, early_stopping,
+            eos: set[int], n_keep: int) -> None:
+    """One step of one prompt: pick the candidates, book the finished ones, reorder the beams."""
+    k = s.k
+    V = logits.shape[-1]
+    logprobs = torch.log_softmax(logits.float(), -1) + torch.tensor(s.scores)[:, None]  # [n, V]
+    top_scores, top_idx = torch.topk(logprobs.reshape(-1), n_keep)
+    top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+    gen_len = s.beams[0].num_output_tokens + 1  # the candidates' generated length
+    last = gen_len >= max_new
+
+    # finished candidates: only among the first k, and only while the prompt can still improve
+    full = len(s.finished) >= k
+    if s.improvable and not (full and early_stopping is True):
+        new = []
+        for score, idx in zip(top_scores[:k], top_idx[:k]):
+            tok = idx % V
+            if last or tok in eos:
+                parent = s.beams[idx // V]
+                new.append((score / gen_len**lp, parent.output_token_ids + [tok], "stop" if tok in eos else "length"))
+        if new:
+            s.finished = sorted(s.finished + new, key=lambda h: -h[0])[:k]
+
+    if last:
+        s.done = True
+        return
+    # the next live beams: the first k candidates that did not end
+    chosen = [(score, idx) for score, idx in zip(top_scores, top_idx) if (idx % V) not in eos][:k]
+    _reorder(engine, s, [(idx // V, idx % V) for _, idx in chosen])
+    s.scores = [score for score, _ in chosen]
+
+    if len(s.finished) >= k:
+        length = (max_new if early_stopping == "never" and lp > 0 else gen_len)
+        s.improvable = s.improvable and s.scores[0] / length**lp > s.finished[-1][0]
+    if not s.improvable or (early_stopping is True and len(s.finished) >= k):
+        s.done = True
+
+
+def _reorder(engine, s: _PromptSearch, picks: list[tuple[int, int]]) -> None:
+    """New beams from (parent beam, token) picks: a parent's first child takes over its Sequence,
+    the others fork it (shared blocks); parents with no child are freed."""
+    bm = engine.block_manager
+    parents = list(s.beams)  # group.seqs, which forks append to
+    taken = [False] * len(parents)
+    new = []
+    for p, tok in picks:
+        parent = parents[p]
+        if taken[p]:
+            child = Sequence(next(engine._seq_ids), parent.group, len(parent.group.seqs), parent.token_ids)
+            parent.group.seqs.append(child)
+            bm.fork(parent, child)
+            new.append((child, tok))
+        else:
+            taken[p] = True
+            new.append((parent, tok))
+    # tokens go on only after every fork copied its parent's tokens
+    for seq, tok in new:
+        seq.token_ids.append(tok)
+    for p, parent in enumerate(parents):
+        if not taken[p]:
+            bm.free(parent)
+    group = parents[0].group
+    group.seqs = [seq for seq, _ in new]
+    s.beams = group.seqs
