@@ -50,13 +50,34 @@ def test_matches_generate(arch, k, lp, es):
     # without eos: the model has none
     reasons = assert_same(engine, model, prompts, k, k, lp, es, eos=None)
     assert set(reasons) == {"length"}
-    # with eos reached: the third token of a best hypothesis as eos
-    first = engine.beam_search(prompts[1], beam_width=k, max_new_tokens=MAX_NEW)[0]
-    eos = first.hypotheses[0].token_ids[2]
+    # with eos reached: the first early token of a hypothesis that, taken as eos, ends a returned one
+    eos = eos_that_stops(engine, prompts, k, lp, es)
+    if lp <= 1.0:  # a length_penalty of 2 favours the long hypotheses over the ones eos cuts short
+        assert eos is not None, "no early token ends a returned hypothesis as eos"
+    eos = 1 if eos is None else eos
     reasons = assert_same(engine, model, prompts, k, 1, lp, es, eos=eos)
     reasons += assert_same(engine, model, prompts, k, k, lp, es, eos=eos)
-    if lp <= 1.0:  # a length_penalty of 2 favours the long hypotheses over the ones eos cut short
+    if lp <= 1.0:
         assert "stop" in reasons
+
+
+def eos_that_stops(engine, prompts, k, lp, es):
+    """A token that, as eos, ends one of the k returned hypotheses of some prompt (engine only: the
+    comparison with transformers comes after), or None."""
+    outs = engine.beam_search(prompts, beam_width=k, max_new_tokens=MAX_NEW, num_return_sequences=k)
+    tried = set()
+    for pos in range(4):
+        for out in outs:
+            for h in out.hypotheses:
+                tok = h.token_ids[pos]
+                if tok in tried:
+                    continue
+                tried.add(tok)
+                res = engine.beam_search(prompts, beam_width=k, max_new_tokens=MAX_NEW, length_penalty=lp,
+                                         early_stopping=es, eos_token_id=tok, num_return_sequences=k)
+                if any(h2.finish_reason == "stop" for o in res for h2 in o.hypotheses):
+                    return tok
+    return None
 
 
 def test_text_and_string_prompts():
