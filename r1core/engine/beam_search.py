@@ -210,7 +210,7 @@ def _select(engine, s: _PromptSearch, logits: torch.Tensor, max_new: int, lp: fl
     """One step of one prompt: pick the candidates, book the finished ones, reorder the beams."""
     k = s.k
     V = logits.shape[-1]
-    logprobs = torch.log_softmax(logits.float(), -1) + torch.tensor(s.scores)[:, None]  # [n, V]
+    logprobs = torch.log_softmax(logits.float(), -1) + torch.tensor(s.scores, device=logits.device)[:, None]  # [n, V]
     top_scores, top_idx = torch.topk(logprobs.reshape(-1), n_keep)
     top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
     gen_len = s.beams[0].num_output_tokens + 1  # the candidates' generated length
