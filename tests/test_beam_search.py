@@ -150,6 +150,7 @@ def test_bad_input(kwargs, field):
     args = dict(beam_width=2, max_new_tokens=4) | kwargs
     with pytest.raises(ValueError, match=field):
         engine.beam_search([[5, 6, 7]], **args)
+    assert engine.beam_search([], beam_width=2) == []
     with pytest.raises(ValueError, match="prompt is empty"):
         engine.beam_search([[]], beam_width=2)
     small = Engine(tiny_model("qwen2"), block_size=4, num_blocks=8)

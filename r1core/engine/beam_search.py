@@ -89,6 +89,8 @@ def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, leng
     _check("beam_width", beam_width, n_keep <= vocab, f"small enough that {n_keep} candidates fit in the vocabulary ({vocab})")
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
+    if not prompts:
+        return []
     if engine.scheduler.has_unfinished():
         raise RuntimeError("beam_search needs an idle engine: requests added with add_request are still running")
 
