@@ -26,6 +26,7 @@ from typing import Iterator
 
 from .splits import TEST_FRACTION, check_split, problem_split
 from .templates import r1_zero_completion, r1_zero_prompt
+from .templates import split_completion as _split_completion
 
 OPS = ("+", "*")
 FORMATS = ("scratchpad", "tagged", "r1zero")
@@ -136,17 +137,7 @@ def parse_prompt(prompt: str) -> ArithmeticProblem:
 
 def split_completion(completion: str) -> tuple[list[str], str | None]:
     """(steps, final answer text or None) of a scratchpad or tagged completion; never raises."""
-    m = re.search(r"<think>(.*?)</think>", completion, re.S)
-    if m:
-        body = m.group(1)
-        ans = re.search(r"<answer>(.*?)</answer>", completion[m.end():], re.S)
-        answer = ans.group(1).strip() if ans else None
-    else:
-        body = completion[1:] if completion.startswith("T") else completion
-        head, sep, tail = body.rpartition(";A")
-        body, answer = (head, tail.strip()) if sep else (body, None)
-    steps = [s.strip() for s in re.split(f"[{STEP_SEPARATORS}]", body) if s.strip()]
-    return steps, answer
+    return _split_completion(completion, STEP_SEPARATORS)
 
 
 def generate_arithmetic(n: int, split: str = "train", seed: int = 0, *, digits: int = 3, op: str = "+",

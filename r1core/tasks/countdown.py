@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 from .splits import TEST_FRACTION, check_split, problem_split
 from .templates import r1_zero_completion, r1_zero_prompt
+from .templates import split_completion as _split_completion
 
 FORMATS = ("scratchpad", "tagged", "r1zero")
 STEP_SEPARATORS = ","
@@ -195,16 +196,7 @@ def parse_prompt(prompt: str) -> CountdownProblem:
 
 def split_completion(completion: str) -> tuple[list[str], str | None]:
     """(steps, answer expression or None) of a scratchpad or tagged completion; never raises."""
-    m = re.search(r"<think>(.*?)</think>", completion, re.S)
-    if m:
-        body = m.group(1)
-        ans = re.search(r"<answer>(.*?)</answer>", completion[m.end():], re.S)
-        answer = ans.group(1).strip() if ans else None
-    else:
-        body = completion[1:] if completion.startswith("T") else completion
-        head, sep, tail = body.rpartition(";A")
-        body, answer = (head, tail.strip()) if sep else (body, None)
-    return [s.strip() for s in body.split(STEP_SEPARATORS) if s.strip()], answer
+    return _split_completion(completion, STEP_SEPARATORS)
 
 
 def generate_countdown(n: int, split: str = "train", seed: int = 0, *, num_numbers: int | tuple[int, int] = (3, 4),
