@@ -45,13 +45,19 @@ def _trainer(seed: int, loss_type: str, per_device: int):
     cfg = GRPOConfig(num_generations=G, per_device_train_batch_size=per_device, max_completion_length=C, loss_type=loss_type,
                      beta=0.04, learning_rate=1e-3, output_dir="/tmp/unused", seed=seed)
     tr = GRPOTrainer(model, tok, [lambda p, c, **k: [0.0] * len(c)], rows, cfg, engine=object())
-    tr.optimizer.step = lambda: None  # compare gradients, not updates
     return tr, tok
 
 
 def _run(tr, batch):
-    out = tr.optimize(batch)
+    out = tr.accumulate_gradients(batch)  # compare gradients, not updates
     return out["loss"], {n: p.grad.clone() for n, p in tr.model.named_parameters()}, tr._next_prompts()
+
+
+def _rank_info(rank: int) -> dict:
+    """Logged metrics as one rank sees them: counts, rates and means that differ per rank."""
+    return {"gen_tokens": 10 * (rank + 1), "trained_samples": 4 + rank, "dynamic_sampling_short": rank, "tokens_per_second": 100.0 * (rank + 1),
+            "reward": float(rank), "zero_std_frac": 0.5 * rank, "completion_length": 3.0 + rank, "kl": 0.1 * rank,
+            "loss": 1.5, "grad_norm": 2.0, "lr": 0.1}
 
 
 def _worker(rank, world, port, seed, loss_types, result_dir):
@@ -67,6 +73,7 @@ def _worker(rank, world, port, seed, loss_types, result_dir):
             batch = _global_batch(seed, len(tok), tr.model).rows(slice(rank * B // world, (rank + 1) * B // world))
             loss, grads, prompts = _run(tr, batch)
             torch.save({"loss": loss, "grads": grads, "prompts": prompts}, os.path.join(result_dir, f"{loss_type}{rank}.pt"))
+        torch.save(tr._reduce_info(_rank_info(rank)), os.path.join(result_dir, f"info{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -86,3 +93,14 @@ def test_two_processes_equal_one(tmp_path):
                 torch.testing.assert_close(r["grads"][n], g, atol=1e-6, rtol=1e-4, msg=lambda m: f"{loss_type} {n}: {m}")
         # the two ranks' prompts are the single process's prompts, dealt whole and in order
         assert res[0]["prompts"] + res[1]["prompts"] == want_prompts
+    # logged metrics: counts summed over ranks, rates and means averaged, global values left alone
+    infos = [torch.load(tmp_path / f"info{r}.pt") for r in range(2)]
+    assert infos[0] == infos[1]
+    per_rank = [_rank_info(r) for r in range(2)]
+    got = infos[0]
+    for k in ("gen_tokens", "trained_samples", "dynamic_sampling_short", "tokens_per_second"):
+        assert got[k] == pytest.approx(sum(p[k] for p in per_rank)), k
+    assert isinstance(got["gen_tokens"], int) and got["gen_tokens"] == 30
+    for k in ("reward", "zero_std_frac", "completion_length", "kl"):
+        assert got[k] == pytest.approx(sum(p[k] for p in per_rank) / 2), k
+    assert (got["loss"], got["grad_norm"], got["lr"]) == (1.5, 2.0, 0.1)

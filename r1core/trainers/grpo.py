@@ -36,6 +36,10 @@ from r1core.trainers.metrics import MetricsLogger
 from r1core.trainers.optim import build_optimizer, build_scheduler, encode_prompt, lm_head_params
 
 
+# logged counts that add up over ranks (the rest are rates or means, averaged)
+SUMMED_METRICS = frozenset({"gen_tokens", "trained_samples", "dynamic_sampling_short", "tokens_per_second"})
+
+
 @dataclass
 class RolloutBatch:
     """Everything one optimisation needs, padded: prompts left-padded to P, completions
@@ -311,8 +315,10 @@ class GRPOTrainer:
         return batch, info
 
     # ---- optimisation --------------------------------------------------------------------------
-    def optimize(self, batch: RolloutBatch) -> dict:
-        """One optimizer step over batch, in gradient_accumulation_steps micro-batches."""
+    def accumulate_gradients(self, batch: RolloutBatch) -> dict:
+        """Zeroes the gradients, then backward over batch in gradient_accumulation_steps
+        micro-batches; returns the (global) loss, the samples that carried gradient and the loss's
+        stats. No clipping, no update: `optimize` adds those, tests compare these gradients."""
         cfg = self.config
         count_mask = batch.completion_mask & batch.group_ok.unsqueeze(-1) if cfg.exclude_zero_std_from_normalizer else batch.completion_mask
         num_items = dist.all_reduce_sum(count_mask.sum().float()).clamp(min=1.0)  # global tokens (dapo)
@@ -340,16 +346,20 @@ class GRPOTrainer:
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v.item()
         stats_mean = {k: v / passes for k, v in stats_sum.items()}  # over the samples that carry gradient
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
+        loss_t = torch.tensor([loss_sum])
+        loss_global = dist.all_reduce_sum(loss_t) if by_items else dist.all_reduce_mean(loss_t)
+        return {"loss": loss_global.item(), "trained_samples": batch.completion_ids.shape[0], **stats_mean}
+
+    def optimize(self, batch: RolloutBatch) -> dict:
+        """One optimizer step over batch: gradients, clipping, AdamW, the scheduler."""
+        out = self.accumulate_gradients(batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
         if hasattr(self.engine, "weights_updated"):
             self.engine.weights_updated()
-        loss_t = torch.tensor([loss_sum])
-        loss_global = dist.all_reduce_sum(loss_t) if by_items else dist.all_reduce_mean(loss_t)
-        return {"loss": loss_global.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0],
-                "trained_samples": batch.completion_ids.shape[0], **stats_mean}
+        return {**out, "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0]}
 
     def train_step(self) -> dict:
         """One generation round: rollout, reward, advantage, (old/ref log-probs), num_iterations x
@@ -370,11 +380,21 @@ class GRPOTrainer:
         return self._reduce_info(info)
 
     def _reduce_info(self, info: dict) -> dict:
+        """The logged metrics of the whole step: counts (and the throughput of ranks that generate
+        side by side) summed over ranks, rates and means averaged (every rank holds the same number
+        of samples, so the mean of the ranks' means is the global mean); loss, grad_norm and lr are
+        global already."""
         if self.world_size == 1:
             return info
         keys = [k for k, v in info.items() if isinstance(v, (int, float)) and k not in ("loss", "grad_norm", "lr")]
-        vals = dist.all_reduce_mean(torch.tensor([float(info[k]) for k in keys], dtype=torch.float64))
-        return {**info, **dict(zip(keys, vals.tolist()))}
+        summed = dist.all_reduce_sum(torch.tensor([float(info[k]) for k in keys], dtype=torch.float64))
+        out = dict(info)
+        for k, v in zip(keys, summed.tolist()):
+            if k in SUMMED_METRICS:
+                out[k] = int(round(v)) if isinstance(info[k], int) else v
+            else:
+                out[k] = v / self.world_size
+        return out
 
     def _check_collapse(self, reward: float, log: MetricsLogger) -> None:
         cfg = self.config
