@@ -3,10 +3,11 @@ fork, copy-on-write, shared-prefix attention, a prefix cache, continuous batchin
 and preemption by recomputation."""
 
 from r1core.engine.block_manager import BlockManager
+from r1core.engine.branches import Branch, BranchStep
 from r1core.engine.engine import Engine
 from r1core.engine.outputs import CompletionOutput, RequestOutput
 from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.scheduler import Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup
 
-__all__ = ["BlockManager", "CompletionOutput", "Engine", "RequestOutput", "SamplingParams", "Scheduler", "Sequence", "SequenceGroup"]
+__all__ = ["BlockManager", "Branch", "BranchStep", "CompletionOutput", "Engine", "RequestOutput", "SamplingParams", "Scheduler", "Sequence", "SequenceGroup"]

@@ -4,6 +4,13 @@ and the results are sampled and booked (fork of a group after its prompt, stops,
 
     engine = Engine(model, tokenizer=tok, block_size=16)
     outs = engine.generate(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=256))
+
+Branches for step-wise search (`r1core.engine.branches`) keep their KV resident between calls:
+
+    root = engine.open_branch(prompt_ids)
+    kids = engine.fork_branch(root, 4)          # share root's blocks, copy-on-write
+    steps = engine.extend(kids, SamplingParams(temperature=1.0, stop="\n\n", max_new_tokens=64))
+    engine.release(root)
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class Engine:
         self._request_ids = itertools.count()
         self._seq_ids = itertools.count()
         self._groups: dict[int, SequenceGroup] = {}
+        self._open_branches: set[int] = set()  # seq ids of the open branches (r1core.engine.branches)
 
     # --- weights --------------------------------------------------------------------------------
     def _signature(self) -> tuple:
@@ -180,6 +188,44 @@ class Engine:
 
         return beam_search(self, prompts, beam_width, max_new_tokens, length_penalty, early_stopping, eos_token_id,
                            num_return_sequences)
+
+    # --- branches (r1core.engine.branches) ------------------------------------------------------
+    def open_branch(self, prompt):
+        """A `Branch` on `prompt` whose KV stays resident: fork it, `extend` it, `release` it."""
+        from r1core.engine.branches import open_branches
+
+        return open_branches(self, [prompt])[0]
+
+    def open_branches(self, prompts) -> list:
+        """`open_branch` for many prompts, prefilled in shared batches."""
+        from r1core.engine.branches import open_branches
+
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            raise ValueError("prompts: expected a list of prompts (use open_branch for one)")
+        return open_branches(self, list(prompts))
+
+    def fork_branch(self, branch, n: int) -> list:
+        """n children of `branch` sharing all its blocks (copy-on-write on the partly filled last one)."""
+        from r1core.engine.branches import fork_branch
+
+        return fork_branch(self, branch, n)
+
+    def extend(self, branches, params: SamplingParams | list[SamplingParams]) -> list:
+        """Grow each branch by one step (up to its stop string, stop token, eos or max_new_tokens) in
+        one batched loop; one `BranchStep` per branch. Their KV stays resident."""
+        from r1core.engine.branches import extend
+
+        return extend(self, branches, params)
+
+    def release(self, branch) -> None:
+        """Prune a branch: the blocks only it holds go back to the free list."""
+        from r1core.engine.branches import release
+
+        release(self, branch)
+
+    @property
+    def num_open_branches(self) -> int:
+        return len(self._open_branches)
 
     # --- the loop -------------------------------------------------------------------------------
     @contextlib.contextmanager
