@@ -73,8 +73,12 @@ def test_run_pipeline_shrunk(tmp_path):
 
 def test_sft_grpo_eval_commands(tmp_path):
     sft_dir = tmp_path / "sft"
-    assert main(["sft", "--max-steps", "3", "--per-device-train-batch-size", "8", "--train-size", "50", "--output-dir", str(sft_dir)]) == 0
-    assert (sft_dir / "model" / "model.safetensors").exists()
+    sft = ["sft", "--per-device-train-batch-size", "8", "--train-size", "50", "--output-dir", str(sft_dir), "--logging-steps", "1", "--save-steps", "2"]
+    assert main([*sft, "--max-steps", "2"]) == 0
+    assert (sft_dir / "model" / "model.safetensors").exists() and (sft_dir / "checkpoint-2").is_dir()
+    # --resume continues at step 3 of the same run
+    assert main([*sft, "--max-steps", "3", "--resume"]) == 0
+    assert [json.loads(line)["step"] for line in (sft_dir / "sft_metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     out = tmp_path / "grpo"
     assert main(["grpo", "--model", str(sft_dir / "model"), "--max-steps", "1", "--num-generations", "2", "--per-device-train-batch-size", "4",
                  "--max-completion-length", "40", "--train-size", "20", "--output-dir", str(out), "--rewards", "accuracy,scratchpad_format"]) == 0

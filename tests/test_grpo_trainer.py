@@ -4,6 +4,7 @@ log-probs from the engine, gradient accumulation, dynamic sampling, bad inputs, 
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -155,6 +156,17 @@ def test_train_writes_metrics_and_moves_weights(tmp_path):
                 "zero_std_frac", "tokens_per_second", "loss", "grad_norm", "lr"):
         assert key in recs[0], key
     assert any(not torch.equal(b, p) for b, p in zip(before, tr.model.parameters()))
+
+
+def test_progress_bar_counts_seconds_under_a_time_budget(tmp_path, capsys):
+    tr = make(tmp_path, reward_funcs=[random_reward], max_steps=10000, max_seconds=0.3)
+    tr.train(progress=True)
+    err = capsys.readouterr().err
+    assert 1 <= tr.global_step < 10000
+    assert "/10000" not in err  # a step total the budget never lets the run reach
+    assert re.search(r"\| \d+/\d+ s", err) and re.search(rf"grpo step {tr.global_step}, [\d.]+ step/s", err), err[-500:]
+    make(tmp_path, reward_funcs=[random_reward], max_steps=2).train(progress=True)
+    assert "2/2" in capsys.readouterr().err  # no budget: the bar counts steps
 
 
 def test_dynamic_sampling_keeps_groups_with_distinct_rewards(tmp_path):

@@ -3,6 +3,7 @@ and `--config file.json` (flags given on the command line win over the file).
 
     r1core run                                   # the default R1-Zero run (make run)
     r1core sft --max-steps 300 --save runs/sft/model
+    r1core sft --max-steps 600 --save-steps 100 --resume   # continues from runs/sft's last checkpoint
     r1core grpo --model runs/sft/model --max-steps 50
     r1core eval --model runs/r1-zero/final --samples 4
     r1core ttc                                   # test-time compute on the default run's model
@@ -145,7 +146,7 @@ def cmd_sft(args) -> int:
     model, tok = _load_model_and_tokenizer(args.model, cfg.seed)
     rows = _rows(args.task, "train", args.train_size, cfg.seed, args.digits)
     trainer = SFTTrainer(model, tok, rows, cfg)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if args.resume else None)
     save = args.save or os.path.join(cfg.output_dir, "model")
     model.save_pretrained(save)
     tok.save_pretrained(save)
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a JSON file of SFTConfig fields")
     p.add_argument("--model", default="tiny", help="a model folder (save_pretrained) or 'tiny' for a fresh ~1M-parameter Qwen2 (default)")
     p.add_argument("--save", default=None, help="where to save the trained model (default: <output_dir>/model)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir (written every --save-steps)")
     p.add_argument("--threads", type=int, default=2)
     _add_task_args(p, 20000)
     add_dataclass_args(p, SFTConfig)

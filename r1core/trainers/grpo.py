@@ -421,7 +421,7 @@ class GRPOTrainer:
                 raise ValueError(f"resume_from_checkpoint=True but {cfg.output_dir!r} holds no checkpoint")
             self.load_state(path)
         log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), total=cfg.max_steps, desc="grpo",
-                            initial=self.global_step, progress=progress)
+                            initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds)
         t_start = time.perf_counter()
         try:
             while self.global_step < cfg.max_steps:
@@ -430,7 +430,7 @@ class GRPOTrainer:
                 rec = {"step": self.global_step, **info, "elapsed": time.perf_counter() - t_start}
                 if self.global_step % cfg.logging_steps == 0 or self.global_step >= cfg.max_steps:
                     log.log(rec, postfix={k: rec[k] for k in ("reward", "accuracy", "completion_length")})
-                log.advance(self.global_step - before)
+                log.advance(self.global_step - before, elapsed=rec["elapsed"])
                 self._check_collapse(info["reward"], log)
                 if cfg.save_steps and self.global_step % cfg.save_steps == 0:
                     self.save_state()

@@ -1,6 +1,12 @@
 """Training metrics: one JSON object per logged step in `metrics.jsonl`, a tqdm progress bar on
 the terminal, and PNG plots (one panel per metric against the step) at the end.
 
+The bar counts steps when only max_steps bounds the run. With a wall-clock budget (max_seconds) it
+counts seconds instead: its total is the budget, or the time the remaining steps will take at the
+rate so far when max_steps comes first, so it fills up when the run will end; the step and the rate
+stand in its description. (A step total of 10000 on a run that stops after 360 s read 3% done when
+it finished.)
+
 Only the main process writes (`enabled=False` elsewhere). Lines are flushed as they are written,
 so a killed run keeps every step it logged; a resumed run appends.
 """
@@ -24,8 +30,13 @@ def _plain(v):
 
 class MetricsLogger:
     def __init__(self, output_dir: str, *, enabled: bool = True, filename: str = "metrics.jsonl",
-                 total: int | None = None, desc: str = "train", initial: int = 0, progress: bool = True):
+                 total: int | None = None, desc: str = "train", initial: int = 0, progress: bool = True,
+                 max_seconds: float | None = None, file=None):
         self.enabled = enabled
+        self.max_steps = total
+        self.max_seconds = max_seconds
+        self.desc = desc
+        self.step = self._initial = initial
         self.path = os.path.join(output_dir, filename)
         self.records: list[dict] = []
         self._file = None
@@ -39,8 +50,11 @@ class MetricsLogger:
                 with open(self.path, "w") as f:
                     f.writelines(json.dumps(r) + "\n" for r in self.records)
             self._file = open(self.path, mode)
-            if progress:
-                self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
+            if progress and max_seconds is None:
+                self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True, file=file)
+            elif progress:
+                self._bar = tqdm(total=max_seconds, desc=f"{desc} step {initial}", unit="s", dynamic_ncols=True, leave=True, file=file,
+                                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
 
     def log(self, record: dict, postfix: dict | None = None) -> None:
         if not self.enabled:
@@ -52,9 +66,26 @@ class MetricsLogger:
         if self._bar is not None and postfix:
             self._bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False)
 
-    def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
+    def advance(self, n: int = 1, elapsed: float | None = None) -> None:
+        """n more steps done; elapsed: seconds since this run (process) started, which the
+        time-budgeted bar needs."""
+        self.step += n
+        if self._bar is None:
+            return
+        if self.max_seconds is None:
             self._bar.update(n)
+            return
+        if elapsed is None:
+            raise ValueError("MetricsLogger.advance: elapsed is required when the run has max_seconds")
+        done = self.step - self._initial
+        total = self.max_seconds
+        if self.max_steps is not None and done > 0 and elapsed > 0:
+            total = min(total, elapsed / done * (self.max_steps - self._initial))
+        self._bar.total = total
+        self._bar.n = min(elapsed, total)
+        rate = f", {done / elapsed:.2f} step/s" if elapsed > 0 else ""
+        self._bar.set_description(f"{self.desc} step {self.step}{rate}", refresh=False)
+        self._bar.refresh()
 
     def write(self, msg: str) -> None:
         """Print without breaking the progress bar."""

@@ -26,9 +26,17 @@ from typing import Callable
 import torch
 
 import r1kernels
-from r1core.trainers.checkpoint import save_checkpoint
+from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1core.trainers.metrics import MetricsLogger
 from r1core.trainers.optim import build_optimizer, build_scheduler, encode_prompt, lm_head_params
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -48,24 +56,31 @@ class SFTConfig:
     add_eos: bool = True
     logging_steps: int = 10
     save_steps: int | None = None
+    save_total_limit: int | None = 2
     output_dir: str = "runs/sft"
     seed: int = 0
 
     def __post_init__(self):
+        def check(cond: bool, name: str, expected: str) -> None:
+            if not cond:
+                raise ValueError(f"SFTConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
         for name in ("per_device_train_batch_size", "max_steps", "max_seq_length", "logging_steps"):
+            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an int >= 1")
+        for name in ("save_steps", "save_total_limit"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SFTConfig.{name} must be an int >= 1, got {v!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"SFTConfig.learning_rate must be a number > 0, got {self.learning_rate!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"SFTConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
-        if self.lr_scheduler_type not in ("linear", "cosine", "constant"):
-            raise ValueError(f"SFTConfig.lr_scheduler_type must be 'linear', 'cosine' or 'constant', got {self.lr_scheduler_type!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"SFTConfig.max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"SFTConfig.max_seconds must be None or > 0, got {self.max_seconds!r}")
+            check(v is None or (_is_int(v) and v >= 1), name, "None or an int >= 1")
+        check(_is_num(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
+        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
+        check(self.lr_scheduler_type in ("linear", "cosine", "constant"), "lr_scheduler_type", "'linear', 'cosine' or 'constant'")
+        check(_is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        check(self.max_grad_norm is None or (_is_num(self.max_grad_norm) and self.max_grad_norm > 0), "max_grad_norm", "None or a number > 0")
+        check(self.max_seconds is None or (_is_num(self.max_seconds) and self.max_seconds > 0), "max_seconds", "None or a number > 0")
+        for name in ("packing", "add_eos"):
+            check(isinstance(getattr(self, name), bool), name, "True or False")
+        for name in ("prompt_field", "completion_field", "output_dir"):
+            check(isinstance(getattr(self, name), str) and getattr(self, name) != "", name, "a non-empty string")
+        check(_is_int(self.seed), "seed", "an int")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,6 +144,10 @@ def completion_logprobs(model, input_ids, position_ids, loss_mask, attention_mas
 
 
 class SFTTrainer:
+    """SFT on (prompt, completion) rows; `train(resume_from_checkpoint=True)` continues from the
+    last checkpoint in output_dir (weights, AdamW, scheduler, RNGs, step and the data order), so a
+    run stopped and resumed ends where an uninterrupted one ends."""
+
     def __init__(self, model, tokenizer, train_dataset, config: SFTConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
@@ -140,16 +159,23 @@ class SFTTrainer:
         for f in (cfg.prompt_field, cfg.completion_field):
             if f not in rows[0]:
                 raise ValueError(f"train_dataset rows have no {f!r} column (columns: {sorted(rows[0])})")
-        self.examples = [tokenize_example(tokenizer, r[cfg.prompt_field], r[cfg.completion_field], cfg.add_eos) for r in rows]
-        too_long = [i for i, (ids, _) in enumerate(self.examples) if len(ids) > cfg.max_seq_length]
-        if too_long:
-            raise ValueError(f"train_dataset row {too_long[0]} has {len(self.examples[too_long[0]][0])} tokens, more than max_seq_length={cfg.max_seq_length}")
+        self.examples = []
+        for i, r in enumerate(rows):
+            for f in (cfg.prompt_field, cfg.completion_field):
+                if not isinstance(r.get(f), str):
+                    raise ValueError(f"train_dataset row {i}: {f!r} must be a string, got {type(r.get(f)).__name__}")
+            ex = tokenize_example(tokenizer, r[cfg.prompt_field], r[cfg.completion_field], cfg.add_eos)
+            if len(ex[0]) > cfg.max_seq_length:
+                raise ValueError(f"train_dataset row {i} has {len(ex[0])} tokens, more than max_seq_length={cfg.max_seq_length}")
+            if not any(ex[1][1:]):  # the first token is never a target
+                raise ValueError(f"train_dataset row {i}: the completion is empty and add_eos is False: nothing to learn")
+            self.examples.append(ex)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(model, cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.warmup_steps, cfg.max_steps)
         self.rng = random.Random(cfg.seed)
-        self.order: list[int] = []
+        self.order: list[int] = []  # what is left of this epoch's order, taken from the end
         self.step = 0
 
     def _next_batch(self):
@@ -177,12 +203,20 @@ class SFTTrainer:
         return {"loss": loss.item(), "grad_norm": gn.item(), "tokens": int(logp.numel()), "lr": self.scheduler.get_last_lr()[0]}
 
     def train(self, callback: Callable[[int], dict | None] | None = None, every: int = 10, progress: bool = True,
-              stop: Callable[[dict], bool] | None = None) -> list[dict]:
+              stop: Callable[[dict], bool] | None = None, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
         """Runs until max_steps, max_seconds, or `stop(metrics)` is true at a callback step.
 
-        callback(step) -> dict of extra metrics (e.g. held-out accuracy) runs every `every` steps."""
+        callback(step) -> dict of extra metrics (e.g. held-out accuracy) runs every `every` steps.
+        resume_from_checkpoint: a checkpoint folder, or True for the last one in output_dir; the
+        time budget (max_seconds) starts again with the resumed process."""
         cfg = self.config
-        log = MetricsLogger(cfg.output_dir, filename="sft_metrics.jsonl", total=cfg.max_steps, desc="sft", progress=progress)
+        if resume_from_checkpoint:
+            path = latest_checkpoint(cfg.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if path is None:
+                raise ValueError(f"resume_from_checkpoint=True but {cfg.output_dir!r} holds no checkpoint")
+            self.load_state(path)
+        log = MetricsLogger(cfg.output_dir, filename="sft_metrics.jsonl", total=cfg.max_steps, desc="sft", progress=progress,
+                            initial=self.step, max_seconds=cfg.max_seconds)
         t0 = time.perf_counter()
         try:
             while self.step < cfg.max_steps:
@@ -192,10 +226,9 @@ class SFTTrainer:
                     rec.update(extra)
                 if self.step % cfg.logging_steps == 0 or extra:
                     log.log(rec, postfix={k: rec[k] for k in ("loss",) + tuple(extra or ())})
-                log.advance()
+                log.advance(1, elapsed=rec["elapsed"])
                 if cfg.save_steps and self.step % cfg.save_steps == 0:
-                    save_checkpoint(cfg.output_dir, self.step, self.model, self.optimizer, self.scheduler,
-                                    {"config": cfg.to_dict(), "data_order": self.order})
+                    self.save_state()
                 if extra and stop is not None and stop(rec):
                     break
                 if cfg.max_seconds is not None and rec["elapsed"] >= cfg.max_seconds:
@@ -203,6 +236,27 @@ class SFTTrainer:
         finally:
             log.close()
         return log.records
+
+    def _state(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"global_step": self.step, "data_order": list(self.order), "data_rng": [version, list(internal), gauss],
+                "num_examples": len(self.examples), "config": self.config.to_dict()}
+
+    def save_state(self) -> str:
+        """A checkpoint of everything a resumed run needs: <output_dir>/checkpoint-<step>."""
+        return save_checkpoint(self.config.output_dir, self.step, self.model, self.optimizer, self.scheduler, self._state(),
+                               self.config.save_total_limit)
+
+    def load_state(self, path: str) -> None:
+        js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        if "data_rng" not in js:
+            raise ValueError(f"checkpoint {path!r} holds no SFT state (data_rng): not written by SFTTrainer")
+        if js["num_examples"] != len(self.examples):
+            raise ValueError(f"checkpoint {path!r} was written for {js['num_examples']} training examples; this run has {len(self.examples)}")
+        self.step = js["global_step"]
+        self.order = list(js["data_order"])
+        version, internal, gauss = js["data_rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
 
     def save_model(self, path: str) -> None:
         from safetensors.torch import save_model
