@@ -47,6 +47,11 @@ def length_reward(prompts, completions, completion_ids, **kw):
     ("loss_type", "ppo"), ("importance_sampling_level", "seq"), ("scale_rewards", "median"), ("learning_rate", 0.0),
     ("max_steps", 0), ("per_device_train_batch_size", 6), ("max_prompt_length", 0), ("reward_weights", ["a"]),
     ("max_grad_norm", -1.0), ("num_iterations", 0),
+    ("max_completion_length", 0), ("top_k", -1), ("min_p", 1.0), ("epsilon_high", -0.1), ("warmup_steps", -1), ("warmup_ratio", 1.0),
+    ("adam_beta1", 1.0), ("adam_beta2", -0.1), ("weight_decay", -1.0), ("lr_scheduler_type", "step"), ("max_seconds", 0.0),
+    ("gradient_accumulation_steps", 0), ("logging_steps", 0), ("save_steps", 0), ("save_total_limit", 0), ("seed", 1.5),
+    ("stop", [""]), ("mask_truncated_completions", "yes"), ("dynamic_sampling", 1), ("bf16", None), ("output_dir", ""),
+    ("max_dynamic_sampling_rounds", 0), ("collapse_patience", 0), ("collapse_threshold", -1.0), ("temperature", math.inf),
 ])
 def test_config_rejects_out_of_range(field, value):
     with pytest.raises(ValueError, match=f"GRPOConfig.{field}"):
@@ -205,8 +210,15 @@ def test_bad_reward_functions_are_named(tmp_path):
     def wrong_type(prompts, completions, **kw):
         return ["yes"] * len(completions)
 
+    def scalar(prompts, completions, **kw):
+        return 1.0
+
+    def infinite(prompts, completions, **kw):
+        return [0.0] * (len(completions) - 1) + [-math.inf]
+
     for f, err, pat in ((broken, RuntimeError, "'broken' raised KeyError"), (short, ValueError, "'short' returned 1 rewards for 8"),
-                        (wrong_type, ValueError, "'wrong_type' returned 'yes'")):
+                        (wrong_type, ValueError, "'wrong_type' returned 'yes'"), (scalar, ValueError, "'scalar' returned 1.0 for 8 completions"),
+                        (infinite, ValueError, "'infinite' returned -inf for completion 7: expected a finite number")):
         tr = make(tmp_path, reward_funcs=[f])
         with pytest.raises(err, match=pat):
             tr.rollout()
@@ -219,6 +231,15 @@ def test_bad_inputs(tmp_path):
         make(tmp_path, rows=[{"prompt": "123+456="}, {"prompt": "1234+4567=00"}], max_prompt_length=9)
     with pytest.raises(ValueError, match="'prompt' column"):
         make(tmp_path, rows=[{"question": "1+1="}])
+    with pytest.raises(ValueError, match="row 1 has columns \\['prompt'\\], row 0 has \\['answer', 'prompt'\\]"):
+        make(tmp_path, rows=[{"prompt": "1+1=", "answer": "2"}, {"prompt": "1+2="}])
+    with pytest.raises(ValueError, match="columns \\['completion_ids'\\] clash"):
+        make(tmp_path, rows=[{"prompt": "1+1=", "completion_ids": [3]}])
+    tok = build_tokenizer()
+    tok.bos_token = None  # no bos: an empty prompt is no tokens at all
+    with pytest.raises(ValueError, match="row 1: the prompt '' encodes to no tokens"):
+        GRPOTrainer(build_model(tok, TINY), tok, [accuracy_reward], [{"prompt": "1+1="}, {"prompt": ""}],
+                    GRPOConfig(num_generations=2, per_device_train_batch_size=2, output_dir=str(tmp_path / "out")))
     with pytest.raises(ValueError, match="reward_weights has 2 entries for 1"):
         make(tmp_path, reward_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="reward_funcs\\[0\\] is not callable"):

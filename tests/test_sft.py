@@ -81,7 +81,13 @@ def test_bad_input(tmp_path):
         SFTTrainer(model, tok, rows, SFTConfig())
     with pytest.raises(ValueError, match="more than max_seq_length=8"):
         SFTTrainer(model, tok, rows, SFTConfig(completion_field="solution", max_seq_length=8))
-    for field, value in (("learning_rate", -1.0), ("max_steps", 0), ("lr_scheduler_type", "step"), ("max_grad_norm", 0.0)):
+    with pytest.raises(ValueError, match="row 1: 'solution' must be a string, got NoneType"):
+        SFTTrainer(model, tok, [rows[0], {"prompt": rows[1]["prompt"]}], SFTConfig(completion_field="solution"))
+    with pytest.raises(ValueError, match="row 0: the completion is empty and add_eos is False"):
+        SFTTrainer(model, tok, [{**rows[0], "solution": ""}], SFTConfig(completion_field="solution", add_eos=False))
+    for field, value in (("learning_rate", -1.0), ("max_steps", 0), ("lr_scheduler_type", "step"), ("max_grad_norm", 0.0),
+                         ("max_grad_norm", "big"), ("weight_decay", -0.1), ("save_steps", 0), ("save_total_limit", 0), ("warmup_steps", True),
+                         ("packing", "yes"), ("seed", 0.5), ("max_seconds", float("nan")), ("completion_field", ""), ("max_seq_length", 0)):
         with pytest.raises(ValueError, match=f"SFTConfig.{field}"):
             SFTConfig(**{field: value})
 

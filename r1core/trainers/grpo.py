@@ -143,11 +143,20 @@ class GRPOTrainer:
             raise ValueError("train_dataset is empty")
         if "prompt" not in self.rows[0]:
             raise ValueError(f"train_dataset rows need a 'prompt' column (columns: {sorted(self.rows[0])})")
+        columns = set(self.rows[0])
+        # the reward functions get every column as a keyword beside these
+        reserved = sorted(columns & {"prompts", "completions", "completion_ids"})
+        if reserved:
+            raise ValueError(f"train_dataset columns {reserved} clash with the reward functions' own arguments: rename them")
         self.prompt_ids = []
         for i, r in enumerate(self.rows):
+            if set(r) != columns:
+                raise ValueError(f"train_dataset row {i} has columns {sorted(r)}, row 0 has {sorted(columns)}")
             if not isinstance(r["prompt"], str):
                 raise ValueError(f"train_dataset row {i}: 'prompt' must be a string, got {type(r['prompt']).__name__}")
             ids = encode_prompt(tokenizer, r["prompt"])
+            if not ids:
+                raise ValueError(f"train_dataset row {i}: the prompt {r['prompt']!r} encodes to no tokens")
             if cfg.max_prompt_length is not None and len(ids) > cfg.max_prompt_length:
                 raise ValueError(f"train_dataset row {i}: the prompt has {len(ids)} tokens, more than max_prompt_length={cfg.max_prompt_length}")
             self.prompt_ids.append(ids)
@@ -226,12 +235,20 @@ class GRPOTrainer:
                 vals = f(prompts, texts, completion_ids=[c.token_ids for c in completions], **columns)
             except Exception as e:
                 raise RuntimeError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
-            if vals is None or len(vals) != len(texts):
-                raise ValueError(f"reward function {name!r} returned {None if vals is None else len(vals)} rewards for {len(texts)} completions")
+            try:
+                n = len(vals)
+            except TypeError:
+                n = None
+            if n != len(texts):
+                got = f"{n} rewards" if n is not None else repr(vals)
+                raise ValueError(f"reward function {name!r} returned {got} for {len(texts)} completions: expected a list of {len(texts)} numbers or None")
             for i, v in enumerate(vals):
                 if v is not None and not isinstance(v, (int, float)) and not (hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1):
                     raise ValueError(f"reward function {name!r} returned {v!r} for completion {i}: expected a number or None")
-                out[i, j] = math.nan if v is None else float(v)
+                x = math.nan if v is None else float(v)
+                if math.isinf(x):  # would turn the whole group's advantages into NaN
+                    raise ValueError(f"reward function {name!r} returned {x} for completion {i}: expected a finite number or None (NaN: not scorable)")
+                out[i, j] = x
         return out
 
     def _total_reward(self, rewards: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,10 @@ class GRPOConfig:
         _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0", self.warmup_steps)
         _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an int >= 0 (0 disables)", self.top_k)
         _check(_is_int(self.seed), "seed", "an int", self.seed)
+        for name in ("ignore_eos", "mask_truncated_completions", "dynamic_sampling", "exclude_zero_std_from_normalizer", "bf16",
+                     "shuffle_dataset", "stop_on_collapse"):
+            _check(isinstance(getattr(self, name), bool), name, "True or False", getattr(self, name))
+        _check(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir", "a non-empty string", self.output_dir)
         _check(_is_num(self.temperature) and self.temperature > 0, "temperature", "a number > 0", self.temperature)
         _check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         _check(_is_num(self.min_p) and 0 <= self.min_p < 1, "min_p", "in [0, 1)", self.min_p)
