@@ -41,7 +41,8 @@ def test_round_trip(tmp_path):
     path = ckpt.save_checkpoint(str(tmp_path), 3, model, opt, sched, {"consumed": 48})
     expect = (torch.rand(3), random.random(), np.random.rand())
     assert sorted(os.listdir(path)) == ["model.safetensors", "trainer_state.json", "trainer_state.safetensors"]
-    json.load(open(os.path.join(path, "trainer_state.json")))  # plain JSON
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        json.load(f)  # plain JSON
 
     tok2, model2, opt2, sched2 = _model_and_opt()
     state = ckpt.load_checkpoint(path, model2, opt2, sched2)
@@ -120,7 +121,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
     def metrics(path):
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in open(os.path.join(path, "metrics.jsonl"))]
+        with open(os.path.join(path, "metrics.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
 
     want, got = metrics(tmp_path / "full"), metrics(tmp_path / "killed")
     assert [r["step"] for r in got] == [1, 2, 3, 4]
@@ -132,3 +134,11 @@ def test_resume_equals_uninterrupted_run(tmp_path):
                 assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), k
             else:
                 assert g[k] == w[k], k
+
+
+def test_resume_names_a_checkpoint_of_another_trainer(tmp_path):
+    rows = generate("addition", "train", 4, seed=0)
+    tr = _trainer(tmp_path, 0, 0, rows)
+    ckpt.save_checkpoint(str(tmp_path), 1, tr.model, tr.optimizer, tr.scheduler, {"global_step": 1, "data_rng": [3, [], None]})
+    with pytest.raises(ValueError, match="holds no GRPO state"):
+        tr.train(resume_from_checkpoint=True, progress=False)

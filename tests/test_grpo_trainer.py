@@ -155,7 +155,8 @@ def test_train_writes_metrics_and_moves_weights(tmp_path):
     before = [p.detach().clone() for p in tr.model.parameters()]
     tr.train(progress=False)
     assert tr.global_step == 4  # 2 rounds x 2 iterations >= max_steps 3
-    recs = [json.loads(line) for line in open(os.path.join(tr.config.output_dir, "metrics.jsonl"))]
+    with open(os.path.join(tr.config.output_dir, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
     assert [r["step"] for r in recs] == [2, 4]
     for key in ("reward", "rewards/random_reward", "accuracy", "kl", "clip_low", "clip_high", "entropy", "completion_length",
                 "zero_std_frac", "tokens_per_second", "loss", "grad_norm", "lr"):

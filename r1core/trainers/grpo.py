@@ -475,6 +475,8 @@ class GRPOTrainer:
 
     def load_state(self, path: str) -> None:
         js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        if "consumed" not in js:
+            raise ValueError(f"checkpoint {path!r} holds no GRPO state (consumed prompts): not written by GRPOTrainer")
         if js.get("world_size", 1) != self.world_size:
             raise ValueError(f"checkpoint {path!r} was written by {js.get('world_size')} processes; this run has {self.world_size}")
         self.global_step = js["global_step"]
