@@ -28,6 +28,12 @@ def _plain(v):
     return v
 
 
+def _seconds_format(total: float) -> str:
+    """tqdm's bar_format for a bar counted in seconds: tenths on runs under 10 s."""
+    f = ".1f" if total < 10 else ".0f"
+    return f"{{desc}}: {{percentage:3.0f}}%|{{bar}}| {{n:{f}}}/{{total:{f}}} s{{postfix}}"
+
+
 class MetricsLogger:
     def __init__(self, output_dir: str, *, enabled: bool = True, filename: str = "metrics.jsonl",
                  total: int | None = None, desc: str = "train", initial: int = 0, progress: bool = True,
@@ -54,7 +60,7 @@ class MetricsLogger:
                 self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True, file=file)
             elif progress:
                 self._bar = tqdm(total=max_seconds, desc=f"{desc} step {initial}", unit="s", dynamic_ncols=True, leave=True, file=file,
-                                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+                                 bar_format=_seconds_format(max_seconds))
 
     def log(self, record: dict, postfix: dict | None = None) -> None:
         if not self.enabled:
@@ -83,8 +89,9 @@ class MetricsLogger:
             total = min(total, elapsed / done * (self.max_steps - self._initial))
         self._bar.total = total
         self._bar.n = min(elapsed, total)
-        rate = f", {done / elapsed:.2f} step/s" if elapsed > 0 else ""
-        self._bar.set_description(f"{self.desc} step {self.step}{rate}", refresh=False)
+        self._bar.bar_format = _seconds_format(total)
+        rate = f", {done / elapsed:.3g} step/s" if elapsed > 0 else ""
+        self._bar.set_description_str(f"{self.desc} step {self.step}{rate}", refresh=False)
         self._bar.refresh()
 
     def write(self, msg: str) -> None:
