@@ -11,7 +11,8 @@ policy's own forward, tested); with more they are recomputed once with `r1kernel
 before the first update. `config.max_steps` counts optimizer steps.
 
 Several processes (torchrun): each rank takes whole prompts, so a group never spans ranks; the
-dapo normaliser is the token count summed over ranks; gradients are averaged by DDP.
+dapo normaliser is the token count summed over ranks; gradients are averaged by DDP; logged counts
+(SUMMED_METRICS) are summed over ranks, the other metrics averaged.
 
     trainer = GRPOTrainer(model, tok, [accuracy_reward], dataset, GRPOConfig(...)); trainer.train()
 """
