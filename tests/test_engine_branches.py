@@ -57,10 +57,13 @@ def test_logprobs_equal_a_full_forward(dtype, atol, rtol):
     torch.testing.assert_close(torch.tensor(lps), ref, atol=atol, rtol=rtol)
 
 
-def test_fork_shares_blocks_and_copies_on_write():
+def test_fork_shares_blocks_and_copies_on_write(monkeypatch):
     model = tiny_model("llama", eos_token_id=None)
     bs = 4
     engine = Engine(model, block_size=bs, num_blocks=64, enable_prefix_caching=False)
+    computed = []
+    real_run = engine.model_runner.run
+    monkeypatch.setattr(engine.model_runner, "run", lambda batch: computed.append(batch.num_tokens) or real_run(batch))
     bm = engine.block_manager
     prompt = random_prompts([10])[0]  # 9 tokens prefilled: blocks 0, 1 full, block 2 partly filled
     root = engine.open_branch(prompt)
@@ -71,7 +74,9 @@ def test_fork_shares_blocks_and_copies_on_write():
     assert all(k.block_table == table for k in kids) and all(bm.ref_count(b) == 4 for b in table)
     seed = random.randrange(1000)
     params = SamplingParams(temperature=1.0, max_new_tokens=5, ignore_eos=True, seed=seed)
+    computed.clear()
     steps = engine.extend(kids, params)
+    assert sum(computed) == 1 + 3 * 4  # the parent's pending token once, then 4 tokens per kid
     # each kid copied the shared partly filled block once (and grew one block of its own);
     # the full blocks are still the parent's, shared by all four
     assert bm.num_used_blocks == 3 + 3 * 2

@@ -414,3 +414,121 @@ def test_mcts_expands_a_node_again_when_every_branch_below_ended():
             solved[max_exp] += ver.outcome(r["prompt"], res.text, **problem) == 1.0
     assert solved[1] == 0  # one step per node: the greedy path, a dead end
     assert solved[16] == len(hard)
+
+
+# --- through engine branches -----------------------------------------------------------------------
+
+def _key(r):
+    return (r.method, r.text, r.score, r.generated_tokens, [(c.text, c.score) for c in r.candidates])
+
+
+def _spy_tokens(engine, monkeypatch):
+    """Count the tokens the model runner computes."""
+    seen = []
+    real = engine.model_runner.run
+
+    def run(batch):
+        seen.append(batch.num_tokens)
+        return real(batch)
+
+    monkeypatch.setattr(engine.model_runner, "run", run)
+    return seen
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("search", ["beam", "dvts", "mcts-verifier", "mcts-rollout"])
+def test_branch_generator_matches_the_engine_generator(engine_and_tok, monkeypatch, search, temperature):
+    # greedy: the same steps; sampled: the same seeds draw the same samples, so the same search
+    from r1core.search import ArithmeticVerifier, BranchStepGenerator
+
+    engine, tok = engine_and_tok
+    prompt = random.choice(["123+456=", "77+05=", "908+099="])
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    scorer = verifier_scorer(ArithmeticVerifier(), prompt)
+
+    def run(gen):
+        if search == "beam":
+            return beam_search(gen, ids, scorer, budget=4, beam_width=2, max_steps=4, max_step_tokens=8)
+        if search == "dvts":
+            return diverse_verifier_tree_search(gen, ids, scorer, budget=4, beam_width=2, max_steps=4, max_step_tokens=8)
+        return mcts(gen, ids, scorer, budget=6, num_children=3, max_depth=4, max_step_tokens=8, max_rollout_tokens=16,
+                    value=search.split("-")[1], max_expansions=2)
+
+    bm = engine.block_manager
+    used = bm.num_used_blocks
+    seen = _spy_tokens(engine, monkeypatch)
+    seed = random.randrange(1000)
+    old = run(EngineStepGenerator(engine, ",", temperature=temperature, seed=seed))
+    old_computed = sum(seen)
+    seen.clear()
+    keep = "tree" if search.startswith("mcts") else "frontier"
+    gen = BranchStepGenerator(engine, ",", temperature=temperature, seed=seed, keep=keep)
+    new = run(gen)
+    assert _key(new) == _key(old)
+    # every branch is released when the search ends
+    assert gen.num_branches == 0 and engine.num_open_branches == 0 and bm.num_used_blocks == used
+    # the prompt is prefilled once and every node extends its parent's branch: each generated token
+    # is computed once (the pending token of a child, then its step's tokens but its last)
+    assert gen.opened == 1
+    assert sum(seen) <= len(ids) - 1 + new.generated_tokens
+    assert sum(seen) <= old_computed
+    if gen._calls > 1:  # the old generator computed each expanded prefix's partly filled last block again
+        assert sum(seen) < old_computed
+
+
+def test_branch_generator_under_a_small_cache_evicts_and_reopens():
+    from r1core.engine import Engine
+    from r1core.search import ArithmeticVerifier, BranchStepGenerator
+    from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model(tok, BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=1, max_position_embeddings=64), seed=random.randrange(1000))
+    big = Engine(model, tokenizer=tok, block_size=4, num_blocks=256)
+    small = Engine(model, tokenizer=tok, block_size=4, num_blocks=28)
+    prompt = "123+456="
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    scorer = verifier_scorer(ArithmeticVerifier(), prompt)
+    kw = dict(budget=16, num_children=3, max_depth=6, max_step_tokens=16, max_rollout_tokens=16, max_expansions=2)
+    evicted = reopened = 0
+    for seed in random.sample(range(1000), 6):  # searches of random length: some outgrow the cache
+        want = mcts(EngineStepGenerator(big, ",", seed=seed), ids, scorer, **kw)
+        gen = BranchStepGenerator(small, ",", seed=seed)
+        real = gen._evict
+
+        def evict(need, protect, gen=gen, real=real):
+            nonlocal evicted
+            before = gen.num_branches
+            real(need, protect)
+            evicted += before - gen.num_branches
+
+        gen._evict = evict
+        got = mcts(gen, ids, scorer, **kw)
+        assert _key(got) == _key(want)
+        assert small.block_manager.num_used_blocks == 0 and small.num_open_branches == 0
+        reopened += gen.opened - 1  # evicted nodes expanded again are opened again (from the prefix cache)
+    assert evicted > 0 and reopened > 0, "the small cache never needed an eviction"
+
+
+def test_branch_generator_samples_as_the_engine_generator_and_drops_stale_branches(engine_and_tok):
+    from r1core.search import BranchStepGenerator
+
+    engine, tok = engine_and_tok
+    seed = random.randrange(1000)
+    prefix = tok("12+34=T", add_special_tokens=False)["input_ids"]
+    old = EngineStepGenerator(engine, ",", seed=seed).expand(prefix, 6, 8)
+    with BranchStepGenerator(engine, ",", seed=seed) as gen:
+        new = gen.expand(prefix, 6, 8)
+        # the same seeds draw the same samples (samples j of the same requests)
+        assert [p.token_ids for p in new] == [p.token_ids for p in old]
+        for a, b in zip(new, old):
+            assert a.text == b.text and a.finished == b.finished and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        kept = gen.num_branches
+        assert kept == len({tuple(p.token_ids) for p in new if not p.finished}) + 1  # the root, the open steps
+        with torch.no_grad():  # a training step: every branch's KV is stale
+            next(engine.model.parameters()).add_(0.0 + 1e-3)
+        gen.expand(prefix, 2, 8)
+        assert gen.opened == 2
+    assert engine.num_open_branches == 0
+    with pytest.raises(ValueError, match="keep"):
+        BranchStepGenerator(engine, ",", keep="all")

@@ -238,8 +238,18 @@ def extend(engine, branches, params: SamplingParams | list[SamplingParams]) -> l
         seq.num_prompt_tokens = seq.num_tokens
         seq.logprobs, seq.text, seq.finish_reason, seq.stop_checked_len = [], None, None, 0
 
+    # Twins (forks of one branch not extended since: same blocks, same pending token) compute that
+    # token once: the first one computes it, the others then share its blocks, as generate's samples
+    # share their prompt's, and every twin samples from the same logits.
+    leaders: dict[tuple, Sequence] = {}
+    twins: dict[int, list[Sequence]] = {}
+    for seq in seqs:
+        key = (tuple(seq.block_table), seq.num_computed_tokens, tuple(seq.token_ids[seq.num_computed_tokens :]))
+        lead = leaders.setdefault(key, seq)
+        if lead is not seq:
+            twins.setdefault(lead.seq_id, []).append(seq)
     limit = engine.scheduler.max_num_batched_tokens
-    active = list(seqs)
+    active = list(leaders.values())
     try:
         with engine._engine_mode():
             while active:
@@ -261,6 +271,16 @@ def extend(engine, branches, params: SamplingParams | list[SamplingParams]) -> l
                     logits = engine.model_runner.run(batch)  # [len(chunk), V]
                     for s, k in zip(batch.seqs, batch.num_new_tokens):
                         bm.commit(s, k)
+                    if twins:
+                        rows = []
+                        for r, s in enumerate(list(chunk)):
+                            for t in twins.pop(s.seq_id, ()):
+                                bm.free(t)
+                                bm.fork(s, t)
+                                chunk.append(t)
+                                rows.append(r)
+                        if rows:
+                            logits = torch.cat([logits, logits[torch.tensor(rows, device=logits.device)]])
                     tokens, logprobs = engine.sampler(logits, chunk)
                     for s, tok, lp in zip(chunk, tokens, logprobs):
                         s.token_ids.append(tok)

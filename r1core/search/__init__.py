@@ -12,7 +12,8 @@ from .reward_models import (OutcomeRewardModel, ProcessRewardModel, RewardExampl
                             math_shepherd_labels, shepherd_examples, train_reward_model)
 from .sampling import METHODS, sample_and_select, select
 from .scoring import Partial, verifier_scorer
-from .step_generator import EngineStepGenerator, StepGenerator, StepProposal, StepRequest, drive, drive_many
+from .step_generator import (BranchStepGenerator, EngineStepGenerator, StepGenerator, StepProposal, StepRequest, drive,
+                             drive_many)
 from .verifiers import AGGREGATIONS, ArithmeticVerifier, CountdownVerifier, Verifier, aggregate_step_scores
 from .voting import best_of_n, group_answers, majority_vote, weighted_best_of_n
 
@@ -21,7 +22,8 @@ __all__ = [
     "SearchResult", "Candidate", "select", "sample_and_select", "METHODS", "Verifier", "CountdownVerifier",
     "ArithmeticVerifier", "aggregate_step_scores", "AGGREGATIONS", "accuracy_by_budget",
     "beam_search", "beam_search_steps", "diverse_verifier_tree_search", "dvts_steps", "mcts", "mcts_steps",
-    "StepGenerator", "StepProposal", "StepRequest", "EngineStepGenerator", "drive", "drive_many", "Partial",
+    "StepGenerator", "StepProposal", "StepRequest", "EngineStepGenerator", "BranchStepGenerator", "drive", "drive_many",
+    "Partial",
     "verifier_scorer", "RewardModel", "RewardExample", "OutcomeRewardModel", "ProcessRewardModel", "build_reward_model",
     "train_reward_model", "math_shepherd_labels", "shepherd_examples",
 ]

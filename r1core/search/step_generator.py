@@ -15,9 +15,14 @@ children are expanded), so a search pays for each new step's tokens, not for its
 `serve` answers many requests (expansions and rollouts) in one engine call: the searches are
 coroutines that yield their requests, so `drive_many` runs the searches of many problems side by
 side with one engine batch per round.
+
+`BranchStepGenerator` does the same on engine branches: each search node keeps a resident branch
+(its KV, the partly filled last block included), a node's steps are forks of its branch extended by
+one step, and pruned or finished nodes release their blocks; nothing a node holds is recomputed.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -80,7 +85,17 @@ def drive(search, generator):
 
 def drive_many(searches, generator) -> list:
     """Run many search coroutines side by side: each round, the requests of all of them go to the
-    generator in one `serve` call (with the engine: one batch across problems)."""
+    generator in one `serve` call (with the engine: one batch across problems). At the end a
+    generator's `end_search` (if it has one) runs: a `BranchStepGenerator` releases its branches."""
+    try:
+        return _drive_many(searches, generator)
+    finally:
+        end = getattr(generator, "end_search", None)
+        if end is not None:
+            end()
+
+
+def _drive_many(searches, generator) -> list:
     results: list = [None] * len(searches)
     pending: dict[int, list[StepRequest]] = {}
     for i, co in enumerate(searches):
@@ -203,3 +218,128 @@ class EngineStepGenerator:
         if room < 1:
             raise ValueError(f"prefix_ids: {len(prefix)} tokens leave no room in the model's {limit} positions")
         return min(want, room)
+
+
+KEEP = ("tree", "frontier")
+
+
+class BranchStepGenerator(EngineStepGenerator):
+    """Steps from engine branches (`Engine.open_branch` / `fork_branch` / `extend` / `release`): one
+    resident branch per search node, so a node's steps are sampled by forking its branch (its KV,
+    the partly filled last block included, shared copy-on-write) and extending the children by one
+    step in one batched call; nothing the node already holds is computed again. Same sampling,
+    seeds and proposals as `EngineStepGenerator` (its samples are those `generate` draws with the
+    same seeds).
+
+    The branches are keyed by their token ids: the child that proposed a step becomes the branch of
+    the node `prefix + step` (an identical second one, or a finished step, is released at once);
+    rollouts are forked, extended to the end and released. A prefix with no branch (the first
+    request, or one released) is opened from the prefix cache. keep: "tree" keeps every node's
+    branch (MCTS goes back to any node) and releases the least recently used ones when a request
+    needs more free blocks than there are; "frontier" keeps only the branches the last call made
+    (PRM beam search and DVTS never return to an older node). `end_search` (run by `drive_many`
+    when a search ends) or `close` releases them all; so does a change in the model's weights."""
+
+    def __init__(self, engine, delimiter: str = "\n\n", *, end_marker: str | None = None, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0, keep: str = "tree"):
+        super().__init__(engine, delimiter, end_marker=end_marker, temperature=temperature, top_p=top_p, seed=seed)
+        if keep not in KEEP:
+            raise ValueError(f"keep: expected one of {KEEP}, got {keep!r}")
+        self.keep = keep
+        self._branches: OrderedDict[tuple[int, ...], object] = OrderedDict()  # least recently used first
+        self.opened = 0  # branches opened by a prefill (not found resident), for tests and stats
+
+    @property
+    def num_branches(self) -> int:
+        return len(self._branches)
+
+    def close(self) -> None:
+        """Release every branch this generator holds."""
+        while self._branches:
+            _, branch = self._branches.popitem(last=False)
+            self.engine.release(branch)
+
+    end_search = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _evict(self, need: int, protect: set) -> None:
+        """Release least recently used branches outside `protect` until `need` blocks are free."""
+        bm = self.engine.block_manager
+        for key in [k for k in self._branches if k not in protect]:
+            if bm.num_free_blocks >= need:
+                return
+            self.engine.release(self._branches.pop(key))
+
+    def serve(self, requests: Sequence[StepRequest]) -> list[list[StepProposal]]:
+        """All requests in one batched `extend`: steps stop at the delimiter, rollouts run to the end."""
+        if not requests:
+            return []
+        engine = self.engine
+        bm = engine.block_manager
+        plans = []
+        for i, r in enumerate(requests):
+            check_positive_int(f"requests[{i}].n", r.n)
+            check_positive_int(f"requests[{i}].max_tokens", r.max_tokens)
+            plans.append((tuple(r.prefix_ids), self._room(r.prefix_ids, r.max_tokens)))
+        engine._check_weights()
+        if any(b.weight_version != bm.weight_version for b in self._branches.values()):
+            self.close()  # their KV is stale
+        keys = {key for key, _ in plans}
+        # worst case: every child runs to max_tokens, plus a copy of its parent's last block
+        need = sum(r.n * (-(-(room + 1) // bm.block_size) + 1) for r, (_, room) in zip(requests, plans))
+        missing = [k for k in dict.fromkeys(key for key, _ in plans) if k not in self._branches]
+        need += sum(-(-len(k) // bm.block_size) for k in missing)
+        self._evict(need, keys)
+        if missing:
+            for key, branch in zip(missing, engine.open_branches([list(k) for k in missing])):
+                self._branches[key] = branch
+            self.opened += len(missing)
+        for key in keys:
+            self._branches.move_to_end(key)
+        old = set(self._branches) if self.keep == "frontier" else set()
+
+        kids, params = [], []
+        for r, (key, room) in zip(requests, plans):
+            p = self._params(1, room, None if r.rollout else [self.delimiter])  # n samples: n forks
+            kids.append(engine.fork_branch(self._branches[key], r.n))
+            params += [p] * r.n
+        flat = [k for ks in kids for k in ks]
+        try:
+            steps = self._extend(flat, params)
+        except BaseException:
+            for k in flat:
+                engine.release(k)
+            raise
+
+        eos = self._eos()
+        answers, at = [], 0
+        for r, ks in zip(requests, kids):
+            props = [self._proposal(s, eos) for s in steps[at : at + len(ks)]]
+            at += len(ks)
+            for kid, p in zip(ks, props):
+                if r.rollout:
+                    p.finished = True
+                key = tuple(kid.token_ids)
+                if r.rollout or p.finished or key in self._branches:
+                    engine.release(kid)
+                else:
+                    self._branches[key] = kid
+            answers.append(props)
+        for key in old:
+            engine.release(self._branches.pop(key))
+        return answers
+
+    def _extend(self, branches: list, params: list) -> list:
+        """engine.extend, in halves while the free blocks are too few for all at once."""
+        try:
+            return self.engine.extend(branches, params)
+        except RuntimeError as e:
+            if "free blocks" not in str(e) or len(branches) < 2:
+                raise
+        half = len(branches) // 2
+        return self._extend(branches[:half], params[:half]) + self._extend(branches[half:], params[half:])
