@@ -76,6 +76,8 @@ def test_sft_grpo_eval_commands(tmp_path):
     sft = ["sft", "--per-device-train-batch-size", "8", "--train-size", "50", "--output-dir", str(sft_dir), "--logging-steps", "1", "--save-steps", "2"]
     assert main([*sft, "--max-steps", "2"]) == 0
     assert (sft_dir / "model" / "model.safetensors").exists() and (sft_dir / "checkpoint-2").is_dir()
+    with pytest.raises(SystemExit, match="holds no checkpoint"):
+        main(["sft", "--train-size", "10", "--output-dir", str(tmp_path / "none"), "--max-steps", "1", "--resume"])
     # --resume continues at step 3 of the same run
     assert main([*sft, "--max-steps", "3", "--resume"]) == 0
     assert [json.loads(line)["step"] for line in (sft_dir / "sft_metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

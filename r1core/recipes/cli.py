@@ -145,8 +145,11 @@ def cmd_sft(args) -> int:
     cfg = build_config(SFTConfig, args, {"completion_field": "solution"} if "completion_field" not in vars(args) else None)
     model, tok = _load_model_and_tokenizer(args.model, cfg.seed)
     rows = _rows(args.task, "train", args.train_size, cfg.seed, args.digits)
-    trainer = SFTTrainer(model, tok, rows, cfg)
-    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    try:
+        trainer = SFTTrainer(model, tok, rows, cfg)
+        trainer.train(resume_from_checkpoint=True if args.resume else None)
+    except ValueError as e:  # bad data, or nothing to resume: the message names it
+        raise SystemExit(f"error: {e}") from None
     save = args.save or os.path.join(cfg.output_dir, "model")
     model.save_pretrained(save)
     tok.save_pretrained(save)
