@@ -52,9 +52,15 @@ def device_for_rank() -> torch.device:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (a copy; the input is left alone)."""
+    """Sum over ranks (a copy on t's device; the input is left alone). nccl reduces only CUDA
+    tensors, so a CPU tensor (logged metrics) travels through this rank's device."""
     t = t.detach().clone()
     if is_initialized():
+        dev = device_for_rank()
+        if t.device != dev:
+            moved = t.to(dev)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            return moved.to(t.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
