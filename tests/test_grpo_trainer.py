@@ -62,6 +62,7 @@ def test_config_trl_defaults_and_json(tmp_path):
     cfg = GRPOConfig(epsilon=0.25)
     assert cfg.epsilon_high == 0.25 and cfg.loss_type == "dapo" and cfg.scale_rewards == "group"
     assert GRPOConfig(scale_rewards=False).scale_rewards == "none"
+    assert (GRPOConfig(top_k=None, min_p=None).top_k, GRPOConfig(min_p=None).min_p) == (0, 0.0)  # TRL's "disabled"
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"num_generations": 4, "per_device_train_batch_size": 4}))
     assert GRPOConfig.from_json(str(p)).num_generations == 4

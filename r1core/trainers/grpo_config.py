@@ -39,8 +39,8 @@ class GRPOConfig:
     max_completion_length: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
+    top_k: int | None = 0  # 0 or None (TRL's spelling): no top-k
+    min_p: float | None = 0.0  # 0 or None (TRL's default): no min-p
     stop: list[str] | None = None
     ignore_eos: bool = False  # sample exactly max_completion_length tokens (benchmarks)
     # loss
@@ -98,7 +98,11 @@ class GRPOConfig:
             v = getattr(self, name)
             _check(v is None or (_is_int(v) and v >= 1), name, "None or an int >= 1", v)
         _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0", self.warmup_steps)
-        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an int >= 0 (0 disables)", self.top_k)
+        if self.top_k is None:
+            self.top_k = 0
+        if self.min_p is None:
+            self.min_p = 0.0
+        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "None or an int >= 0 (0 disables)", self.top_k)
         _check(_is_int(self.seed), "seed", "an int", self.seed)
         for name in ("ignore_eos", "mask_truncated_completions", "dynamic_sampling", "exclude_zero_std_from_normalizer", "bf16",
                      "shuffle_dataset", "stop_on_collapse"):
