@@ -168,3 +168,85 @@ def test_prompts_run_in_waves_when_the_cache_is_small():
         want, _ = hf_beams(model, prompt, 2, 1, MAX_NEW, 1.0, False, None)
         assert [out.hypotheses[0].token_ids] == want
     assert engine.block_manager.peak_used_blocks <= 20
+
+
+# --- logits processors ------------------------------------------------------------------------------
+
+def hf_beams_processed(model, prompt, k, n_return, max_new, eos, **kw):
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         num_beams=k, do_sample=False, max_new_tokens=max_new, num_return_sequences=n_return,
+                         eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, output_scores=True, **kw)
+    return out.sequences[:, len(prompt):].tolist(), out.sequences_scores.tolist()
+
+
+def assert_same_processed(engine, model, prompts, k, eos, ours: dict, theirs: dict):
+    outs = engine.beam_search(prompts, beam_width=k, max_new_tokens=MAX_NEW, eos_token_id=eos, num_return_sequences=k,
+                              **ours)
+    got_all = []
+    for prompt, out in zip(prompts, outs):
+        want, want_scores = hf_beams_processed(model, prompt, k, k, MAX_NEW, eos, **theirs)
+        fill = -1 if eos is None else eos
+        width = len(want[0])
+        got = [h.token_ids + [fill] * (width - len(h.token_ids)) for h in out.hypotheses]
+        assert got == want, (prompt, ours)
+        torch.testing.assert_close(torch.tensor([h.score for h in out.hypotheses]), torch.tensor(want_scores),
+                                   atol=1e-4, rtol=1e-5)
+        got_all.append([h.token_ids for h in out.hypotheses])
+    assert engine.block_manager.num_used_blocks == 0
+    return got_all
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_logits_processors_match_generate(arch):
+    from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor, NoRepeatNGramLogitsProcessor,
+                              RepetitionPenaltyLogitsProcessor)
+
+    model = tiny_model(arch, eos_token_id=None)
+    engine = Engine(model, block_size=4, num_blocks=256)
+    prompts = random_prompts([3, 8])
+    k = 3
+    plain = [[h.token_ids for h in o.hypotheses]
+             for o in engine.beam_search(prompts, beam_width=k, max_new_tokens=MAX_NEW, eos_token_id=None,
+                                         num_return_sequences=k)]
+    # the random models repeat themselves: a no-repeat constraint or a penalty changes the beams
+    procs = LogitsProcessorList([NoRepeatNGramLogitsProcessor(2), RepetitionPenaltyLogitsProcessor(1.5)])
+    got = assert_same_processed(engine, model, prompts, k, None, dict(logits_processor=procs),
+                                dict(logits_processor=procs))
+    assert got != plain, "the processors changed nothing: the test cannot fail"
+    for hyps in got:
+        for h in hyps:
+            pairs = list(zip(h, h[1:]))
+            assert len(pairs) == len(set(pairs))  # no bigram repeated within the generated tokens
+    # the keyword shortcuts, against generate's own
+    assert_same_processed(engine, model, prompts, k, None, dict(no_repeat_ngram_size=3, repetition_penalty=1.3),
+                          dict(no_repeat_ngram_size=3, repetition_penalty=1.3))
+    # a plain callable works as a processor: ban one token everywhere
+    banned = plain[0][0][0]
+
+    def ban(input_ids, scores):
+        scores[:, banned] = -float("inf")
+        return scores
+
+    got = engine.beam_search(prompts, beam_width=k, max_new_tokens=MAX_NEW, eos_token_id=None, logits_processor=[ban],
+                             num_return_sequences=k)
+    assert all(banned not in h.token_ids for o in got for h in o.hypotheses)
+    # min_new_tokens: an eos that ends hypotheses early is held back for the first tokens
+    eos = eos_that_stops(engine, prompts, k, 1.0, False)
+    assert eos is not None, "no early token ends a returned hypothesis as eos"
+    for m in (3, 6):
+        got = assert_same_processed(engine, model, prompts, k, eos, dict(min_new_tokens=m), dict(min_new_tokens=m))
+        assert all(len(h) >= min(m + 1, MAX_NEW) or eos not in h for hyps in got for h in hyps)
+        procs = [MinNewTokensLengthLogitsProcessor(len(prompts[0]), m, eos)]
+        assert_same_processed(engine, model, prompts[:1], k, eos, dict(logits_processor=procs),
+                              dict(logits_processor=LogitsProcessorList(procs)))
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(logits_processor=[1]), "logits_processor"), (dict(logits_processor="x"), "logits_processor"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+    (dict(min_new_tokens=1.5), "min_new_tokens"),
+])
+def test_bad_processor_input(kwargs, field):
+    engine = Engine(tiny_model("qwen2"), block_size=4, num_blocks=64)
+    with pytest.raises(ValueError, match=field):
+        engine.beam_search([[5, 6, 7]], beam_width=2, max_new_tokens=4, **kwargs)

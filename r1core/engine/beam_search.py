@@ -1,9 +1,11 @@
 """Token-level beam search on the engine's paged KV cache, with the results of transformers 5.x
-`model.generate(num_beams=k, do_sample=False, length_penalty=..., early_stopping=...)` (no logits
-processors):
+`model.generate(num_beams=k, do_sample=False, length_penalty=..., early_stopping=..., logits_processor=...)`:
 
 - each step, per prompt, the top `max(2, 1 + n_eos) * k` candidates over (live beam x vocab) by
-  cumulative log-prob (float32 log_softmax of the logits);
+  cumulative log-prob (float32 log_softmax of the logits, then the logits processors on those
+  log-probs with the beams' token ids, prompt included, as transformers applies them: the
+  `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` shortcuts in transformers'
+  order, then `logits_processor`);
 - candidates that end (an eos token, or the last allowed token) among the first k of them become
   finished hypotheses scored `sum_logprobs / generated_len ** length_penalty` (eos counted), and
   the best k finished hypotheses are kept;
@@ -47,8 +49,9 @@ class BeamSearchOutput:
 class _PromptSearch:
     """The beam state of one prompt: live beams (Sequences, cumulative log-probs) and finished ones."""
 
-    def __init__(self, seq: Sequence, k: int):
+    def __init__(self, seq: Sequence, k: int, processors=None):
         self.k = k
+        self.processors = processors or []  # callables (input_ids [n, L], scores [n, V]) -> scores
         self.beams: list[Sequence] = [seq]
         self.scores: list[float] = [0.0]
         self.finished: list[tuple[float, list[int], str]] = []  # (score, tokens, reason), best first
@@ -63,10 +66,15 @@ def _check(name: str, value, ok: bool, expected: str) -> None:
 
 def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, length_penalty: float = 1.0,
                 early_stopping: bool | str = False, eos_token_id: int | list[int] | None = None,
-                num_return_sequences: int = 1) -> list[BeamSearchOutput]:
+                num_return_sequences: int = 1, logits_processor=None, *, repetition_penalty: float = 1.0,
+                no_repeat_ngram_size: int = 0, min_new_tokens: int = 0) -> list[BeamSearchOutput]:
     """Beam search over `prompts` (strings with a tokenizer, or lists of token ids); one
     BeamSearchOutput per prompt with its `num_return_sequences` best finished hypotheses.
-    eos_token_id: None for the model's, an int or a list (empty: never stop at a token)."""
+    eos_token_id: None for the model's, an int or a list (empty: never stop at a token).
+    logits_processor: a transformers `LogitsProcessorList` or a list of callables
+    `(input_ids [beams, len], scores [beams, V]) -> scores`, applied to the log-probs each step;
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens: transformers' processors of those
+    names (1.0, 0, 0: off), applied before it, as `generate` does."""
     _check("beam_width", beam_width, isinstance(beam_width, int) and not isinstance(beam_width, bool) and beam_width >= 1,
            "an int >= 1")
     _check("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
@@ -87,6 +95,13 @@ def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, leng
         eos = set(ids)
     n_keep = max(2, 1 + len(eos)) * beam_width
     _check("beam_width", beam_width, n_keep <= vocab, f"small enough that {n_keep} candidates fit in the vocabulary ({vocab})")
+    user_procs = _check_processors(logits_processor)
+    _check("repetition_penalty", repetition_penalty, isinstance(repetition_penalty, (int, float))
+           and not isinstance(repetition_penalty, bool) and 0 < repetition_penalty < float("inf"), "a number > 0")
+    _check("no_repeat_ngram_size", no_repeat_ngram_size, isinstance(no_repeat_ngram_size, int)
+           and not isinstance(no_repeat_ngram_size, bool) and no_repeat_ngram_size >= 0, "an int >= 0")
+    _check("min_new_tokens", min_new_tokens, isinstance(min_new_tokens, int) and not isinstance(min_new_tokens, bool)
+           and min_new_tokens >= 0, "an int >= 0")
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     if not prompts:
@@ -125,17 +140,48 @@ def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, leng
     waves.append(cur)
 
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    procs = [_processors(len(ids), eos, repetition_penalty, no_repeat_ngram_size, min_new_tokens, user_procs)
+             for _, ids in checked]
     engine._check_weights()
     outputs: list[BeamSearchOutput | None] = [None] * len(prompts)
     with engine._engine_mode():
         for wave in waves:
             for i, search in zip(wave, _run_wave(engine, [checked[i] for i in wave], params, beam_width, max_new_tokens,
-                                                 float(length_penalty), early_stopping, eos, n_keep)):
+                                                 float(length_penalty), early_stopping, eos, n_keep,
+                                                 [procs[i] for i in wave])):
                 text, ids = checked[i]
                 hyps = [BeamHypothesis(toks, _decode(engine, toks), score, reason)
                         for score, toks, reason in search.finished[:num_return_sequences]]
                 outputs[i] = BeamSearchOutput(text, ids, hyps)
     return outputs
+
+
+def _check_processors(logits_processor) -> list:
+    if logits_processor is None:
+        return []
+    if callable(logits_processor) and not isinstance(logits_processor, (list, tuple)):
+        logits_processor = [logits_processor]  # one processor (a LogitsProcessorList is a list)
+    if not isinstance(logits_processor, (list, tuple)) or not all(callable(p) for p in logits_processor):
+        raise ValueError(f"logits_processor must be a LogitsProcessorList or a list of callables "
+                         f"(input_ids, scores) -> scores, got {logits_processor!r}")
+    return list(logits_processor)
+
+
+def _processors(prompt_len: int, eos: set[int], repetition_penalty: float, no_repeat_ngram_size: int,
+                min_new_tokens: int, user: list) -> list:
+    """The processors of one prompt: the shortcuts in the order `generate` builds them, then the user's."""
+    out = []
+    if repetition_penalty != 1.0 or no_repeat_ngram_size or (min_new_tokens and eos):
+        from transformers import (MinNewTokensLengthLogitsProcessor, NoRepeatNGramLogitsProcessor,
+                                  RepetitionPenaltyLogitsProcessor)
+
+        if repetition_penalty != 1.0:
+            out.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
+        if no_repeat_ngram_size:
+            out.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+        if min_new_tokens and eos:  # without an eos token nothing is held back
+            out.append(MinNewTokensLengthLogitsProcessor(prompt_len, min_new_tokens, sorted(eos)))
+    return out + user
 
 
 def _decode(engine, tokens: list[int]) -> str | None:
@@ -144,15 +190,15 @@ def _decode(engine, tokens: list[int]) -> str | None:
 
 
 def _run_wave(engine, prompts, params, k: int, max_new: int, lp: float, early_stopping, eos: set[int],
-              n_keep: int) -> list[_PromptSearch]:
+              n_keep: int, procs: list[list]) -> list[_PromptSearch]:
     bm = engine.block_manager
     runner = engine.model_runner
     searches = []
-    for text, ids in prompts:
+    for (text, ids), proc in zip(prompts, procs):
         group = SequenceGroup(next(engine._request_ids), text, ids, params, 0)
         seq = Sequence(next(engine._seq_ids), group, 0, ids)
         group.seqs.append(seq)
-        searches.append(_PromptSearch(seq, k))
+        searches.append(_PromptSearch(seq, k, proc))
     try:
         logits = _prefill(engine, [s.beams[0] for s in searches])  # [P, V]
         while True:
@@ -212,7 +258,12 @@ def _select(engine, s: _PromptSearch, logits: torch.Tensor, max_new: int, lp: fl
     """One step of one prompt: pick the candidates, book the finished ones, reorder the beams."""
     k = s.k
     V = logits.shape[-1]
-    logprobs = torch.log_softmax(logits.float(), -1) + torch.tensor(s.scores, device=logits.device)[:, None]  # [n, V]
+    logprobs = torch.log_softmax(logits.float(), -1)  # [n, V]
+    if s.processors:
+        input_ids = torch.tensor([seq.token_ids for seq in s.beams], device=logits.device)  # [n, L]  prompt included
+        for proc in s.processors:
+            logprobs = proc(input_ids, logprobs)
+    logprobs = logprobs + torch.tensor(s.scores, device=logits.device)[:, None]
     top_scores, top_idx = torch.topk(logprobs.reshape(-1), n_keep)
     top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
     gen_len = s.beams[0].num_output_tokens + 1  # the candidates' generated length

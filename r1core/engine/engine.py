@@ -181,13 +181,15 @@ class Engine:
 
     def beam_search(self, prompts, beam_width: int, max_new_tokens: int = 16, length_penalty: float = 1.0,
                     early_stopping: bool | str = False, eos_token_id: int | list[int] | None = None,
-                    num_return_sequences: int = 1):
+                    num_return_sequences: int = 1, logits_processor=None, **processor_kwargs):
         """Beam search with the results of `model.generate(num_beams=beam_width, do_sample=False, ...)`;
-        one `BeamSearchOutput` per prompt (see `r1core.engine.beam_search`)."""
+        one `BeamSearchOutput` per prompt (see `r1core.engine.beam_search`). logits_processor: a
+        transformers `LogitsProcessorList` or a list of callables `(input_ids, scores) -> scores`;
+        processor_kwargs: repetition_penalty, no_repeat_ngram_size, min_new_tokens."""
         from r1core.engine.beam_search import beam_search
 
         return beam_search(self, prompts, beam_width, max_new_tokens, length_penalty, early_stopping, eos_token_id,
-                           num_return_sequences)
+                           num_return_sequences, logits_processor, **processor_kwargs)
 
     # --- branches (r1core.engine.branches) ------------------------------------------------------
     def open_branch(self, prompt):
