@@ -90,7 +90,7 @@ class MetricsLogger:
         self._bar.total = total
         self._bar.n = min(elapsed, total)
         self._bar.bar_format = _seconds_format(total)
-        rate = f", {done / elapsed:.3g} step/s" if elapsed > 0 else ""
+        rate = f", {done / elapsed:.{2 if done < 100 * elapsed else 0}f} step/s" if elapsed > 0 else ""
         self._bar.set_description_str(f"{self.desc} step {self.step}{rate}", refresh=False)
         self._bar.refresh()
 
