@@ -124,12 +124,14 @@ def test_stop_string_ends_the_step():
     root = engine.open_branch("step one:")
     (probe,) = engine.fork_branch(root, 1)
     (free,) = engine.extend([probe], greedy(16))
-    stop = free.text[6]  # a character the greedy continuation writes (its first occurrence may come earlier)
-    cut = free.text.index(stop) + 1
+    # a character the greedy continuation writes (its first occurrence may come earlier); ids 0, 1 are
+    # "<pad>" (5 characters) and "<eos>" (no text)
+    stop = tok.decode([next(t for t in free.token_ids[5:] if t >= 2)])
+    cut = next(j + 1 for j in range(16) if stop in tok.decode(free.token_ids[: j + 1], skip_special_tokens=True))
     (kid,) = engine.fork_branch(root, 1)
     (step,) = engine.extend([kid], greedy(16, stop=[stop]))
     assert step.finish_reason == "stop"
-    assert step.text == free.text[:cut] and step.token_ids == free.token_ids[:cut]
+    assert step.token_ids == free.token_ids[:cut] and step.text.endswith(stop) and step.text.count(stop) == 1
     # the next step starts after the delimiter
     (nxt,) = engine.extend([kid], greedy(16 - cut))
     assert step.token_ids + nxt.token_ids == free.token_ids

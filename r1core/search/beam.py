@@ -12,7 +12,8 @@ solution with the best score ("best"), or the answer whose finished solutions' s
 DVTS: N/M independent subtrees, each extended M ways per round and keeping only its single best
 candidate: less greedy about one early step than beam search, which spends all N on the few best.
 
-The expansions of a round go to the step generator in one call (one engine batch). Each search is
+The expansions of a round go to the step generator in one call (one engine batch), with `Release`
+notices for the nodes the round pruned (a `BranchStepGenerator` frees their KV). Each search is
 also a coroutine (`beam_search_steps`, `dvts_steps`): `drive_many` runs those of many problems
 side by side, one engine batch per round for all of them.
 """
@@ -25,7 +26,7 @@ from r1core.rewards.completions import extract_answer
 
 from .result import Candidate, SearchResult
 from .scoring import Partial, Scorer
-from .step_generator import StepRequest, check_positive_int, drive
+from .step_generator import Release, StepRequest, check_positive_int, drive
 from .voting import Normalize, majority_index, weighted_index
 
 SELECTIONS = ("best", "weighted", "majority")
@@ -100,10 +101,10 @@ def beam_search_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int,
     prompt_ids = list(prompt_ids)
     keep = max(1, budget // beam_width)
     active, finished = [Partial()], []
-    tokens, rounds, history = 0, 0, []
+    tokens, rounds, history, pruned = 0, 0, [], []
     while active and len(finished) < budget and rounds < max_steps and (max_tokens is None or tokens < max_tokens):
         counts = _split(budget, len(active)) if rounds == 0 else [beam_width] * len(active)
-        props = yield [StepRequest(prompt_ids + b.token_ids, n, max_step_tokens) for b, n in zip(active, counts)]
+        props = yield pruned + [StepRequest(prompt_ids + b.token_ids, n, max_step_tokens) for b, n in zip(active, counts)]
         candidates = [b.extend(p) for b, ps in zip(active, props) for p in ps]
         tokens += sum(len(p.token_ids) for ps in props for p in ps)
         _score(scorer, candidates)
@@ -112,7 +113,11 @@ def beam_search_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int,
         finished += done
         open_ = sorted((c for c in candidates if not c.finished), key=lambda c: -c.score)
         # fewer beams as the finished pool fills, so the search ends near N finished solutions
-        active = open_[:max(0, min(keep, math.ceil((budget - len(finished)) / beam_width)))]
+        nxt = open_[:max(0, min(keep, math.ceil((budget - len(finished)) / beam_width)))]
+        # the parents and the candidates not kept are never asked about again
+        kept = {tuple(b.token_ids) for b in nxt}  # a pruned copy of a kept beam must not release it
+        pruned = [Release(prompt_ids + p.token_ids) for p in active + open_[len(nxt):] if tuple(p.token_ids) not in kept]
+        active = nxt
         history.append({"candidate_scores": [c.score for c in candidates], "kept_scores": [b.score for b in active],
                         "finished": len(done)})
     extra = {"rounds": rounds, "history": history, "finished": len(finished)}
@@ -133,17 +138,21 @@ def dvts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, beam_w
     prompt_ids = list(prompt_ids)
     trees = [Partial() for _ in range(max(1, budget // beam_width))]
     finished: list[Partial] = []
-    tokens, rounds = 0, 0
+    tokens, rounds, pruned = 0, 0, []
     while trees and rounds < max_steps and (max_tokens is None or tokens < max_tokens):
-        props = yield [StepRequest(prompt_ids + t.token_ids, beam_width, max_step_tokens) for t in trees]
+        props = yield pruned + [StepRequest(prompt_ids + t.token_ids, beam_width, max_step_tokens) for t in trees]
         tokens += sum(len(p.token_ids) for ps in props for p in ps)
         rounds += 1
-        nxt = []
+        nxt, pruned = [], []
         for t, ps in zip(trees, props):
             cands = [t.extend(p) for p in ps]
             _score(scorer, cands)
             best = max(cands, key=lambda c: c.score)
             (finished if best.finished else nxt).append(best)
+            # the subtree's parent and its other candidates are never asked about again
+            pruned += [Release(prompt_ids + c.token_ids) for c in [t] + cands if not c.finished]
+        kept = {tuple(t.token_ids) for t in nxt}  # ... but not a kept one (or an identical copy of it)
+        pruned = [r for r in pruned if tuple(r.prefix_ids[len(prompt_ids):]) not in kept]
         trees = nxt
     extra = {"rounds": rounds, "subtrees": max(1, budget // beam_width), "finished": len(finished)}
     return _result("dvts", finished, trees, tokens, budget, select, extract, normalize, extra)

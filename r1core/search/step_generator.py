@@ -61,6 +61,15 @@ class StepRequest:
     rollout: bool = False
 
 
+@dataclass
+class Release:
+    """A search's notice that it will not ask about `prefix_ids` again (a pruned node): a search
+    coroutine may yield these among its StepRequests; `drive_many` hands them to the generator's
+    `release_prefixes` (a `BranchStepGenerator` frees that node's branch) and answers only the
+    requests."""
+    prefix_ids: list[int]
+
+
 def serve(generator, requests: Sequence[StepRequest]) -> list[list[StepProposal]]:
     """Answer every request, in one call where the generator has a `serve` of its own (one engine
     batch for all of them)."""
@@ -103,8 +112,14 @@ def _drive_many(searches, generator) -> list:
             pending[i] = next(co)
         except StopIteration as stop:
             results[i] = stop.value
+    release = getattr(generator, "release_prefixes", None)
     while pending:
         order = list(pending)
+        notices = [r.prefix_ids for i in order for r in pending[i] if isinstance(r, Release)]
+        for i in order:
+            pending[i] = [r for r in pending[i] if not isinstance(r, Release)]
+        if notices and release is not None:
+            release(notices)
         flat = [r for i in order for r in pending[i]]
         answers = serve(generator, flat)
         at = 0
@@ -266,6 +281,13 @@ class BranchStepGenerator(EngineStepGenerator):
 
     def __exit__(self, *exc):
         self.close()
+
+    def release_prefixes(self, prefixes: Sequence[Sequence[int]]) -> None:
+        """Release the branches of these prefixes (pruned nodes), where this generator holds them."""
+        for p in prefixes:
+            branch = self._branches.pop(tuple(p), None)
+            if branch is not None:
+                self.engine.release(branch)
 
     def _evict(self, need: int, protect: set) -> None:
         """Release least recently used branches outside `protect` until `need` blocks are free."""
