@@ -498,7 +498,7 @@ def test_branch_generator_under_a_small_cache_evicts_and_reopens():
     prompt = "123+456="
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     scorer = verifier_scorer(ArithmeticVerifier(), prompt)
-    kw = dict(budget=16, num_children=3, max_depth=6, max_step_tokens=16, max_rollout_tokens=16, max_expansions=2)
+    kw = dict(budget=16, num_children=3, max_depth=3, max_step_tokens=16, max_rollout_tokens=16, max_expansions=2)
     evicted = reopened = 0
     for seed in random.sample(range(1000), 6):  # searches of random length: some outgrow the cache
         want = mcts(EngineStepGenerator(big, ",", seed=seed), ids, scorer, **kw)
