@@ -65,7 +65,7 @@ def main():
     params = sum(p.numel() for p in model.parameters())
     prompt = torch.randint(2, model.config.vocab_size, (plen,)).tolist()
     print(f"Qwen2 {name} ({params / 1e6:.1f}M params), prompt {plen} tokens, {n} new tokens, "
-          f"{args.threads} threads, best of {args.repeats}")
+          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, best of {args.repeats}, load {os.getloadavg()[0]:.1f}")
     print("| beams | engine s | generate s | engine beam tok/s | generate beam tok/s | speed-up "
           "| engine peak RSS MiB | generate peak RSS MiB | KV cache MiB | same best | matmul floor s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

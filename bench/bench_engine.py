@@ -173,7 +173,7 @@ def main():
     new_tokens = args.new_tokens or (32 if args.quick else 128)
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
+    print(f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()}")
     rows = []
     for name in models:
         model = make_model(name)

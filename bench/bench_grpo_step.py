@@ -178,7 +178,7 @@ def main():
     torch.set_num_threads(args.threads)
     steps = args.steps or (2 if args.quick else 5)
     sizes = ["5M"] if args.quick else ["5M", "30M"]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {steps} (+1 warm-up), load {os.getloadavg()[0]:.1f}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, steps {steps} (+1 warm-up), load {os.getloadavg()[0]:.1f}")
     print(f"{'model':>6} {'trainer':>8} {'gen s':>8} {'train s':>8} {'step s':>8} {'gen cpu':>8} {'step cpu':>8} {'peak MB':>8}")
     for size in sizes:
         res = {"trl": bench_trl(size, steps, args.bf16), "r1core": bench_ours(size, steps, args.bf16)}
