@@ -85,6 +85,9 @@ def test_sft_grpo_eval_commands(tmp_path):
     assert main(["grpo", "--model", str(sft_dir / "model"), "--max-steps", "1", "--num-generations", "2", "--per-device-train-batch-size", "4",
                  "--max-completion-length", "40", "--train-size", "20", "--output-dir", str(out), "--rewards", "accuracy,scratchpad_format"]) == 0
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    with pytest.raises(SystemExit, match="checkpoint"):  # one line naming it, not a traceback
+        main(["grpo", "--model", str(sft_dir / "model"), "--max-steps", "1", "--train-size", "20",
+              "--output-dir", str(tmp_path / "no-grpo"), "--resume"])
     assert "rewards/accuracy_reward" in rec and "rewards/scratchpad_format_reward" in rec
     res = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out / "final"), "--n", "4", "--samples", "2", "--output", str(res)]) == 0

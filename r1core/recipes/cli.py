@@ -170,8 +170,11 @@ def cmd_grpo(args) -> int:
     model.to(dist.device_for_rank())
     rows = _rows(args.task, "train", args.train_size, cfg.seed, args.digits)
     names = args.rewards or [TASK_REWARDS[args.task]]
-    trainer = GRPOTrainer(model, tok, _reward_funcs(names), rows, cfg)
-    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    try:
+        trainer = GRPOTrainer(model, tok, _reward_funcs(names), rows, cfg)
+        trainer.train(resume_from_checkpoint=True if args.resume else None)
+    except ValueError as e:  # bad data or rewards, or nothing to resume: the message names it
+        raise SystemExit(f"error: {e}") from None
     trainer.save_model(os.path.join(cfg.output_dir, "final"))
     if dist.is_main():
         from r1core.recipes.r1_zero import _plots
