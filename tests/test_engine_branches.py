@@ -160,6 +160,18 @@ def test_generate_between_extends_uses_what_is_left():
     assert all(s.token_ids == kids[0].token_ids[-4:] for s in steps)
 
 
+def test_generate_refuses_what_the_blocks_left_by_branches_cannot_hold():
+    model = tiny_model("qwen2", eos_token_id=None)
+    engine = Engine(model, block_size=4, num_blocks=12)
+    root = engine.open_branch(random_prompts([20])[0])  # 19 tokens prefilled: 5 blocks held
+    with pytest.raises(ValueError, match="5 of them held by open branches"):
+        engine.generate([[5, 6, 7]], greedy(26))  # 29 tokens: 8 blocks, 7 left
+    out = engine.generate([[5, 6, 7]], greedy(25))  # 7 blocks: fits
+    assert out[0].outputs[0].token_ids == hf_greedy(model, [5, 6, 7], 25)
+    engine.release(root)
+    engine.generate([[5, 6, 7]], greedy(26))
+
+
 def test_a_full_cache_is_a_clear_error_and_rolls_back():
     model = tiny_model("qwen2", eos_token_id=None)
     engine = Engine(model, block_size=4, num_blocks=8, enable_prefix_caching=False)

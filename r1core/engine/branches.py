@@ -85,6 +85,11 @@ class BranchStep:
         return len(self.token_ids)
 
 
+def held_blocks(engine) -> int:
+    """The blocks the open branches hold (shared ones once)."""
+    return len({b for seq in engine._open_branches.values() for b in seq.block_table})
+
+
 def _check_idle(engine, what: str) -> None:
     if engine.scheduler.has_unfinished():
         raise RuntimeError(f"{what} needs an idle engine: requests added with add_request are still running")
@@ -145,7 +150,7 @@ def open_branches(engine, prompts) -> list[Branch]:
             bm.free(seq)
         raise
     branches = [Branch(engine, seq) for seq in seqs]
-    engine._open_branches.update(b.seq.seq_id for b in branches)
+    engine._open_branches.update((b.seq.seq_id, b.seq) for b in branches)
     return branches
 
 
@@ -171,7 +176,7 @@ def fork_branch(engine, branch: Branch, n: int) -> list[Branch]:
         kid = Branch(engine, seq)
         kid.weight_version = branch.weight_version
         kids.append(kid)
-    engine._open_branches.update(k.seq.seq_id for k in kids)
+    engine._open_branches.update((k.seq.seq_id, k.seq) for k in kids)
     return kids
 
 
@@ -181,7 +186,7 @@ def release(engine, branch: Branch) -> None:
     engine.block_manager.free(branch.seq)
     branch.seq.status = SequenceStatus.FINISHED
     branch.released = True
-    engine._open_branches.discard(branch.seq.seq_id)
+    engine._open_branches.pop(branch.seq.seq_id, None)
 
 
 def extend(engine, branches, params: SamplingParams | list[SamplingParams]) -> list[BranchStep]:

@@ -51,12 +51,18 @@ class Engine:
 
     cascade: shared-prefix attention for the samples of a group in decode steps: True, False, or
     "auto" (when it saves reading at least 4096 prefix tokens in a step: below that the second
-    attention call and the merge cost more than they save on the CPU)."""
+    attention call and the merge cost more than they save on the CPU).
+
+    fast_forward: run Llama-family decoders (Llama, Qwen2, Qwen3, Mistral) through
+    `r1core.engine.fast_forward.LeanForward`, the same ops on the same modules without transformers'
+    module plumbing (bitwise the same hidden states); "auto" uses it where it is exact and falls
+    back to the modules' own forward otherwise (hooks, LoRA-wrapped layers, other architectures),
+    True requires it, False never uses it."""
 
     def __init__(self, model, tokenizer=None, block_size: int = 16, num_blocks: int | None = None,
                  memory_budget_bytes: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto"):
+                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", fast_forward: bool | str = "auto"):
         if not getattr(model, "_supports_attention_backend", False) and not hasattr(model, "set_attn_implementation"):
             raise ValueError("model must be a transformers model whose attention goes through AttentionInterface")
         self.model = model
@@ -65,7 +71,7 @@ class Engine:
         self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
         useful = max_num_seqs * -(-self.max_positions // block_size) if self.max_positions else None
         self.model_runner = ModelRunner(model, block_size, num_blocks, memory_budget_bytes, cache_dtype, cascade,
-                                        max_useful_blocks=useful)
+                                        max_useful_blocks=useful, fast_forward=fast_forward)
         self.block_manager = BlockManager(self.model_runner.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.sampler = Sampler()
@@ -79,7 +85,7 @@ class Engine:
         self._request_ids = itertools.count()
         self._seq_ids = itertools.count()
         self._groups: dict[int, SequenceGroup] = {}
-        self._open_branches: set[int] = set()  # seq ids of the open branches (r1core.engine.branches)
+        self._open_branches: dict[int, Sequence] = {}  # seq id -> the sequence of an open branch (branches.py)
 
     # --- weights --------------------------------------------------------------------------------
     def _signature(self) -> tuple:
@@ -133,9 +139,15 @@ class Engine:
         if params.stop_strings and self.tokenizer is None:
             raise ValueError(f"request {i}: stop strings need a tokenizer")
         bm = self.block_manager
-        if (total + bm.block_size - 1) // bm.block_size > bm.num_blocks:
+        held = 0
+        if self._open_branches:  # their blocks are never preempted: a request has only the others
+            from r1core.engine.branches import held_blocks
+
+            held = held_blocks(self)
+        if (total + bm.block_size - 1) // bm.block_size > bm.num_blocks - held:
             raise ValueError(f"request {i}: prompt + max_new_tokens ({total}) do not fit in the KV cache "
-                             f"({bm.num_blocks} blocks of {bm.block_size} tokens)")
+                             f"({bm.num_blocks} blocks of {bm.block_size} tokens"
+                             + (f", {held} of them held by open branches" if held else "") + ")")
 
     def add_request(self, prompt, params: SamplingParams, *, _index: int = 0, _checked=None) -> int:
         """Queue a request (it joins the running batch at the next step); returns its request id."""
@@ -239,6 +251,7 @@ class Engine:
         try:
             for c in self._configs:
                 c._attn_implementation_internal = self.attn_name
+            self.model_runner.select_forward()
             if training:
                 model.eval()
             with torch.inference_mode():
