@@ -168,6 +168,13 @@ def test_generate_refuses_what_the_blocks_left_by_branches_cannot_hold():
         engine.generate([[5, 6, 7]], greedy(26))  # 29 tokens: 8 blocks, 7 left
     out = engine.generate([[5, 6, 7]], greedy(25))  # 7 blocks: fits
     assert out[0].outputs[0].token_ids == hf_greedy(model, [5, 6, 7], 25)
+    with pytest.raises(ValueError, match="5 held by open branches"):
+        engine.beam_search([[5, 6, 7]], beam_width=2, max_new_tokens=10)  # 2 beams x 4 blocks, 7 left
+    out = engine.beam_search([[5, 6, 7], [8, 9]], beam_width=2, max_new_tokens=6, eos_token_id=[])  # in waves
+    assert [o.hypotheses[0].token_ids for o in out] == [
+        model.generate(torch.tensor([p]), num_beams=2, do_sample=False, max_new_tokens=6, eos_token_id=None,
+                       pad_token_id=0)[0, len(p):].tolist() for p in ([5, 6, 7], [8, 9])]
+    assert engine.block_manager.num_used_blocks == 5
     engine.release(root)
     engine.generate([[5, 6, 7]], greedy(26))
 

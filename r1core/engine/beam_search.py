@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from r1core.engine.branches import held_blocks
 from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.scheduler import ScheduledBatch
 from r1core.engine.sequence import Sequence, SequenceGroup
@@ -111,6 +112,7 @@ def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, leng
 
     bm = engine.block_manager
     bs = bm.block_size
+    avail = bm.num_blocks - held_blocks(engine)  # open branches keep theirs throughout
     checked, needs = [], []
     for i, prompt in enumerate(prompts):
         text, ids = engine._tokenize(i, prompt)
@@ -123,16 +125,17 @@ def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, leng
                              f"({engine.sliding_window}); sliding-window attention is not implemented")
         # the prompt's full blocks once, then every beam's own blocks, the last partial one included
         need = len(ids) // bs + beam_width * (-(-total // bs) - len(ids) // bs)
-        if need > bm.num_blocks:
+        if need > avail:
             raise ValueError(f"request {i}: {beam_width} beams of prompt + max_new_tokens ({total}) need up to {need} "
-                             f"KV-cache blocks, the cache has {bm.num_blocks} of {bs} tokens")
+                             f"KV-cache blocks, the cache has {bm.num_blocks} of {bs} tokens"
+                             + (f" ({bm.num_blocks - avail} held by open branches)" if avail < bm.num_blocks else ""))
         checked.append((text, ids))
         needs.append(need)
 
     # prompts run in waves whose worst case fits in the cache and the engine's seats
     waves, cur, used = [], [], 0
     for i, need in enumerate(needs):
-        if cur and (used + need > bm.num_blocks or (len(cur) + 1) * beam_width > engine.scheduler.max_num_seqs):
+        if cur and (used + need > avail or (len(cur) + 1) * beam_width > engine.scheduler.max_num_seqs):
             waves.append(cur)
             cur, used = [], 0
         cur.append(i)
