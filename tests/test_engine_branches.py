@@ -202,7 +202,7 @@ def test_a_full_cache_is_a_clear_error_and_rolls_back():
 
 
 def test_stale_weights_are_an_error():
-    model = tiny_model("qwen2")
+    model = tiny_model("qwen2", eos_token_id=None)  # compared with generate, which would stop at an eos
     engine = Engine(model, block_size=4, num_blocks=32)
     branch = engine.open_branch([5, 6, 7, 8, 9])
     engine.extend([branch], greedy(2))
