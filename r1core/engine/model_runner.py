@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from r1core.engine.attention import AttentionMetadata, CascadeMetadata
+from r1core.engine.fast_forward import LeanForward, unsupported_reason
 from r1core.engine.scheduler import ScheduledBatch
 from r1kernels import copy_blocks as _copy_blocks
 
@@ -42,9 +43,13 @@ class ModelRunner:
 
     def __init__(self, model, block_size: int, num_blocks: int | None = None, memory_budget_bytes: int | None = None,
                  cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", cascade_min_saved_tokens: int = 4096,
-                 max_useful_blocks: int | None = None):
+                 max_useful_blocks: int | None = None, fast_forward: bool | str = "auto"):
         if cascade not in (True, False, "auto"):
             raise ValueError(f"cascade must be True, False or 'auto', got {cascade!r}")
+        if fast_forward not in (True, False, "auto"):
+            raise ValueError(f"fast_forward must be True, False or 'auto', got {fast_forward!r}")
+        self.fast_forward = fast_forward
+        self.lean = None
         self.cascade = cascade
         self.cascade_min_saved_tokens = cascade_min_saved_tokens
         self.num_cascade_steps = 0
@@ -73,6 +78,18 @@ class ModelRunner:
         # torch.empty: pages are touched only as blocks get used; the block manager reuses low blocks first
         self.kv_cache = torch.empty(layers, 2, self.num_blocks, block_size, kv_heads, head_dim, dtype=self.dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(layers)]
+
+    def select_forward(self) -> None:
+        """Use the lean forward (r1core.engine.fast_forward) where it is exact for the model as it is
+        now (hooks or wrapped layers may have been added since the last call), else the modules'."""
+        self.lean = None
+        if self.fast_forward is False:
+            return
+        reason = unsupported_reason(self.base)
+        if reason is None:
+            self.lean = LeanForward(self.base)
+        elif self.fast_forward is True:
+            raise ValueError(f"fast_forward=True, but the lean forward does not cover this model: {reason}")
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -179,7 +196,10 @@ class ModelRunner:
         groups = self.cascade_groups(batch)
         self.num_cascade_steps += groups is not None
         ids, pos, meta, last_rows = self.prepare(batch, groups)
-        hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False, r1_attn=meta).last_hidden_state[0]  # [T, H]
+        if self.lean is not None:
+            hidden = self.lean(ids, pos, meta)[0]  # [T, H]
+        else:
+            hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False, r1_attn=meta).last_hidden_state[0]
         if not last_rows:
             return hidden.new_empty(0, self.lm_head.out_features, dtype=torch.float32)
         rows = hidden[torch.tensor(last_rows, device=self.device)]  # [R, H]
