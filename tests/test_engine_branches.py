@@ -87,6 +87,12 @@ def test_fork_shares_blocks_and_copies_on_write(monkeypatch):
     want = engine.generate([prompt], SamplingParams(n=3, temperature=1.0, max_new_tokens=5, ignore_eos=True, seed=seed))
     assert [s.token_ids for s in steps] == [c.token_ids for c in want[0].outputs]
     assert len({tuple(s.token_ids) for s in steps}) > 1, "three samples of 5 tokens all equal"
+    # one request split over two calls draws the same samples when told their indices
+    split = engine.fork_branch(root, 3)
+    got = engine.extend(split[:1], params, sample_indices=[0]) + engine.extend(split[1:], params, sample_indices=[1, 2])
+    assert [s.token_ids for s in got] == [s.token_ids for s in steps]
+    for b in split:
+        engine.release(b)
     # independent continuations: each kid's greedy continuation is that of its own tokens
     more = engine.extend(kids + [root], greedy(4))
     for b, s in zip(kids + [root], more):
@@ -242,6 +248,8 @@ def test_bad_input():
         engine.extend([branch], [greedy(2), greedy(2)])
     with pytest.raises(ValueError, match="twice"):
         engine.extend([branch, branch], greedy(2))
+    with pytest.raises(ValueError, match="sample_indices"):
+        engine.extend([branch], greedy(2), sample_indices=[-1])
     with pytest.raises(ValueError, match="stop strings need a tokenizer"):
         engine.extend([branch], greedy(2, stop=","))
     with pytest.raises(ValueError, match="prompt is empty"):

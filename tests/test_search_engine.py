@@ -494,7 +494,7 @@ def test_branch_generator_under_a_small_cache_evicts_and_reopens():
     model = build_model(tok, BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                            num_key_value_heads=1, max_position_embeddings=64), seed=random.randrange(1000))
     big = Engine(model, tokenizer=tok, block_size=4, num_blocks=256)
-    small = Engine(model, tokenizer=tok, block_size=4, num_blocks=28)
+    small = Engine(model, tokenizer=tok, block_size=4, num_blocks=22)
     prompt = "123+456="
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     scorer = verifier_scorer(ArithmeticVerifier(), prompt)

@@ -189,10 +189,18 @@ def release(engine, branch: Branch) -> None:
     engine._open_branches.pop(branch.seq.seq_id, None)
 
 
-def extend(engine, branches, params: SamplingParams | list[SamplingParams]) -> list[BranchStep]:
+def extend(engine, branches, params: SamplingParams | list[SamplingParams],
+           sample_indices: list[int] | None = None) -> list[BranchStep]:
     """Grow every branch by one step (module docstring); one BranchStep per branch, in order.
-    params: one SamplingParams for all, or one per branch; n must be 1 (fork for more samples)."""
+    params: one SamplingParams for all, or one per branch; n must be 1 (fork for more samples).
+    sample_indices: the sample index of each branch under its params' seed (default: its position
+    among the branches given the same params object), to split one request over several calls."""
     branches = list(branches)
+    if sample_indices is not None:
+        sample_indices = list(sample_indices)
+        if len(sample_indices) != len(branches) or not all(
+                isinstance(j, int) and not isinstance(j, bool) and j >= 0 for j in sample_indices):
+            raise ValueError(f"sample_indices: expected one int >= 0 per branch, got {sample_indices!r}")
     if isinstance(params, SamplingParams):
         params = [params] * len(branches)
     elif len(params) != len(branches):
@@ -229,15 +237,15 @@ def extend(engine, branches, params: SamplingParams | list[SamplingParams]) -> l
     starts = [s.num_tokens for s in seqs]
     groups: dict[int, SequenceGroup] = {}
     counts: dict[int, int] = {}
-    for seq, p in zip(seqs, params):
+    for i, (seq, p) in enumerate(zip(seqs, params)):
         key = id(p)
         if key not in groups:
             seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, ()).item())
             groups[key] = SequenceGroup(seq.group.request_id, None, [], p, seed)
         group = groups[key]
         seq.group = group
-        seq.index = counts.get(key, 0)
-        counts[key] = seq.index + 1
+        seq.index = counts.get(key, 0) if sample_indices is None else sample_indices[i]
+        counts[key] = counts.get(key, 0) + 1
         seq.generator = sample_generator(group.seed, seq.index)
         # the stop checker sees this step as the sequence's output
         seq.num_prompt_tokens = seq.num_tokens

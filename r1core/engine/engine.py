@@ -224,12 +224,12 @@ class Engine:
 
         return fork_branch(self, branch, n)
 
-    def extend(self, branches, params: SamplingParams | list[SamplingParams]) -> list:
+    def extend(self, branches, params: SamplingParams | list[SamplingParams], sample_indices=None) -> list:
         """Grow each branch by one step (up to its stop string, stop token, eos or max_new_tokens) in
         one batched loop; one `BranchStep` per branch. Their KV stays resident."""
         from r1core.engine.branches import extend
 
-        return extend(self, branches, params)
+        return extend(self, branches, params, sample_indices)
 
     def release(self, branch) -> None:
         """Prune a branch: the blocks only it holds go back to the free list."""

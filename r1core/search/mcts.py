@@ -22,6 +22,9 @@ A node is expanded again (up to `max_expansions` times, `num_children` fresh sam
 new distinct steps kept) when every branch below it has ended: a confident policy samples the
 same step four times, and without this its single branch would be a dead end once it failed.
 
+Nodes marked exhausted are announced to the step generator (`Release`): a `BranchStepGenerator`,
+which keeps one engine branch per node (expansion forks it), frees their KV.
+
 The answer: the finished solution with the highest score (ties: more visits); with none finished,
 the most visited path is completed by one rollout.
 """
@@ -35,7 +38,7 @@ from r1core.rewards.completions import extract_answer
 
 from .result import Candidate, SearchResult
 from .scoring import Partial, Scorer
-from .step_generator import StepRequest, check_positive_int, drive
+from .step_generator import Release, StepRequest, check_positive_int, drive
 
 VALUES = ("verifier", "rollout")
 
@@ -68,13 +71,16 @@ def puct_select(node: Node, c_puct: float) -> Node:
     return max(open_, key=lambda ch: ch.q + c_puct * ch.prior * sqrt_n / (1 + ch.visits))
 
 
-def _mark_exhausted(node: Node | None, max_expansions: int = 1) -> None:
+def _mark_exhausted(node: Node | None, max_expansions: int = 1) -> list[Node]:
     """Mark `node` and its ancestors exhausted while all their children are and they may not be
-    expanded again."""
+    expanded again; returns the nodes marked."""
+    marked = []
     while (node is not None and node.expanded and node.expansions >= max_expansions
            and all(ch.exhausted for ch in node.children)):
         node.exhausted = True
+        marked.append(node)
         node = node.parent
+    return marked
 
 
 def _priors(logprobs: Sequence[float]) -> list[float]:
@@ -116,6 +122,13 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
     tokens, sims, expansions = 0, 0, 0
 
     solved = False
+    pruned: list[Node] = []  # exhausted nodes: never expanded again, their branches may go (Release)
+
+    def notices() -> list[Release]:
+        out = [Release(prompt_ids + n.partial.token_ids) for n in pruned if n is not root]
+        pruned.clear()
+        return out
+
     while sims < budget and not solved and not root.exhausted and (max_tokens is None or tokens < max_tokens):
         sims += 1
         node = root
@@ -127,9 +140,10 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
             v = node.partial.score if node.partial.finished else node.q
             _backup(node, v)
             node.exhausted = True  # a leaf that cannot grow: count the visit, then never select it again
-            _mark_exhausted(node.parent, max_expansions)
+            pruned.append(node)
+            pruned.extend(_mark_exhausted(node.parent, max_expansions))
             continue
-        (props,) = yield [StepRequest(prompt_ids + node.partial.token_ids, num_children, max_step_tokens)]
+        (props,) = yield notices() + [StepRequest(prompt_ids + node.partial.token_ids, num_children, max_step_tokens)]
         tokens += sum(len(p.token_ids) for p in props)
         expansions += 1
         node.expanded = True
@@ -142,7 +156,7 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
                 new.setdefault(key, p)
         if not new:  # only steps it already had: nothing to evaluate
             _backup(node, node.q)
-            _mark_exhausted(node, max_expansions)
+            pruned.extend(_mark_exhausted(node, max_expansions))
             continue
         first_new = len(node.children)
         for p in new.values():
@@ -157,8 +171,8 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
         values = [ch.partial.score for ch in fresh]
         if value == "rollout":
             open_ = [i for i, ch in enumerate(fresh) if not ch.partial.finished]
-            outs = yield [StepRequest(prompt_ids + fresh[i].partial.token_ids, num_rollouts, max_rollout_tokens,
-                                      rollout=True) for i in open_]
+            outs = yield notices() + [StepRequest(prompt_ids + fresh[i].partial.token_ids, num_rollouts,
+                                                  max_rollout_tokens, rollout=True) for i in open_]
             for i, os_ in zip(open_, outs):
                 tokens += sum(len(o.token_ids) for o in os_)
                 text = fresh[i].partial.text
@@ -171,7 +185,7 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
                 if stop_score is not None and ch.partial.score >= stop_score:
                     solved = True
         _backup(node, sum(values) / len(values))
-        _mark_exhausted(node, max_expansions)
+        pruned.extend(_mark_exhausted(node, max_expansions))
 
     extra = {"simulations": sims, "expansions": expansions, "solved": solved, "finished": len(finished),
              "tree_size": _size(root)}
@@ -182,7 +196,8 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
         node = root
         while node.children:
             node = max(node.children, key=lambda ch: (ch.visits, ch.q))
-        (outs,) = yield [StepRequest(prompt_ids + node.partial.token_ids, 1, max_rollout_tokens, rollout=True)]
+        (outs,) = yield notices() + [StepRequest(prompt_ids + node.partial.token_ids, 1, max_rollout_tokens,
+                                                 rollout=True)]
         tokens += sum(len(o.token_ids) for o in outs)
         chosen = node.partial.extend(outs[0])
         chosen.score = float(outcome_scorer(chosen.text, True))

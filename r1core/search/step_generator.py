@@ -325,17 +325,19 @@ class BranchStepGenerator(EngineStepGenerator):
             self._branches.move_to_end(key)
         old = set(self._branches) if self.keep == "frontier" else set()
 
-        kids, params = [], []
+        kids, params, indices = [], [], []
         for r, (key, room) in zip(requests, plans):
             p = self._params(1, room, None if r.rollout else [self.delimiter])  # n samples: n forks
             kids.append(engine.fork_branch(self._branches[key], r.n))
             params += [p] * r.n
+            indices += range(r.n)  # samples 0..n-1 of the request's seed, as generate draws them
         flat = [k for ks in kids for k in ks]
         try:
-            steps = self._extend(flat, params)
+            steps = self._extend(flat, params, indices)
         except BaseException:
             for k in flat:
-                engine.release(k)
+                if not k.released:
+                    engine.release(k)
             raise
 
         eos = self._eos()
@@ -347,6 +349,8 @@ class BranchStepGenerator(EngineStepGenerator):
                 if r.rollout:
                     p.finished = True
                 key = tuple(kid.token_ids)
+                if kid.released:  # let go for room (`_extend`): the node has no branch, opened if expanded
+                    continue
                 if r.rollout or p.finished or key in self._branches:
                     engine.release(kid)
                 else:
@@ -356,12 +360,17 @@ class BranchStepGenerator(EngineStepGenerator):
             engine.release(self._branches.pop(key))
         return answers
 
-    def _extend(self, branches: list, params: list) -> list:
-        """engine.extend, in halves while the free blocks are too few for all at once."""
+    def _extend(self, branches: list, params: list, indices: list[int]) -> list:
+        """engine.extend, in halves while the free blocks are too few for all at once; the branches
+        of a finished half are released to make room for the next (their steps are kept)."""
         try:
-            return self.engine.extend(branches, params)
+            return self.engine.extend(branches, params, indices)
         except RuntimeError as e:
             if "free blocks" not in str(e) or len(branches) < 2:
                 raise
         half = len(branches) // 2
-        return self._extend(branches[:half], params[:half]) + self._extend(branches[half:], params[half:])
+        first = self._extend(branches[:half], params[:half], indices[:half])
+        for b in branches[:half]:
+            if not b.released:
+                self.engine.release(b)
+        return first + self._extend(branches[half:], params[half:], indices[half:])
