@@ -16,7 +16,8 @@ position). Nothing already in the KV is computed again.
 
 Sampling: the branches of one `extend` call given the same SamplingParams object are samples
 0, 1, ... of it: branch j draws from `sample_generator(params.seed, j)`, the generator sample j of a
-`generate` request with that seed uses, so a step is reproducible from its seed.
+`generate` request with that seed uses, so a step is reproducible from its seed (`sample_indices`
+names the indices when one request's samples are split over several calls).
 
 Errors: a released branch, a branch of another engine, n < 1, a branch at the model's last
 position: ValueError. The weights changed since a branch was opened (its KV is stale), or the cache
