@@ -267,3 +267,26 @@ def test_collapse_detector_warns(tmp_path):
     for r in (0.0, 0.0, 0.0, 0.0, 0.0):  # never higher: no collapse, just a hard task
         tr2._check_collapse(r, log)
     assert not tr2.collapsed
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_follows_the_time_budget_when_it_runs_out_first(kind):
+    from r1core.trainers.optim import build_scheduler
+
+    spent = [0.0]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, kind, warmup_steps=2, max_steps=10_000, budget_progress=lambda: spent[0])
+    lrs = []
+    for i in range(12):
+        spent[0] = i / 10  # the budget is gone after 10 steps, long before max_steps
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[0] < lrs[1] <= 1.0  # warmup first
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[5] < 0.9
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # decayed to 0 with the budget, not at step 10000
+    steps_only = build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), kind, 2, 10_000)
+    for _ in range(12):
+        steps_only.optimizer.step()
+        steps_only.step()
+    assert steps_only.get_last_lr()[0] > 0.99

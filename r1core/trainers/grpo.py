@@ -180,7 +180,9 @@ class GRPOTrainer:
             engine = Engine(model, tokenizer=tokenizer, block_size=block, num_blocks=cfg.prompts_per_step * cfg.num_generations * per_seq + 16)
         self.engine = engine
         self.optimizer = build_optimizer(model, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.num_warmup_steps(), cfg.max_steps)
+        self.elapsed = 0.0  # seconds of training so far, resumed runs included: the time budget's clock
+        budget = (lambda: self.elapsed / cfg.max_seconds) if cfg.max_seconds is not None else None
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.num_warmup_steps(), cfg.max_steps, budget)
         self.loss_module = dist.wrap_ddp(_PolicyLoss(model, cfg))
 
         self.global_step = 0  # optimizer steps
@@ -440,12 +442,14 @@ class GRPOTrainer:
             self.load_state(path)
         log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), total=cfg.max_steps, desc="grpo",
                             initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds)
-        t_start = time.perf_counter()
+        t_start = time.perf_counter() - self.elapsed
         try:
             while self.global_step < cfg.max_steps:
                 before = self.global_step
                 info = self.train_step()
-                rec = {"step": self.global_step, **info, "elapsed": time.perf_counter() - t_start}
+                # rank 0's clock for every rank: the schedule and the stop must agree across processes
+                self.elapsed = dist.broadcast_object(time.perf_counter() - t_start)
+                rec = {"step": self.global_step, **info, "elapsed": self.elapsed}
                 if self.global_step % cfg.logging_steps == 0 or self.global_step >= cfg.max_steps:
                     log.log(rec, postfix={k: rec[k] for k in ("reward", "accuracy", "completion_length")})
                 log.advance(self.global_step - before, elapsed=rec["elapsed"])
@@ -462,7 +466,7 @@ class GRPOTrainer:
 
     def _state(self) -> dict:
         return {"global_step": self.global_step, "consumed": self.consumed, "best_reward": self.best_reward if math.isfinite(self.best_reward) else None,
-                "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed, "config": self.config.to_dict(),
+                "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed, "elapsed": self.elapsed, "config": self.config.to_dict(),
                 "world_size": self.world_size}
 
     def save_state(self) -> str | None:
@@ -485,6 +489,7 @@ class GRPOTrainer:
         self.best_reward = -math.inf if js["best_reward"] is None else js["best_reward"]
         self.low_reward_steps = js["low_reward_steps"]
         self.collapsed = js["collapsed"]
+        self.elapsed = js.get("elapsed", 0.0)
         if hasattr(self.engine, "weights_updated"):
             self.engine.weights_updated()
 

@@ -4,6 +4,7 @@ encoding every trainer shares."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -17,13 +18,19 @@ def build_optimizer(model: torch.nn.Module, lr: float, betas=(0.9, 0.999), weigh
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=False)
 
 
-def build_scheduler(optimizer, kind: str, warmup_steps: int, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer, kind: str, warmup_steps: int, max_steps: int,
+                    budget_progress: Callable[[], float] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """budget_progress: for a run bounded by time, the fraction of its time budget spent so far;
+    the decay then follows whichever of steps and time runs out first (a run capped at 360 s with
+    max_steps 10000 would otherwise never decay)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
         if kind == "constant":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        if budget_progress is not None:
+            progress = max(progress, min(1.0, budget_progress()))
         if kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0 - progress
