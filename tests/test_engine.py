@@ -152,7 +152,7 @@ def test_preempted_samples_keep_their_logprobs_and_seeds():
 
 
 def test_requests_join_the_running_batch():
-    model = tiny_model("llama")
+    model = tiny_model("llama", eos_token_id=None)  # no early eos: the first request is still running when the second comes
     p1, p2 = random_prompts([8, 5])
     engine = Engine(model, block_size=4, num_blocks=64)
     greedy = SamplingParams(temperature=0, max_new_tokens=10)
