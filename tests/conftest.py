@@ -16,11 +16,20 @@ import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _fresh_seed():
+def _fresh_seed(request):
     # fresh random inputs each run, but a failing run can be replayed with R1_TEST_SEED
     seed = int(os.environ.get("R1_TEST_SEED", torch.seed() % (2**31)))
     torch.manual_seed(seed)
+    request.node._r1_seed = seed
     yield seed
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    seed = getattr(item, "_r1_seed", None)
+    if report.failed and seed is not None:  # printed with the failure, so a CI log is enough to replay it
+        report.sections.append(("seed", f"replay with R1_TEST_SEED={seed} python -m pytest '{item.nodeid}'"))
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none present)")
