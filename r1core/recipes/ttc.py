@@ -269,7 +269,7 @@ def run_ttc(cfg: TTCConfig) -> dict:
 
     from r1core.engine import Engine
     from r1core.search.scoring import verifier_scorer
-    from r1core.search.step_generator import EngineStepGenerator
+    from r1core.search.step_generator import BranchStepGenerator
     from r1core.tasks import generate
     from r1core.trainers.optim import encode_prompt
 
@@ -280,7 +280,7 @@ def run_ttc(cfg: TTCConfig) -> dict:
     model_path = _resolve_model(cfg)
     model, tok = load_model(model_path, cfg.seed)
     engine = Engine(model, tokenizer=tok)
-    generator = EngineStepGenerator(engine, ",", end_marker=";A", temperature=cfg.temperature, seed=cfg.seed)
+    generator = BranchStepGenerator(engine, ",", end_marker=";A", temperature=cfg.temperature, seed=cfg.seed)
     kwargs = {"digits": cfg.digits} if cfg.task != "countdown" else {}
     rows = generate(cfg.task, "test", cfg.num_problems, seed=cfg.seed + 101, **kwargs)
     exact = exact_verifier(cfg.task)
