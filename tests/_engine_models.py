@@ -42,7 +42,14 @@ def random_prompts(lengths, low: int = 2):
     return [torch.randint(low, VOCAB, (n,)).tolist() for n in lengths]
 
 
-def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+def hf_greedy(model, prompt: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
+    if ignore_eos:  # generate() always stops at the config's eos; the engine's ignore_eos does not
+        ids, out = torch.tensor([prompt]), []
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                out.append(int(model(ids).logits[0, -1].argmax()))
+                ids = torch.cat([ids, torch.tensor([[out[-1]]])], 1)
+        return out
     out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
     return out[0, len(prompt):].tolist()

@@ -185,7 +185,7 @@ def test_prefix_cache_and_weight_version():
     hits = bm.prefix_hits
     second = engine.generate([p], params)[0].outputs[0].token_ids
     assert bm.prefix_hits == hits  # nothing reused across the weight change
-    assert second == hf_greedy(model, p, 6)  # the live weights are used
+    assert second == hf_greedy(model, p, 6, ignore_eos=True)  # the live weights are used
     # explicit announcement by a trainer
     version = bm.weight_version
     engine.weights_updated()
@@ -222,7 +222,7 @@ def test_stop_strings_and_stop_tokens():
     m = next(m for m in range(1, 25) if stop in tok.decode(free.token_ids[:m], skip_special_tokens=True))
     assert out.token_ids == free.token_ids[:m]
     stop_id = free.token_ids[5]
-    out = engine.generate([tok(prompt)["input_ids"]], SamplingParams(temperature=0, max_new_tokens=24, stop_token_ids=[stop_id]))[0].outputs[0]
+    out = engine.generate([tok(prompt)["input_ids"]], SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True, stop_token_ids=[stop_id]))[0].outputs[0]
     first = free.token_ids.index(stop_id)
     assert out.finish_reason == "stop" and out.token_ids == free.token_ids[: first + 1]
 
