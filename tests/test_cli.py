@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from r1core.recipes.cli import build_parser, main
 from r1core.recipes.r1_zero import RunConfig
@@ -52,7 +53,7 @@ SHRUNK = ["--train-size", "300", "--val-size", "8", "--eval-size", "8", "--eval-
           "--max-completion-length", "40", "--no-progress", "--save-steps", "1"]
 
 
-def test_run_pipeline_shrunk(tmp_path):
+def test_run_pipeline_shrunk(tmp_path, monkeypatch):
     assert main(["run", "--runs-dir", str(tmp_path), "--name", "t", "--seed", "5", *SHRUNK]) == 0
     d = tmp_path / "t"
     s = json.loads((d / "summary.json").read_text())
@@ -67,8 +68,43 @@ def test_run_pipeline_shrunk(tmp_path):
     # --resume: the base model and its evaluation are reused, GRPO continues from checkpoint-2
     assert main(["run", "--runs-dir", str(tmp_path), "--name", "t", "--seed", "5", *SHRUNK, "--max-steps", "3", "--resume"]) == 0
     s2 = json.loads((d / "summary.json").read_text())
-    assert s2["grpo_steps"] == 3 and s2["base_greedy_accuracy"] == s["base_greedy_accuracy"] and s2["sft_steps"] == 0
+    assert s2["grpo_steps"] == 3 and s2["base_greedy_accuracy"] == s["base_greedy_accuracy"]
+    assert (s2["sft_steps"], s2["sft_seconds"]) == (s["sft_steps"], s["sft_seconds"])  # the base's SFT, reported again
     assert [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    # killed inside SFT (right after its step-2 checkpoint) and resumed: the same base model and run
+    from r1core.trainers import SFTTrainer
+
+    save = SFTTrainer.save_state
+
+    def save_then_die(self):
+        save(self)
+        if self.step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SFTTrainer, "save_state", save_then_die)
+    killed = ["run", "--runs-dir", str(tmp_path), "--name", "k", "--seed", "5", *SHRUNK, "--sft-save-steps", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        main(killed)
+    k = tmp_path / "k"
+    assert not (k / "base").exists() and (k / "sft" / "checkpoint-2").is_dir()
+    monkeypatch.setattr(SFTTrainer, "save_state", save)
+    step, steps_run = SFTTrainer.training_step, []
+    monkeypatch.setattr(SFTTrainer, "training_step", lambda self: steps_run.append(self.step) or step(self))
+    assert main([*killed, "--resume"]) == 0
+    assert steps_run[0] == 2 and len(steps_run) == s["sft_steps"] - 2  # went on from the checkpoint, not from scratch
+    s3 = json.loads((k / "summary.json").read_text())
+    assert s3["sft_steps"] == s["sft_steps"] and s3["sft_seconds"] > 0
+    for key in ("base_greedy_accuracy", "base_accuracy", "final_greedy_accuracy", "final_accuracy"):
+        assert s3[key] == s[key], key
+    from safetensors.torch import load_file
+
+    want, got = load_file(d / "base" / "model.safetensors"), load_file(k / "base" / "model.safetensors")
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5)
+    sft_steps = lambda p: [json.loads(line)["step"] for line in (p / "sft" / "sft_metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert sft_steps(k) == sft_steps(d)
 
 
 def test_sft_grpo_eval_commands(tmp_path):

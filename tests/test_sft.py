@@ -144,6 +144,22 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         _resumable(tmp_path / "empty", seed, model_seed, rows).train(resume_from_checkpoint=True, progress=False)
 
 
+def test_time_budget_counts_the_seconds_before_a_resume(tmp_path):
+    seed = int(torch.randint(0, 10**6, ()))
+    rows = generate("addition", "train", 5, seed=seed)
+    first = _resumable(tmp_path, seed, 0, rows)
+    first.train(progress=False)  # checkpoints at steps 3 and 6
+    state = tmp_path / "checkpoint-6" / "trainer_state.json"
+    js = json.loads(state.read_text())
+    assert 0 < js["elapsed"] == pytest.approx(first.elapsed, abs=0.5)
+    state.write_text(json.dumps({**js, "elapsed": 1000.0}))  # as if the first six steps had taken 1000 s
+    tok = build_tokenizer()
+    cfg = {**first.config.to_dict(), "max_steps": 50, "max_seconds": 500.0}
+    resumed = SFTTrainer(build_model(tok, TINY, seed=0), tok, rows, SFTConfig(**cfg))
+    resumed.train(resume_from_checkpoint=True, progress=False)
+    assert resumed.step == 7 and resumed.elapsed > 1000.0  # one step, then the spent budget stops it
+
+
 def test_progress_bar_counts_seconds_under_a_time_budget(tmp_path, capsys):
     tok, model, rows = _setup(4)
     cfg = dict(per_device_train_batch_size=2, completion_field="solution", output_dir=str(tmp_path))

@@ -14,7 +14,12 @@
    gets what is left of 450 s for the whole run (at most 360 s) after SFT and the base
    evaluation, less a reserve for the final evaluation, so the run ends within 8 minutes.
 4. Held-out evaluation again; a table on the terminal; in runs/<name>/: metrics.jsonl,
-   sft_metrics.jsonl, PNG plots, summary.json, the base and final models.
+   sft/sft_metrics.jsonl, PNG plots, summary.json, the base and final models.
+
+`--resume` continues a killed run where it stopped: inside SFT from the last SFT checkpoint
+(sft/checkpoint-N, every sft_save_steps), after it from the saved base model and its evaluation,
+inside GRPO from the last GRPO checkpoint (every save_steps). Both stages' time budgets count the
+seconds spent before the kill.
 
     r1core run                      # defaults, seed 0
     r1core run --seed 1 --name s1   # another seed
@@ -26,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -50,6 +56,7 @@ class RunConfig:
     sft_check_every: int = 10
     sft_max_steps: int = 3000
     sft_max_seconds: float = 240.0
+    sft_save_steps: int | None = 50  # SFT checkpoints (runs/<name>/sft/checkpoint-N) for --resume; None: none
     # GRPO
     num_prompts: int = 16
     num_generations: int = 8
@@ -81,6 +88,9 @@ class RunConfig:
         for name in ("sft_max_seconds", "max_seconds", "learning_rate", "sft_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RunConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.sft_save_steps is not None and (isinstance(self.sft_save_steps, bool) or not isinstance(self.sft_save_steps, int)
+                                                or self.sft_save_steps < 1):
+            raise ValueError(f"RunConfig.sft_save_steps must be None or an int >= 1, got {self.sft_save_steps!r}")
         if self.total_seconds is not None and not self.total_seconds > 0:
             raise ValueError(f"RunConfig.total_seconds must be None or > 0, got {self.total_seconds!r}")
         from r1core.trainers.grpo_config import LR_SCHEDULERS
@@ -127,7 +137,7 @@ def _plots(run_dir: str) -> list[str]:
                      os.path.join(run_dir, "plots", "grpo.png"), title="GRPO per step")
     if p:
         out.append(p)
-    sft = read_jsonl(os.path.join(run_dir, "sft_metrics.jsonl"))
+    sft = read_jsonl(os.path.join(run_dir, "sft", "sft_metrics.jsonl"))
     p = plot_metrics(sft, ["loss", "greedy_accuracy"], os.path.join(run_dir, "plots", "sft.png"), title="SFT of the base model")
     if p:
         out.append(p)
@@ -181,19 +191,26 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     base_dir = cfg.base_model or (os.path.join(run_dir, "base") if resume and os.path.isdir(os.path.join(run_dir, "base")) else None)
 
     # 1. the base model
-    sft_steps = 0
+    sft_steps, sft_seconds = 0, 0.0
+    tok = build_tokenizer()
     if base_dir is not None:
-        tok = build_tokenizer()
         model = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="sdpa")
         engine = Engine(model, tokenizer=tok, num_blocks=_cache_blocks(cfg))
+        done_path = os.path.join(base_dir, "sft_summary.json")
+        if os.path.exists(done_path):  # this run's own base: report its SFT as the uninterrupted run does
+            with open(done_path) as f:
+                done = json.load(f)
+            sft_steps, sft_seconds = done["sft_steps"], done["sft_seconds"]
     else:
-        tok = build_tokenizer()
         model = build_model(tok, seed=cfg.seed)
         engine = Engine(model, tokenizer=tok, num_blocks=_cache_blocks(cfg))
+        sft_dir = os.path.join(run_dir, "sft")
+        if not resume:  # a fresh run under an old name: an old checkpoint must not be resumed later
+            shutil.rmtree(sft_dir, ignore_errors=True)
         sft = SFTTrainer(model, tok, train, SFTConfig(
             learning_rate=cfg.sft_learning_rate, per_device_train_batch_size=cfg.sft_batch_size, max_steps=cfg.sft_max_steps,
             max_seconds=cfg.sft_max_seconds, completion_field="solution", logging_steps=cfg.sft_check_every,
-            output_dir=run_dir, seed=cfg.seed))
+            save_steps=cfg.sft_save_steps, output_dir=sft_dir, seed=cfg.seed))
 
         def check(step):
             model.eval()
@@ -201,10 +218,17 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
             return {"greedy_accuracy": r["greedy_accuracy"]}
 
         sft.train(callback=check, every=cfg.sft_check_every, progress=cfg.progress,
-                  stop=lambda rec: rec["greedy_accuracy"] >= cfg.sft_target_accuracy)
-        sft_steps = sft.step
-        model.save_pretrained(os.path.join(run_dir, "base"))
-    sft_seconds = time.perf_counter() - t_start
+                  stop=lambda rec: rec["greedy_accuracy"] >= cfg.sft_target_accuracy,
+                  resume_from_checkpoint=resume and trainer_has_checkpoint(sft_dir))
+        sft_steps, sft_seconds = sft.step, sft.elapsed
+        # written to a temporary folder and renamed: a base folder is always complete, so --resume can trust it
+        tmp = os.path.join(run_dir, "base.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        with open(os.path.join(tmp, "sft_summary.json"), "w") as f:
+            json.dump({"sft_steps": sft_steps, "sft_seconds": sft_seconds}, f)
+        shutil.rmtree(os.path.join(run_dir, "base"), ignore_errors=True)
+        os.replace(tmp, os.path.join(run_dir, "base"))
 
     # 2. base accuracy
     base_eval_path = os.path.join(run_dir, "base_eval.json")
@@ -228,7 +252,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     )
     if cfg.total_seconds is not None:
         # what is left of the run's budget, less the final evaluation (as long as the base one, with margin)
-        left = cfg.total_seconds - (time.perf_counter() - t_start) - 1.5 * base.get("eval_seconds", 0.0) - 5.0
+        # (a resumed run counts the SFT and evaluation seconds of the process that did them)
+        spent = max(time.perf_counter() - t_start, sft_seconds + base.get("eval_seconds", 0.0))
+        left = cfg.total_seconds - spent - 1.5 * base.get("eval_seconds", 0.0) - 5.0
         grpo_cfg.max_seconds = max(1.0, min(cfg.max_seconds, left))
     trainer = GRPOTrainer(model, tok, [accuracy_reward], train, grpo_cfg, engine=engine)
     t_rl = time.perf_counter()

@@ -181,6 +181,7 @@ class SFTTrainer:
         self.rng = random.Random(cfg.seed)
         self.order: list[int] = []  # what is left of this epoch's order, taken from the end
         self.step = 0
+        self.elapsed = 0.0  # seconds of training so far, resumed runs included: the time budget's clock
 
     def _next_batch(self):
         cfg = self.config
@@ -212,7 +213,8 @@ class SFTTrainer:
 
         callback(step) -> dict of extra metrics (e.g. held-out accuracy) runs every `every` steps.
         resume_from_checkpoint: a checkpoint folder, or True for the last one in output_dir; the
-        time budget (max_seconds) starts again with the resumed process."""
+        time budget (max_seconds) counts the seconds spent before the checkpoint too, as
+        GRPOTrainer's does."""
         cfg = self.config
         if resume_from_checkpoint:
             path = latest_checkpoint(cfg.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
@@ -221,10 +223,11 @@ class SFTTrainer:
             self.load_state(path)
         log = MetricsLogger(cfg.output_dir, filename="sft_metrics.jsonl", total=cfg.max_steps, desc="sft", progress=progress,
                             initial=self.step, max_seconds=cfg.max_seconds)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - self.elapsed
         try:
             while self.step < cfg.max_steps:
-                rec = {"step": self.step + 1, **self.training_step(), "elapsed": time.perf_counter() - t0}
+                rec = {"step": self.step + 1, **self.training_step()}
+                self.elapsed = rec["elapsed"] = time.perf_counter() - t0
                 extra = callback(self.step) if callback is not None and self.step % every == 0 else None
                 if extra:
                     rec.update(extra)
@@ -232,6 +235,7 @@ class SFTTrainer:
                     log.log(rec, postfix={k: rec[k] for k in ("loss",) + tuple(extra or ())})
                 log.advance(1, elapsed=rec["elapsed"])
                 if cfg.save_steps and self.step % cfg.save_steps == 0:
+                    self.elapsed = time.perf_counter() - t0  # the callback's evaluation counts too
                     self.save_state()
                 if extra and stop is not None and stop(rec):
                     break
@@ -244,7 +248,7 @@ class SFTTrainer:
     def _state(self) -> dict:
         version, internal, gauss = self.rng.getstate()
         return {"global_step": self.step, "data_order": list(self.order), "data_rng": [version, list(internal), gauss],
-                "num_examples": len(self.examples), "config": self.config.to_dict()}
+                "num_examples": len(self.examples), "elapsed": self.elapsed, "config": self.config.to_dict()}
 
     def save_state(self) -> str:
         """A checkpoint of everything a resumed run needs: <output_dir>/checkpoint-<step>."""
@@ -258,6 +262,7 @@ class SFTTrainer:
         if js["num_examples"] != len(self.examples):
             raise ValueError(f"checkpoint {path!r} was written for {js['num_examples']} training examples; this run has {len(self.examples)}")
         self.step = js["global_step"]
+        self.elapsed = js.get("elapsed", 0.0)
         self.order = list(js["data_order"])
         version, internal, gauss = js["data_rng"]
         self.rng.setstate((version, tuple(internal), gauss))
