@@ -51,7 +51,7 @@ def test_matches_generate(arch, k, lp, es):
     reasons = assert_same(engine, model, prompts, k, k, lp, es, eos=None)
     assert set(reasons) == {"length"}
     # with eos reached: the first early token of a hypothesis that, taken as eos, ends a returned one
-    eos = eos_that_stops(engine, prompts, k, lp, es)
+    prompts, eos = stopping_eos(engine, prompts, k, lp, es, tries=8 if lp <= 1.0 else 1)
     if lp <= 1.0:  # a length_penalty of 2 favours the long hypotheses over the ones eos cuts short
         assert eos is not None, "no early token ends a returned hypothesis as eos"
     eos = 1 if eos is None else eos
@@ -64,13 +64,24 @@ def test_matches_generate(arch, k, lp, es):
 def test_several_eos_tokens():
     model = tiny_model("qwen2", eos_token_id=None)
     engine = Engine(model, block_size=4, num_blocks=256)
-    prompts = random_prompts([4, 11])
-    stops = eos_that_stops(engine, prompts, 3, 1.0, False)
+    prompts, stops = stopping_eos(engine, random_prompts([4, 11]), 3, 1.0, False)
     assert stops is not None, "no early token ends a returned hypothesis as eos"
     # the token that ends a hypothesis goes second, so eos ids beyond the first are honoured too
     other = next(t for t in range(2, 50) if t != stops)
     reasons = assert_same(engine, model, prompts, 3, 3, 1.0, False, eos=[other, stops])
     assert "stop" in reasons
+
+
+def stopping_eos(engine, prompts, k, lp, es, tries=8):
+    """(prompts, eos): the given prompts and an eos that stops one of their hypotheses, else fresh
+    random prompts of the same lengths that have one (a random model need not stop early on the
+    first draw); eos None after `tries` draws."""
+    for _ in range(tries):
+        eos = eos_that_stops(engine, prompts, k, lp, es)
+        if eos is not None:
+            break
+        prompts = random_prompts([len(p) for p in prompts])
+    return prompts, eos
 
 
 def eos_that_stops(engine, prompts, k, lp, es):
@@ -231,7 +242,7 @@ def test_logits_processors_match_generate(arch):
                              num_return_sequences=k)
     assert all(banned not in h.token_ids for o in got for h in o.hypotheses)
     # min_new_tokens: an eos that ends hypotheses early is held back for the first tokens
-    eos = eos_that_stops(engine, prompts, k, 1.0, False)
+    prompts, eos = stopping_eos(engine, prompts, k, 1.0, False)
     assert eos is not None, "no early token ends a returned hypothesis as eos"
     for m in (3, 6):
         got = assert_same_processed(engine, model, prompts, k, eos, dict(min_new_tokens=m), dict(min_new_tokens=m))
