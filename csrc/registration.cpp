@@ -25,4 +25,5 @@ TORCH_LIBRARY(r1kernels, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, Tensor cu_seqlens_q, float scale, bool causal) -> (Tensor, Tensor)");
   m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)");
   m.def("tree_attention(Tensor q, Tensor k, Tensor v, Tensor parents, Tensor cu_nodes, Tensor? k_cache, Tensor? v_cache, Tensor? block_tables, Tensor? prefix_lens, float scale) -> (Tensor, Tensor)");
+  m.def("skinny_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }

@@ -14,10 +14,11 @@ from r1kernels.copy_blocks import copy_blocks
 from r1kernels.merge_attention_states import merge_attention_states
 from r1kernels.paged_attention import paged_attention
 from r1kernels.reshape_and_cache import reshape_and_cache
+from r1kernels.skinny_linear import skinny_linear
 from r1kernels.tree_attention import tree_attention
 
 if _library.HAS_TRITON:
     from r1kernels import triton as _triton  # noqa: F401  registers the CUDA kernels
 
 __all__ = ["GroupAdvantages", "group_advantages", "grpo_loss", "grpo_loss_from_logits", "token_logprobs",
-           "copy_blocks", "merge_attention_states", "paged_attention", "reshape_and_cache", "tree_attention"]
+           "copy_blocks", "merge_attention_states", "paged_attention", "reshape_and_cache", "skinny_linear", "tree_attention"]

@@ -136,3 +136,7 @@ def merge_attention_states(out_a, lse_a, out_b, lse_b):
 
 def tree_attention(q, k, v, parents, cu_nodes, k_cache, v_cache, block_tables, prefix_lens, scale):
     return reference.tree_attention(q, k, v, parents, cu_nodes, k_cache, v_cache, block_tables, prefix_lens, scale)
+
+
+def skinny_linear(x, weight, bias):
+    return reference.skinny_linear(x, weight, bias)

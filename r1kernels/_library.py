@@ -24,6 +24,7 @@ SCHEMAS = {
     "paged_attention": "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, Tensor cu_seqlens_q, float scale, bool causal) -> (Tensor, Tensor)",
     "merge_attention_states": "merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
     "tree_attention": "tree_attention(Tensor q, Tensor k, Tensor v, Tensor parents, Tensor cu_nodes, Tensor? k_cache, Tensor? v_cache, Tensor? block_tables, Tensor? prefix_lens, float scale) -> (Tensor, Tensor)",
+    "skinny_linear": "skinny_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
 }
 
 try:

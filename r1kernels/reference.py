@@ -316,3 +316,8 @@ def tree_attention(q, k, v, parents, cu_nodes=None, k_cache=None, v_cache=None, 
             mask = torch.cat([torch.ones(b - a, P, dtype=torch.bool, device=q.device), mask], dim=1)
         out[a:b], lse[a:b] = _dense_attention(q[a:b], kk, vv, mask, scale)
     return out.to(q.dtype), lse
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x W^T + b for x [M, K], weight [N, K], bias [N]."""
+    return F.linear(x, weight, bias)

@@ -59,6 +59,7 @@ def test_lean_forward_is_bitwise_the_modules_forward(arch, bias):
     outs = {}
     for fast in (True, False):
         engine = Engine(model, block_size=4, num_blocks=64, fast_forward=fast)
+        engine.model_runner.skinny_linear = False  # BLAS for every matmul, as the modules do: bitwise
         outs[fast] = capture_hidden(engine, prompts, params)
         assert (engine.model_runner.lean is not None) == fast
     (o_fast, h_fast), (o_slow, h_slow) = outs[True], outs[False]
@@ -68,6 +69,33 @@ def test_lean_forward_is_bitwise_the_modules_forward(arch, bias):
     for a, b in zip(o_fast, o_slow):
         for x, y in zip(a.outputs, b.outputs):
             assert x.token_ids == y.token_ids and x.logprobs == y.logprobs
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_skinny_linear_steps_match_blas_to_rounding(arch):
+    from r1kernels._library import has_cpp_kernel
+
+    if not has_cpp_kernel("skinny_linear"):
+        pytest.skip("r1kernels._C is not built: no skinny kernel to compare")
+    model = tiny_model(arch, attention_bias=True) if arch == "qwen3" else tiny_model(arch)
+    prompts = random_prompts([1, 9, 30])  # 40 prompt tokens: a prefill on BLAS, then 3-row decode steps
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=8, ignore_eos=True, logprobs=True)
+    runs = {}
+    for skinny in (True, False):
+        engine = Engine(model, block_size=4, num_blocks=64)
+        engine.model_runner.skinny_linear = skinny
+        runs[skinny] = capture_hidden(engine, prompts, params)
+        assert engine.model_runner._lean_linear.__self__.skinny == skinny
+    (o_sk, h_sk), (o_blas, h_blas) = runs[True], runs[False]
+    assert len(h_sk) == len(h_blas) > 2
+    assert torch.equal(h_sk[0], h_blas[0])  # the prefill step (40 rows) stays on BLAS
+    assert any(not torch.equal(a, b) for a, b in zip(h_sk[1:], h_blas[1:]))  # the decode steps did not
+    for a, b in zip(h_sk, h_blas):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(o_sk, o_blas):
+        for x, y in zip(a.outputs, b.outputs):
+            assert x.token_ids == y.token_ids
+            torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
 
 
 def test_falls_back_where_it_would_not_be_exact():

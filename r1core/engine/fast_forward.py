@@ -7,6 +7,11 @@ ops in the same order (so the hidden states are bitwise those of the modules' ow
 tests check), minus the module machinery. Measured on the 5M Qwen2 of bench/bench_engine.py, one
 decode step of 16 sequences: 6.3 ms through the modules, 5.6 ms here (one thread, CPU time).
 
+With `skinny=True` (the engine's default) the projections of a step of at most
+`r1kernels.skinny_linear.MAX_ROWS` tokens (a decode step) go through `r1kernels.skinny_linear`
+instead of BLAS: float32 CPU weights only, equal to F.linear to float32 rounding but not bitwise,
+and 2x faster on this CPU at 8 rows (bench/RESULTS.md). Prefill steps keep F.linear.
+
 It applies only where its copy of the math is known to be exact: every decoder layer of an allowed
 class, plain `nn.Linear` projections (a LoRA or quantised wrapper is not), RMSNorms of the allowed
 classes, and no forward hooks anywhere (they would silently not run). `unsupported_reason` says why
@@ -20,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1core.engine.attention import paged_attention_forward
+from r1kernels._library import has_cpp_kernel, op
+from r1kernels.skinny_linear import MAX_ROWS
 
 _LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
 _NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
@@ -69,14 +76,25 @@ class LeanForward:
     """`LeanForward(base)(input_ids, position_ids, meta)` -> last hidden state [1, T, H], as
     `base(input_ids=..., position_ids=..., r1_attn=meta).last_hidden_state`."""
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: nn.Module, skinny: bool = True):
         reason = unsupported_reason(base)
         if reason is not None:
             raise ValueError(f"LeanForward does not cover this model: {reason}")
         self.base = base
+        w = base.embed_tokens.weight
+        self.skinny = skinny and w.device.type == "cpu" and w.dtype == torch.float32 and has_cpp_kernel("skinny_linear")
+        self._skinny_op = op("skinny_linear")
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """F.linear, or the skinny kernel for a few rows (x [..., K], weight float32 on the CPU)."""
+        rows = x.numel() // max(x.shape[-1], 1)
+        if self.skinny and rows <= MAX_ROWS and weight.dtype == torch.float32:
+            return self._skinny_op(x.reshape(rows, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return F.linear(x, weight, bias)
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, meta) -> torch.Tensor:
         base = self.base
+        lin = self.linear if self.skinny and input_ids.numel() <= MAX_ROWS else F.linear
         h = base.embed_tokens(input_ids)  # [1, T, H]
         cos, sin = base.rotary_emb(h, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
@@ -84,15 +102,15 @@ class LeanForward:
             attn, mlp = layer.self_attn, layer.mlp
             x = _rms_norm(layer.input_layernorm, h)
             shape = (*x.shape[:-1], -1, attn.head_dim)
-            q = F.linear(x, attn.q_proj.weight, attn.q_proj.bias).view(shape)
-            k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias).view(shape)
+            q = lin(x, attn.q_proj.weight, attn.q_proj.bias).view(shape)
+            k = lin(x, attn.k_proj.weight, attn.k_proj.bias).view(shape)
             if hasattr(attn, "q_norm"):  # Qwen3: per-head norm before the rotation
                 q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
-            v = F.linear(x, attn.v_proj.weight, attn.v_proj.bias).view(shape).transpose(1, 2)
+            v = lin(x, attn.v_proj.weight, attn.v_proj.bias).view(shape).transpose(1, 2)
             q, k = _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin)
             o, _ = paged_attention_forward(attn, q, k, v, None, scaling=attn.scaling, r1_attn=meta)
-            h = h + F.linear(o.reshape(*shape[:-2], -1), attn.o_proj.weight, attn.o_proj.bias)
+            h = h + lin(o.reshape(*shape[:-2], -1), attn.o_proj.weight, attn.o_proj.bias)
             x = _rms_norm(layer.post_attention_layernorm, h)
-            x = mlp.act_fn(F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias)) * F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)
-            h = h + F.linear(x, mlp.down_proj.weight, mlp.down_proj.bias)
+            x = mlp.act_fn(lin(x, mlp.gate_proj.weight, mlp.gate_proj.bias)) * lin(x, mlp.up_proj.weight, mlp.up_proj.bias)
+            h = h + lin(x, mlp.down_proj.weight, mlp.down_proj.bias)
         return _rms_norm(base.norm, h)

@@ -6,6 +6,7 @@ each sequence whose tokens are all computed (lm_head on those rows only)."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from r1core.engine.attention import AttentionMetadata, CascadeMetadata
 from r1core.engine.fast_forward import LeanForward, unsupported_reason
@@ -50,6 +51,9 @@ class ModelRunner:
             raise ValueError(f"fast_forward must be True, False or 'auto', got {fast_forward!r}")
         self.fast_forward = fast_forward
         self.lean = None
+        # decode-step projections through r1kernels.skinny_linear (float32 CPU; equal to BLAS to
+        # rounding, not bitwise): False keeps every matmul on F.linear
+        self.skinny_linear = True
         self.cascade = cascade
         self.cascade_min_saved_tokens = cascade_min_saved_tokens
         self.num_cascade_steps = 0
@@ -87,7 +91,8 @@ class ModelRunner:
             return
         reason = unsupported_reason(self.base)
         if reason is None:
-            self.lean = LeanForward(self.base)
+            self.lean = LeanForward(self.base, skinny=self.skinny_linear)
+            self._lean_linear = self.lean.linear
         elif self.fast_forward is True:
             raise ValueError(f"fast_forward=True, but the lean forward does not cover this model: {reason}")
 
@@ -203,4 +208,7 @@ class ModelRunner:
         if not last_rows:
             return hidden.new_empty(0, self.lm_head.out_features, dtype=torch.float32)
         rows = hidden[torch.tensor(last_rows, device=self.device)]  # [R, H]
-        return self.lm_head(rows).float()  # [R, V]
+        head = self.lm_head
+        if self.lean is not None and type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks):
+            return self._lean_linear(rows, head.weight, head.bias).float()
+        return head(rows).float()  # [R, V]
