@@ -74,6 +74,9 @@ def _worker(rank, world, port, seed, loss_types, result_dir):
             loss, grads, prompts = _run(tr, batch)
             torch.save({"loss": loss, "grads": grads, "prompts": prompts}, os.path.join(result_dir, f"{loss_type}{rank}.pt"))
         torch.save(tr._reduce_info(_rank_info(rank)), os.path.join(result_dir, f"info{rank}.pt"))
+        # rank 0 hosts the TCP store: it must not tear it down while rank 1 still talks to it (seen
+        # as "terminate called without an active exception", SIGABRT, in about one run in five)
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
