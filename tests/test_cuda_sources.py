@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -57,9 +58,12 @@ def _shim_dir() -> str | None:
     path = os.path.join(shim, name)
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
+        # the compiles run in threads and may all get here at once on a fresh checkout: each
+        # writes its own temporary file, and the renames are atomic
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w") as f:
             f.write("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
     return shim
 
 
