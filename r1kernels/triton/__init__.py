@@ -12,8 +12,11 @@ from __future__ import annotations
 import torch
 
 from r1kernels._library import has_cpp_kernel
+from r1kernels.triton import copy_blocks as _copy_blocks
 from r1kernels.triton import group_advantages, grpo_loss
+from r1kernels.triton import merge_attention_states as _merge_attention_states
 from r1kernels.triton import paged_attention as _paged_attention
+from r1kernels.triton import reshape_and_cache as _reshape_and_cache
 from r1kernels.triton import tree_attention as _tree_attention
 
 KERNELS = {
@@ -23,7 +26,10 @@ KERNELS = {
     "fused_grpo_loss": grpo_loss.fused_grpo_loss,
     "logits_grpo_loss": grpo_loss.logits_grpo_loss,
     "grpo_token_loss": grpo_loss.grpo_token_loss,
+    "reshape_and_cache": _reshape_and_cache.reshape_and_cache,
+    "copy_blocks": _copy_blocks.copy_blocks,
     "paged_attention": _paged_attention.paged_attention,
+    "merge_attention_states": _merge_attention_states.merge_attention_states,
     "tree_attention": _tree_attention.tree_attention,
 }
 
