@@ -292,3 +292,63 @@ def test_schedule_follows_the_time_budget_when_it_runs_out_first(kind):
         steps_only.optimizer.step()
         steps_only.step()
     assert steps_only.get_last_lr()[0] > 0.99
+
+
+def _reference_per_token(tr, batch):
+    """Per-token losses [B, C] from the model's full logits and TRL's formula (r1kernels.reference)."""
+    cfg = tr.config
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = tr.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
+    P, C = batch.prompt_len, batch.completion_ids.shape[1]
+    logp = (logits[:, P - 1:P - 1 + C].float() / cfg.temperature).log_softmax(-1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+    per_token, _ = ref.grpo_per_token_loss(logp, batch.advantages, batch.completion_mask, batch.old_logprobs, batch.ref_logprobs,
+                                           cfg.beta, cfg.epsilon, cfg.epsilon_high, cfg.delta, cfg.loss_type, cfg.importance_sampling_level)
+    return per_token
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "sapo", "dr_grpo", "bnpo", "dapo"])
+def test_exclude_zero_std_from_normalizer_counts_only_live_groups(tmp_path, loss_type):
+    kw = dict(seed=11, loss_type=loss_type, beta=0.04, per_device_train_batch_size=4, gradient_accumulation_steps=3,
+              num_generations=4, reward_funcs=[random_reward])
+    on = make(tmp_path, exclude_zero_std_from_normalizer=True, **kw)
+    off = make(tmp_path, **kw)
+    batch, _ = on.rollout()
+    B, C = batch.completion_ids.shape
+    assert B == 12
+    # group 1 dead (all rewards equal: advantage 0, group_ok False), groups 0 and 2 alive; the KL
+    # term (beta > 0) still gives the dead group's tokens a gradient
+    g = torch.Generator().manual_seed(0)
+    batch.advantages = torch.randn(B, generator=g)
+    batch.advantages[4:8] = 0.0
+    batch.group_ok = torch.tensor([True] * 4 + [False] * 4 + [True] * 4)
+    batch.old_logprobs = batch.old_logprobs + 0.05 * torch.randn(B, C, generator=g)  # ratios away from 1
+    batch.ref_logprobs = policy_logprobs(on.ref_model, batch, 1.0)
+    m = batch.completion_mask.float()
+    live = batch.group_ok.float()
+    assert m[4:8].sum() > 0 and m[~batch.group_ok].sum() < m.sum()
+
+    def hand(tr, exclude):
+        ell = _reference_per_token(tr, batch) * m
+        if loss_type in ("grpo", "sapo"):
+            seq = ell.sum(-1) / m.sum(-1).clamp(min=1.0)
+            # without the option: TRL's mean of per-sequence means in each micro-batch of 4, averaged over 3
+            return seq.sum() / live.sum() if exclude else seq.view(3, 4).mean(-1).mean()
+        if loss_type == "dr_grpo":
+            return ell.sum() / (live.sum() * C) if exclude else ell.view(3, 4, C).sum((1, 2)).div(4 * C).mean()
+        if loss_type == "bnpo":
+            return ell.sum() / (m * live.unsqueeze(-1)).sum() if exclude else (ell.view(3, 4, C).sum((1, 2)) / m.view(3, 4, C).sum((1, 2))).mean()
+        return ell.sum() / ((m * live.unsqueeze(-1)).sum() if exclude else m.sum())  # dapo
+
+    grads = {}
+    for name, tr, exclude in (("on", on, True), ("off", off, False)):
+        want = hand(tr, exclude)
+        want.backward()
+        want_grads = [p.grad.clone() for p in tr.model.parameters()]
+        out = tr.accumulate_gradients(batch)
+        assert out["loss"] == pytest.approx(want.item(), rel=1e-4, abs=1e-6), name
+        for p, w in zip(tr.model.parameters(), want_grads):
+            torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-3)
+        grads[name] = torch.cat([p.grad.flatten() for p in tr.model.parameters()])
+    assert grads["off"].norm() > 1e-4
+    # the option changes the gradient: a third of the sequences (and their tokens) leave the normaliser
+    assert not torch.allclose(grads["on"], grads["off"], rtol=1e-2, atol=0.0)

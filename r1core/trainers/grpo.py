@@ -90,17 +90,31 @@ class _PolicyLoss(torch.nn.Module):
         self.model = model
         self.config = config
 
-    def forward(self, b: RolloutBatch, num_items):
+    def forward(self, b: RolloutBatch, num_items=None, num_seqs=None):
+        """The loss of micro-batch b. num_items: the token normaliser of the whole step (dapo and
+        cispo always; bnpo with exclude_zero_std_from_normalizer, which makes it dapo's sum /
+        num_items). num_seqs: the sequence count of the whole step that replaces the micro-batch's
+        B of grpo, sapo and dr_grpo (with exclude_zero_std_from_normalizer)."""
         cfg = self.config
         base, weight, bias = lm_head_params(self.model)
         P, C = b.prompt_len, b.completion_ids.shape[1]
         hidden = _hidden_states(base, b, cfg.bf16)[:, P - 1:P - 1 + C]  # [B, C, H]: the states that predict the completion tokens
-        return r1kernels.grpo_loss(
+        loss_type = cfg.loss_type
+        if loss_type == "bnpo" and num_items is not None:
+            loss_type = "dapo"  # the same per-token loss; sum / num_items instead of sum / the micro-batch's tokens
+        loss, stats = r1kernels.grpo_loss(
             hidden, weight, b.completion_ids, b.advantages, mask=b.completion_mask, old_logprobs=b.old_logprobs,
             ref_logprobs=b.ref_logprobs, bias=bias, beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-            delta=cfg.delta, temperature=cfg.temperature, loss_type=cfg.loss_type,
-            importance_sampling=cfg.importance_sampling_level, num_items=num_items,
+            delta=cfg.delta, temperature=cfg.temperature, loss_type=loss_type,
+            importance_sampling=cfg.importance_sampling_level, num_items=num_items if loss_type in ("dapo", "cispo") else None,
         )
+        if num_seqs is not None:
+            if loss_type not in ("grpo", "sapo", "dr_grpo"):
+                raise ValueError(f"num_seqs applies to loss_type grpo, sapo and dr_grpo, not {loss_type!r}")
+            # these divide by the micro-batch's B (grpo, sapo: the mean of per-sequence means; dr_grpo:
+            # sum / (B * T)): B / num_seqs turns that into the step's count
+            loss = loss * (b.completion_ids.shape[0] / float(num_seqs))
+        return loss, stats
 
 
 def policy_logprobs(model, b: RolloutBatch, temperature: float, bf16: bool = False) -> torch.Tensor:
@@ -340,14 +354,23 @@ class GRPOTrainer:
         micro-batches; returns the (global) loss, the samples that carried gradient and the loss's
         stats. No clipping, no update: `optimize` adds those, tests compare these gradients."""
         cfg = self.config
-        count_mask = batch.completion_mask & batch.group_ok.unsqueeze(-1) if cfg.exclude_zero_std_from_normalizer else batch.completion_mask
-        num_items = dist.all_reduce_sum(count_mask.sum().float()).clamp(min=1.0)  # global tokens (dapo)
-        by_items = cfg.loss_type in ("dapo", "cispo")
+        exclude = cfg.exclude_zero_std_from_normalizer
+        per_seq = cfg.loss_type in ("grpo", "sapo", "dr_grpo")
+        # one normaliser for the whole step (all micro-batches and ranks): dapo and cispo always; with
+        # exclude_zero_std_from_normalizer every loss type, counting only groups with distinct rewards
+        # (tokens for dapo, cispo and bnpo, sequences for grpo, sapo and dr_grpo)
+        fixed = cfg.loss_type in ("dapo", "cispo") or exclude
+        num_items = num_seqs = None
+        if fixed and per_seq:
+            num_seqs = dist.all_reduce_sum(batch.group_ok.sum().float()).clamp(min=1.0).item()
+        elif fixed:
+            count_mask = batch.completion_mask & batch.group_ok.unsqueeze(-1) if exclude else batch.completion_mask
+            num_items = dist.all_reduce_sum(count_mask.sum().float()).clamp(min=1.0).item()  # global tokens
         mb = cfg.per_device_train_batch_size
-        if by_items and cfg.beta == 0 and self.world_size == 1:
+        if fixed and cfg.beta == 0 and self.world_size == 1:
             # with no KL term a sample of advantage 0 adds nothing to a loss whose normaliser
-            # (num_items) is fixed above: skip its forward and backward (dead groups are common,
-            # more so as accuracy rises). Not under DDP, whose ranks must run equal passes.
+            # (num_items or num_seqs) is fixed above: skip its forward and backward (dead groups are
+            # common, more so as accuracy rises). Not under DDP, whose ranks must run equal passes.
             keep = batch.advantages != 0
             if not bool(keep.all()):
                 batch = batch.rows(keep if bool(keep.any()) else slice(0, 1))
@@ -356,18 +379,18 @@ class GRPOTrainer:
         loss_sum, stats_sum, passes = 0.0, {}, 0
         for s in range(0, batch.completion_ids.shape[0], mb):
             part = batch.rows(slice(s, s + mb))
-            loss, stats = self.loss_module(part, num_items.item() if by_items else None)
-            # dapo: every micro-batch and rank holds its tokens' share of one global sum, but DDP
+            loss, stats = self.loss_module(part, num_items, num_seqs)
+            # a fixed normaliser: every micro-batch and rank holds its share of one global sum, but DDP
             # averages gradients over ranks, hence * world_size; other losses are means per micro-batch
-            scaled = loss * self.world_size if by_items else loss / cfg.gradient_accumulation_steps
+            scaled = loss * self.world_size if fixed else loss / cfg.gradient_accumulation_steps
             scaled.backward()
-            loss_sum += loss.item() if by_items else loss.item() / cfg.gradient_accumulation_steps
+            loss_sum += loss.item() if fixed else loss.item() / cfg.gradient_accumulation_steps
             passes += 1
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v.item()
         stats_mean = {k: v / passes for k, v in stats_sum.items()}  # over the samples that carry gradient
         loss_t = torch.tensor([loss_sum])
-        loss_global = dist.all_reduce_sum(loss_t) if by_items else dist.all_reduce_mean(loss_t)
+        loss_global = dist.all_reduce_sum(loss_t) if fixed else dist.all_reduce_mean(loss_t)
         return {"loss": loss_global.item(), "trained_samples": batch.completion_ids.shape[0], **stats_mean}
 
     def optimize(self, batch: RolloutBatch) -> dict:

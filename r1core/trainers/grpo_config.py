@@ -3,7 +3,7 @@
 Names and meanings follow TRL's GRPOConfig where the two overlap (num_generations,
 per_device_train_batch_size counts completions, loss_type "dapo" by default, epsilon/epsilon_high,
 scale_rewards, ...). Beyond TRL: dynamic sampling (DAPO: drop groups whose rewards are all equal and
-refill the batch), a dapo normaliser that leaves those groups out, and a collapse detector.
+refill the batch), a loss normaliser that leaves those groups out, and a collapse detector.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ class GRPOConfig:
     # DAPO dynamic sampling: keep generating until the batch holds enough groups with distinct rewards
     dynamic_sampling: bool = False
     max_dynamic_sampling_rounds: int = 4
-    # dapo/bnpo normaliser over the tokens of groups with distinct rewards only (dead groups add no gradient)
+    # the loss's normaliser counts only the groups with distinct rewards (dead groups add no policy
+    # gradient, only their KL term when beta > 0), over the whole optimizer step (all micro-batches and
+    # ranks): tokens for dapo, cispo and bnpo (bnpo then is dapo's sum / those tokens), sequences for
+    # grpo and sapo (the sum of per-sequence means / that count) and dr_grpo (sum / (count * T))
     exclude_zero_std_from_normalizer: bool = False
     # optimisation (AdamW, linear warmup, then decay)
     learning_rate: float = 1e-6
