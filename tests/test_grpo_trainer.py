@@ -122,19 +122,40 @@ def test_bf16_autocast_step_close_to_float32(tmp_path, dtype, atol, rtol):
     assert not torch.equal(g32, g16)  # autocast really ran in bf16
 
 
-def test_gradient_accumulation_equals_one_big_batch(tmp_path):
-    for loss_type in ("dapo", "grpo"):
-        a = make(tmp_path, seed=3, per_device_train_batch_size=8, gradient_accumulation_steps=1, loss_type=loss_type, reward_funcs=[random_reward])
-        b = make(tmp_path, seed=3, per_device_train_batch_size=4, gradient_accumulation_steps=2, loss_type=loss_type, reward_funcs=[random_reward])
-        batch, _ = a.rollout()
-        grads = []
-        for tr in (a, b):
-            tr.accumulate_gradients(batch)
-            grads.append([p.grad.clone() for p in tr.model.parameters()])
-        if loss_type == "grpo":  # grpo is a mean per micro-batch of sequences: equal only for equal halves
-            continue
-        for ga, gb in zip(*grads):
-            torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-4)
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo", "bnpo"])
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, loss_type):
+    # dapo: one sum over the step's tokens; grpo and dr_grpo: a mean per micro-batch, averaged over
+    # the accumulation steps, which is the full batch's mean when the micro-batches hold equal
+    # numbers of sequences (here 4 and 4); bnpo: a token mean per micro-batch, averaged (equal to the
+    # full batch only when the halves hold equal token counts, so checked against that formula)
+    a = make(tmp_path, seed=3, per_device_train_batch_size=8, gradient_accumulation_steps=1, loss_type=loss_type, reward_funcs=[random_reward])
+    b = make(tmp_path, seed=3, per_device_train_batch_size=4, gradient_accumulation_steps=2, loss_type=loss_type, reward_funcs=[random_reward])
+    batch, _ = a.rollout()
+    batch.advantages = torch.randn(batch.advantages.shape, generator=torch.Generator().manual_seed(1))  # random rewards can all tie
+    if loss_type == "bnpo":  # halves of different token counts: where bnpo's accumulation differs from one big batch
+        batch.completion_mask[:4, 1:] = False
+        assert batch.completion_mask[:4].sum() != batch.completion_mask[4:].sum()
+    grads = []
+    for tr in (a, b):
+        out = tr.accumulate_gradients(batch)
+        grads.append([p.grad.clone() for p in tr.model.parameters()])
+        tr.out = out
+    assert torch.cat([g.flatten() for g in grads[0]]).norm() > 1e-4
+    if loss_type == "bnpo":
+        halves = []
+        for half in (slice(0, 4), slice(4, 8)):
+            b.model.zero_grad()
+            loss, _ = b.loss_module(batch.rows(half))
+            (loss / 2).backward()
+            halves.append([p.grad.clone() for p in b.model.parameters()])
+        want = [h0 + h1 for h0, h1 in zip(*halves)]
+        for g, w in zip(grads[1], want):
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
+        assert not all(torch.allclose(ga, gb, rtol=1e-3, atol=1e-7) for ga, gb in zip(*grads))
+        return
+    assert b.out["loss"] == pytest.approx(a.out["loss"], rel=1e-4, abs=1e-6)
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-4)
 
 
 def test_samples_without_advantage_are_skipped_exactly(tmp_path):
