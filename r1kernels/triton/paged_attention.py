@@ -13,8 +13,10 @@ import triton
 import triton.language as tl
 
 # A finite "minus infinity" for the running max: exp(m_old - m_new) stays 1, never nan, while a
-# tile is fully masked; real -inf marks the masked scores themselves.
-NEG_BIG = -1.0e30
+# tile is fully masked; real -inf marks the masked scores themselves. A tl.constexpr: the compiler
+# refuses a plain module-level float inside @triton.jit (the interpreter does not, so only a GPU
+# run or tests/_triton_aot.py sees it).
+NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
