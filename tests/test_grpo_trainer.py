@@ -373,3 +373,87 @@ def test_exclude_zero_std_from_normalizer_counts_only_live_groups(tmp_path, loss
     assert grads["off"].norm() > 1e-4
     # the option changes the gradient: a third of the sequences (and their tokens) leave the normaliser
     assert not torch.allclose(grads["on"], grads["off"], rtol=1e-2, atol=0.0)
+
+
+def _rollout_recording(tr):
+    """tr.rollout() that also returns the completions it scored (in the batch's row order)."""
+    seen, generate = [], tr.generate
+    tr.generate = lambda idx: seen.append(generate(idx)) or seen[-1]
+    batch, info = tr.rollout()
+    return batch, info, seen[-1]
+
+
+def test_mask_truncated_completions_leaves_their_tokens_out(tmp_path):
+    for mask in (False, True):
+        tr = make(tmp_path, seed=4, mask_truncated_completions=mask, reward_funcs=[random_reward], loss_type="dapo", beta=0.04)
+        for _ in range(20):  # a random model's samples: draw until some hit max_completion_length and some stop early
+            batch, info, comps = _rollout_recording(tr)
+            cut = torch.tensor([c.finish_reason == "length" for c in comps])
+            if 0 < int(cut.sum()) < len(comps):
+                break
+        assert 0 < int(cut.sum()) < len(comps), "every draw was all truncated or all stopped"
+        assert info["truncated_frac"] == pytest.approx(cut.float().mean().item())
+        lengths = torch.tensor([len(c.token_ids) for c in comps])
+        assert bool((lengths[cut] == tr.config.max_completion_length).all())
+        want_len = torch.where(cut, 0, lengths) if mask else lengths
+        assert torch.equal(batch.completion_mask.sum(-1), want_len)
+    # the masked trainer's step: the loss over the completions that stopped, as if the others were absent
+    batch.advantages = torch.randn(batch.advantages.shape)
+    batch.ref_logprobs = policy_logprobs(tr.ref_model, batch, 1.0)
+    full = (torch.arange(batch.completion_ids.shape[1]) < lengths.unsqueeze(-1)).float()  # every sampled token
+    want = (_reference_per_token(tr, batch) * full)[~cut].sum() / full[~cut].sum()
+    want.backward()
+    want_grads = [p.grad.clone() for p in tr.model.parameters()]
+    out = tr.accumulate_gradients(batch)
+    assert out["loss"] == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    for p, w in zip(tr.model.parameters(), want_grads):
+        torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_sequence_level_importance_sampling_through_the_trainer(tmp_path, loss_type):
+    # GSPO: one ratio per sequence, exp(mean over its tokens of log(p / p_old)), clipped per sequence
+    tr = make(tmp_path, seed=8, importance_sampling_level="sequence", loss_type=loss_type, beta=0.04, reward_funcs=[random_reward],
+              per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    batch, _ = tr.rollout()
+    g = torch.Generator().manual_seed(2)
+    batch.advantages = torch.randn(batch.advantages.shape, generator=g)
+    batch.old_logprobs = batch.old_logprobs + 0.3 * torch.randn(batch.old_logprobs.shape, generator=g)  # ratios away from 1, some clipped
+    batch.ref_logprobs = policy_logprobs(tr.ref_model, batch, 1.0)
+    m = batch.completion_mask.float()
+
+    def aggregate(per_token):
+        if loss_type == "dapo":
+            return (per_token * m).sum() / m.sum()
+        seq = (per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+        return seq.view(2, 4).mean(-1).mean()
+
+    want = aggregate(_reference_per_token(tr, batch))
+    want.backward()
+    want_grads = [p.grad.clone() for p in tr.model.parameters()]
+    out = tr.accumulate_gradients(batch)
+    assert out["loss"] == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    for p, w in zip(tr.model.parameters(), want_grads):
+        torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-3)
+    tr.config.importance_sampling_level = "token"  # the same batch token by token: another loss, so the option was used
+    token_level = aggregate(_reference_per_token(tr, batch))
+    assert abs(token_level.item() - want.item()) > 1e-3
+
+
+def test_scale_rewards_group_batch_none(tmp_path):
+    G = 4
+
+    def spread(prompts, completions, **kw):  # group g holds 0, 1, 2, 3 times (g + 1): equal after group scaling only
+        return [float((i % G) * (1 + i // G)) for i in range(len(completions))]
+
+    r = torch.tensor(spread(None, [None] * 8), dtype=torch.float64).view(2, G)
+    centred = r - r.mean(-1, keepdim=True)
+    want = {"group": centred / (r.std(-1, keepdim=True) + 1e-4), "batch": centred / (r.flatten().std() + 1e-4), "none": centred}
+    got = {}
+    for mode in ("group", "batch", "none"):
+        tr = make(tmp_path, reward_funcs=[spread], scale_rewards=mode)
+        batch, _ = tr.rollout()
+        got[mode] = batch.advantages
+        torch.testing.assert_close(batch.advantages.double(), want[mode].flatten(), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got["group"][:G], got["group"][G:], atol=1e-3)  # up to eps
+    assert torch.allclose(2 * got["none"][:G], got["none"][G:]) and not torch.allclose(got["batch"], got["group"])
