@@ -21,7 +21,11 @@ def test_help(cmd, capsys):
         main([cmd, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--config" in out or cmd == "eval"
+    assert "--config" in out
+    if cmd == "run":  # the SFT stopping rule the description states is the default's
+        text = " ".join(out.split())
+        assert f"until greedy accuracy {RunConfig().sft_target_accuracy:.2f} " in text
+        assert f"then GRPO on {RunConfig().digits}-digit addition" in " ".join(build_parser().format_help().split())
     assert {"run": "--max-seconds", "grpo": "--num-generations", "sft": "--packing", "eval": "--samples"}[cmd] in out
 
 
@@ -46,6 +50,92 @@ def test_config_file_then_flags(tmp_path):
         build_config(RunConfig, build_parser().parse_args(["run", "--config", str(p)]))
     with pytest.raises(SystemExit, match="GRPOConfig.temperature"):
         main(["grpo", "--model", str(tmp_path), "--temperature", "-1"])
+
+
+def test_config_file_sets_command_options_and_flags_win(tmp_path, monkeypatch):
+    import r1core.recipes.cli as cli
+
+    p = tmp_path / "grpo.json"
+    p.write_text(json.dumps({"task": "multiplication", "digits": 2, "train_size": 30, "model": "tiny", "rewards": ["accuracy", "format"],
+                             "threads": 1, "num_generations": 2, "per_device_train_batch_size": 4}))
+    args = build_parser().parse_args(["grpo", "--config", str(p), "--digits", "4", "--rewards", "accuracy"])
+    assert (args.task, args.digits, args.train_size, args.model, args.rewards, args.threads) == \
+        ("multiplication", 4, 30, "tiny", ["accuracy"], 1)
+    from r1core.recipes.cli import build_config
+    from r1core.trainers import GRPOConfig, SFTConfig
+
+    assert build_config(GRPOConfig, args).num_generations == 2
+    # the command uses them: the rows it generates and the rewards it asks for come from the file
+    seen = {}
+    rows = cli._rows
+
+    def rows_spy(task, split, n, seed, digits):
+        seen["rows"] = (task, split, n, digits)
+        return rows(task, split, n, seed, digits)
+
+    class Stop(Exception):
+        pass
+
+    def rewards_spy(names):
+        seen["rewards"] = names
+        raise Stop
+
+    monkeypatch.setattr(cli, "_rows", rows_spy)
+    monkeypatch.setattr(cli, "_reward_funcs", rewards_spy)
+    with pytest.raises(Stop):
+        main(["grpo", "--config", str(p), "--output-dir", str(tmp_path / "g")])
+    assert seen == {"rows": ("multiplication", "train", 30, 2), "rewards": ["accuracy", "format"]}
+    monkeypatch.undo()
+    # eval reads its options from a file too (it has no config class); the flag wins
+    e = tmp_path / "eval.json"
+    res = tmp_path / "res.json"
+    e.write_text(json.dumps({"model": "tiny", "task": "multiplication", "digits": 2, "n": 5, "samples": 1, "max_new_tokens": 6,
+                             "output": str(res), "seed": 3}))
+    monkeypatch.setattr(cli, "_rows", rows_spy)
+    assert main(["eval", "--config", str(e), "--n", "2"]) == 0
+    assert seen["rows"] == ("multiplication", "test", 2, 2)
+    assert json.loads(res.read_text())["eval_prompts"] == 2
+    p.write_text(json.dumps({"task": "countdown", "train_size": 30, "model": "runs/sft/model", "save": "x", "max_steps": 5}))
+    sft = build_parser().parse_args(["sft", "--config", str(p), "--task", "addition"])
+    assert (sft.task, sft.digits, sft.train_size, sft.model, sft.save) == ("addition", 3, 30, "runs/sft/model", "x")
+    assert build_config(SFTConfig, sft).max_steps == 5
+
+
+@pytest.mark.parametrize("cmd,key,value,pat", [
+    ("grpo", "digits", "4", "'digits' \\(the command's --digits option\\) must be an int, got '4'"),
+    ("grpo", "task", "subtraction", "'task' .* must be one of \\['addition', 'countdown', 'multiplication'\\]"),
+    ("grpo", "rewards", 3, "'rewards' .* must be a list of names"),
+    ("eval", "temperature", "hot", "'temperature' .* must be a number"),
+    ("eval", "num_generations", 4, "\\['num_generations'\\] are not options of `r1core eval` \\(its options: digits, max_new_tokens, model"),
+    ("grpo", "sead", 1, "GRPOConfig has no field\\(s\\) \\['sead'\\], and they are not options of `r1core grpo`"),
+    ("sft", "resume", "yes", "'resume' .* must be true or false"),
+])
+def test_config_file_bad_command_options_are_named(tmp_path, cmd, key, value, pat):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"model": "tiny", key: value}))
+    with pytest.raises(SystemExit, match=pat):
+        build_parser().parse_args([cmd, "--config", str(p)])
+
+
+def test_config_file_keys_the_command_lacks_are_rejected(tmp_path, capsys):
+    from r1core.recipes.cli import build_config
+
+    p = tmp_path / "run.json"
+    for key, value in (("task", "countdown"), ("model", "x"), ("rewards", ["format"])):  # `run` has none of these
+        p.write_text(json.dumps({key: value}))
+        with pytest.raises(SystemExit, match=f"RunConfig has no field\\(s\\) \\['{key}'\\]"):
+            build_config(RunConfig, build_parser().parse_args(["run", "--config", str(p)]))
+    p.write_text(json.dumps({"digits": 2, "train_size": 40, "resume": True}))  # RunConfig's fields and run's own --resume
+    args = build_parser().parse_args(["run", "--config", str(p), "--train-size", "50"])
+    cfg = build_config(RunConfig, args)
+    assert (cfg.digits, cfg.train_size, args.resume) == (2, 50, True)
+    for cmd in ("grpo", "eval"):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([cmd])
+        assert e.value.code == 2 and "required: --model (on the command line or in --config)" in capsys.readouterr().err
+    p.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="expected a JSON object"):
+        build_parser().parse_args(["eval", "--config", str(p)])
 
 
 SHRUNK = ["--train-size", "300", "--val-size", "8", "--eval-size", "8", "--eval-samples", "2", "--sft-check-every", "4",

@@ -1,5 +1,8 @@
-"""The `r1core` command line: run | grpo | sft | eval, each with --help, one flag per config field
-and `--config file.json` (flags given on the command line win over the file).
+"""The `r1core` command line: run | grpo | sft | eval | ttc, each with --help, one flag per config
+field and `--config file.json` (flags given on the command line win over the file). A config file
+holds the command's config fields (RunConfig, SFTConfig, GRPOConfig, TTCConfig) and its own options
+by their flag's name (task, digits, train_size, model, rewards, ...; eval has only those); any other
+key, or a value of the wrong type, is an error that names it.
 
     r1core run                                   # the default R1-Zero run (make run)
     r1core sft --max-steps 300 --save runs/sft/model
@@ -18,6 +21,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -49,6 +53,8 @@ def _field_type(f: dataclasses.Field):
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     group = parser.add_argument_group(f"{cls.__name__} fields")
+    parser._r1_fields = getattr(parser, "_r1_fields", frozenset()) | {f.name for f in dataclasses.fields(cls)}
+    parser._r1_class = cls.__name__
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
@@ -67,16 +73,96 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=()) -> None:
                                help=f"(default: {default})")
 
 
+def _read_config(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            values = json.load(fh)
+    except OSError as e:
+        raise SystemExit(f"error: --config {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --config {path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: --config {path}: expected a JSON object of names and values, got {type(values).__name__}")
+    return values
+
+
+def _command_options(sub: argparse.ArgumentParser) -> dict:
+    """The command's own options (not its config class's fields), by dest: what a config file may set
+    besides the fields."""
+    fields = getattr(sub, "_r1_fields", frozenset())
+    return {a.dest: a for a in sub._actions if a.dest not in fields and a.dest not in ("help", "config")}
+
+
+def _option_from_file(path: str, key: str, value, action: argparse.Action):
+    """A config file's value for a command option, checked as the flag would check it."""
+    def bad(expected: str):
+        raise SystemExit(f"error: --config {path}: {key!r} (the command's {_flag(key)} option) must be {expected}, got {value!r}")
+
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            bad("true or false")
+        return value
+    if value is None and action.default is None:
+        return None
+    if action.type is _parse_list:
+        value = _parse_list(value) if isinstance(value, str) else value
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            bad("a list of names or a comma-separated string")
+    elif action.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad("an int")
+    elif action.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad("a number")
+        value = float(value)
+    elif action.type is None and not isinstance(value, str):
+        bad("a string" + (" or null" if action.default is None else ""))
+    if action.choices is not None and value not in action.choices:
+        bad(f"one of {sorted(action.choices)}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """parse_args that reads --config too: the keys that are the command's own options become their
+    defaults, so flags on the command line win; the config class's fields are left to build_config."""
+
+    def parse_args(self, args=None, namespace=None):
+        first = super().parse_args(args, copy.copy(namespace))
+        sub = getattr(self, "_r1_commands", {}).get(getattr(first, "command", None))
+        if sub is None:
+            return first
+        opts = _command_options(sub)
+        ns = first
+        if getattr(first, "config", None):
+            values = _read_config(first.config)
+            unknown = sorted(set(values) - set(opts) - getattr(sub, "_r1_fields", frozenset()))
+            if unknown:  # checked here, not only in build_config: eval has no config class
+                cls = getattr(sub, "_r1_class", None)
+                what = f"{cls} has no field(s) {unknown}, and they are not" if cls else f"{unknown} are not"
+                raise SystemExit(f"error: --config {first.config}: {what} options of `r1core {first.command}` "
+                                 f"(its options: {', '.join(sorted(opts))})")
+            given = {k: _option_from_file(first.config, k, v, opts[k]) for k, v in values.items() if k in opts}
+            if given:
+                sub.set_defaults(**given)
+                ns = super().parse_args(args, copy.copy(namespace))
+        ns._r1_options = frozenset(opts)  # build_config leaves these keys of the file to the command
+        missing = [_flag(d) for d in getattr(sub, "_r1_required", ()) if getattr(ns, d, None) is None]
+        if missing:
+            sub.error(f"the following arguments are required: {', '.join(missing)} (on the command line or in --config)")
+        return ns
+
+
 def build_config(cls, args: argparse.Namespace, extra: dict | None = None):
     """cls from --config (if given), then the flags set on the command line, then `extra`."""
     values: dict = {}
     if getattr(args, "config", None):
-        with open(args.config) as fh:
-            values.update(json.load(fh))
+        values.update(_read_config(args.config))
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names - {"task", "digits", "train_size", "model", "rewards"})
+    # the command's own options in the file (--task, --model, ...) were applied by the parser
+    unknown = sorted(set(values) - names - set(getattr(args, "_r1_options", ())))
     if unknown:
-        raise SystemExit(f"error: --config {args.config}: {cls.__name__} has no field(s) {unknown}")
+        raise SystemExit(f"error: --config {args.config}: {cls.__name__} has no field(s) {unknown}, and they are not options of "
+                         f"this command")
     values = {k: v for k, v in values.items() if k in names}
     values.update({k: v for k, v in vars(args).items() if k in names})
     values.update(extra or {})
@@ -222,19 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     from r1core.trainers.grpo_config import GRPOConfig
     from r1core.trainers.sft import SFTConfig
 
-    parser = argparse.ArgumentParser(prog="r1core", description="R1-style reasoning: GRPO, SFT and evaluation on generated tasks.")
+    parser = _Parser(prog="r1core", description="R1-style reasoning: GRPO, SFT and evaluation on generated tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser._r1_commands = sub.choices
 
-    p = sub.add_parser("run", help="the default R1-Zero run: tiny base model by SFT, then GRPO on 3-digit addition",
-                       description="SFT a ~1M-parameter base model until greedy accuracy 0.30, GRPO it, evaluate before and after; "
+    p = sub.add_parser("run", help=f"the default R1-Zero run: tiny base model by SFT, then GRPO on {RunConfig.digits}-digit addition",
+                       description=f"SFT a ~1M-parameter base model until greedy accuracy {RunConfig.sft_target_accuracy:.2f} on "
+                                   f"validation prompts (--sft-target-accuracy), GRPO it, evaluate before and after; "
                                    "writes runs/<name>/ (metrics.jsonl, plots, summary.json).")
-    p.add_argument("--config", help="a JSON file of RunConfig fields")
+    p.add_argument("--config", help="a JSON file of RunConfig fields (and resume)")
     p.add_argument("--resume", action="store_true", help="reuse runs/<name>/base and continue GRPO from the last checkpoint")
     add_dataclass_args(p, RunConfig)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sft", help="SFT on a generated task's gold completions (loss on completion tokens only)")
-    p.add_argument("--config", help="a JSON file of SFTConfig fields")
+    p.add_argument("--config", help="a JSON file of SFTConfig fields and of this command's options (task, digits, train_size, model, ...)")
     p.add_argument("--model", default="tiny", help="a model folder (save_pretrained) or 'tiny' for a fresh ~1M-parameter Qwen2 (default)")
     p.add_argument("--save", default=None, help="where to save the trained model (default: <output_dir>/model)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir (written every --save-steps)")
@@ -244,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("grpo", help="GRPO with rule-based rewards on a generated task (torchrun for several processes)")
-    p.add_argument("--config", help="a JSON file of GRPOConfig fields")
-    p.add_argument("--model", required=True, help="a model folder (save_pretrained), e.g. from `r1core sft`")
+    p.add_argument("--config", help="a JSON file of GRPOConfig fields and of this command's options (task, digits, train_size, model, rewards, ...)")
+    p.add_argument("--model", default=None, help="a model folder (save_pretrained), e.g. from `r1core sft` (required, here or in --config)")
+    p._r1_required = ("model",)
     p.add_argument("--rewards", type=_parse_list, default=None, help="comma-separated: accuracy, format, countdown, scratchpad_format (default: the task's)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     p.add_argument("--threads", type=int, default=2)
@@ -254,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_grpo)
 
     p = sub.add_parser("eval", help="held-out accuracy (pass@1 of samples, greedy), format rate, completion length")
-    p.add_argument("--model", required=True, help="a model folder (save_pretrained)")
+    p.add_argument("--config", help="a JSON file of this command's options by name (model, task, digits, split, n, samples, ...)")
+    p.add_argument("--model", default=None, help="a model folder (save_pretrained) or 'tiny' (required, here or in --config)")
+    p._r1_required = ("model",)
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--n", type=int, default=256, help="prompts (default: 256)")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt at --temperature (default: 4)")
