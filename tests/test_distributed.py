@@ -31,7 +31,8 @@ def _global_batch(seed: int, vocab: int, model) -> RolloutBatch:
     attn[:, P:] = cmask.long()
     attn[:4, :2] = 0  # left padding in some prompts
     adv = torch.randn(B, generator=g)
-    batch = RolloutBatch(ids, attn, ids[:, P:].clone(), cmask, adv, None, None, torch.ones(B, dtype=torch.bool), P)
+    group_ok = torch.arange(B) < G  # the second group dead (used by exclude_zero_std_from_normalizer): rank 1 holds no live group
+    batch = RolloutBatch(ids, attn, ids[:, P:].clone(), cmask, adv, None, None, group_ok, P)
     lp = policy_logprobs(model, batch, 1.0)
     batch.old_logprobs = lp + 0.3 * torch.randn(B, C, generator=g)  # ratios away from 1: some clip
     batch.ref_logprobs = lp + 0.1 * torch.randn(B, C, generator=g)
@@ -39,11 +40,13 @@ def _global_batch(seed: int, vocab: int, model) -> RolloutBatch:
 
 
 def _trainer(seed: int, loss_type: str, per_device: int):
+    """loss_type "x+exclude": loss_type x with exclude_zero_std_from_normalizer."""
     tok = build_tokenizer()
     model = build_model(tok, TINY, seed=seed)
     rows = [{"prompt": f"{i:03d}+{i:03d}=", "answer": str(2 * i)} for i in range(16)]
-    cfg = GRPOConfig(num_generations=G, per_device_train_batch_size=per_device, max_completion_length=C, loss_type=loss_type,
-                     beta=0.04, learning_rate=1e-3, output_dir="/tmp/unused", seed=seed)
+    name, _, option = loss_type.partition("+")
+    cfg = GRPOConfig(num_generations=G, per_device_train_batch_size=per_device, max_completion_length=C, loss_type=name,
+                     beta=0.04, learning_rate=1e-3, output_dir="/tmp/unused", seed=seed, exclude_zero_std_from_normalizer=option == "exclude")
     tr = GRPOTrainer(model, tok, [lambda p, c, **k: [0.0] * len(c)], rows, cfg, engine=object())
     return tr, tok
 
@@ -83,7 +86,9 @@ def _worker(rank, world, port, seed, loss_types, result_dir):
 
 def test_two_processes_equal_one(tmp_path):
     seed = int(torch.randint(0, 10**6, ()))
-    loss_types = ["dapo", "grpo"]  # dapo: token count summed over ranks; grpo: mean over sequences
+    # dapo: token count summed over ranks; grpo: mean over sequences; +exclude: the live groups'
+    # sequences (grpo) or tokens (bnpo) counted over both ranks
+    loss_types = ["dapo", "grpo", "grpo+exclude", "bnpo+exclude"]
     # one spawn for both: starting the processes costs more than the checks
     mp.spawn(_worker, args=(2, _free_port(), seed, loss_types, str(tmp_path)), nprocs=2, join=True)
     for loss_type in loss_types:
