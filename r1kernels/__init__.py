@@ -14,6 +14,8 @@ from r1kernels.copy_blocks import copy_blocks
 from r1kernels.merge_attention_states import merge_attention_states
 from r1kernels.paged_attention import paged_attention
 from r1kernels.reshape_and_cache import reshape_and_cache
+from r1kernels.oproj_mlp import oproj_mlp
+from r1kernels.rmsnorm_qkv_rope import rmsnorm_qkv_rope
 from r1kernels.skinny_linear import skinny_linear
 from r1kernels.tree_attention import tree_attention
 
@@ -21,4 +23,5 @@ if _library.HAS_TRITON:
     from r1kernels import triton as _triton  # noqa: F401  registers the CUDA kernels
 
 __all__ = ["GroupAdvantages", "group_advantages", "grpo_loss", "grpo_loss_from_logits", "token_logprobs",
-           "copy_blocks", "merge_attention_states", "paged_attention", "reshape_and_cache", "skinny_linear", "tree_attention"]
+           "copy_blocks", "merge_attention_states", "paged_attention", "reshape_and_cache", "skinny_linear", "tree_attention",
+           "rmsnorm_qkv_rope", "oproj_mlp"]

@@ -140,3 +140,12 @@ def tree_attention(q, k, v, parents, cu_nodes, k_cache, v_cache, block_tables, p
 
 def skinny_linear(x, weight, bias):
     return reference.skinny_linear(x, weight, bias)
+
+
+def rmsnorm_qkv_rope(h, norm_weight, eps, wq, bq, wk, bk, wv, bv, q_norm_weight, k_norm_weight, qk_eps, cos, sin, head_dim):
+    q, k, v = reference.rmsnorm_qkv_rope(h, norm_weight, eps, wq, bq, wk, bk, wv, bv, q_norm_weight, k_norm_weight, qk_eps, cos, sin, head_dim)
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def oproj_mlp(h, attn, wo, bo, norm_weight, eps, w_gate, b_gate, w_up, b_up, w_down, b_down):
+    return reference.oproj_mlp(h, attn, wo, bo, norm_weight, eps, w_gate, b_gate, w_up, b_up, w_down, b_down)

@@ -25,6 +25,8 @@ SCHEMAS = {
     "merge_attention_states": "merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
     "tree_attention": "tree_attention(Tensor q, Tensor k, Tensor v, Tensor parents, Tensor cu_nodes, Tensor? k_cache, Tensor? v_cache, Tensor? block_tables, Tensor? prefix_lens, float scale) -> (Tensor, Tensor)",
     "skinny_linear": "skinny_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
+    "rmsnorm_qkv_rope": "rmsnorm_qkv_rope(Tensor h, Tensor norm_weight, float eps, Tensor wq, Tensor? bq, Tensor wk, Tensor? bk, Tensor wv, Tensor? bv, Tensor? q_norm_weight, Tensor? k_norm_weight, float qk_eps, Tensor cos, Tensor sin, int head_dim) -> (Tensor, Tensor, Tensor)",
+    "oproj_mlp": "oproj_mlp(Tensor h, Tensor attn, Tensor wo, Tensor? bo, Tensor norm_weight, float eps, Tensor w_gate, Tensor? b_gate, Tensor w_up, Tensor? b_up, Tensor w_down, Tensor? b_down) -> Tensor",
 }
 
 try:

@@ -321,3 +321,35 @@ def tree_attention(q, k, v, parents, cu_nodes=None, k_cache=None, v_cache=None, 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x W^T + b for x [M, K], weight [N, K], bias [N]."""
     return F.linear(x, weight, bias)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rmsnorm_qkv_rope(h, norm_weight, eps, wq, bq, wk, bk, wv, bv, q_norm_weight, k_norm_weight, qk_eps, cos, sin, head_dim):
+    """The input half of a Llama-family decoder layer for tokens h [T, H]: RMSNorm, the q/k/v
+    projections, (Qwen3) per-head RMSNorm of q and k, the rotary embedding (cos, sin [T, D],
+    rotate-half convention). Returns q [T, Hq, D], k and v [T, Hkv, D]."""
+    T, D = h.shape[0], head_dim
+    x = _rms_norm(h, norm_weight, eps)
+    q = F.linear(x, wq, bq).view(T, -1, D)
+    k = F.linear(x, wk, bk).view(T, -1, D)
+    v = F.linear(x, wv, bv).view(T, -1, D)
+    if q_norm_weight is not None:
+        q, k = _rms_norm(q, q_norm_weight, qk_eps), _rms_norm(k, k_norm_weight, qk_eps)
+    c, s = cos[:, None, :], sin[:, None, :]
+    return q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s, v
+
+
+def oproj_mlp(h, attn, wo, bo, norm_weight, eps, w_gate, b_gate, w_up, b_up, w_down, b_down):
+    """The output half of a Llama-family decoder layer: h1 = h + attn Wo^T + bo, then
+    h1 + down(silu(gate(x)) * up(x)) with x = RMSNorm(h1). h [T, H], attn [T, Hq * D]."""
+    h1 = h + F.linear(attn, wo, bo)
+    x = _rms_norm(h1, norm_weight, eps)
+    return h1 + F.linear(F.silu(F.linear(x, w_gate, b_gate)) * F.linear(x, w_up, b_up), w_down, b_down)

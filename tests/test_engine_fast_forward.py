@@ -123,3 +123,46 @@ def test_falls_back_where_it_would_not_be_exact():
 def test_bad_fast_forward_value():
     with pytest.raises(ValueError, match="fast_forward"):
         Engine(tiny_model("qwen2"), block_size=4, num_blocks=16, fast_forward="yes")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_decode_layers_match_the_lean_forward_to_rounding(arch, bias):
+    from r1kernels._library import has_cpp_kernel
+
+    if not has_cpp_kernel("rmsnorm_qkv_rope"):
+        pytest.skip("r1kernels._C is not built: no fused decoder-layer kernels")
+    overrides = {"attention_bias": bias} if arch in ("llama", "qwen3") else {}
+    if arch == "llama" and bias:
+        overrides["mlp_bias"] = True
+    model = tiny_model(arch, **overrides)
+    prompts = random_prompts([1, 6, 21])
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=7, ignore_eos=True, logprobs=True)
+    runs, fused_calls = {}, {}
+    for fused in (True, False):
+        engine = Engine(model, block_size=4, num_blocks=64)
+        engine.model_runner.fused_layers = fused
+        calls = []
+        from r1core.engine import fast_forward
+
+        orig = fast_forward.LeanForward._fused_layers
+
+        def counting(self, *a, _orig=orig, _calls=calls):
+            _calls.append(1)
+            return _orig(self, *a)
+
+        fast_forward.LeanForward._fused_layers = counting
+        try:
+            runs[fused] = capture_hidden(engine, prompts, params)
+        finally:
+            fast_forward.LeanForward._fused_layers = orig
+        fused_calls[fused] = len(calls)
+    assert fused_calls[False] == 0 and fused_calls[True] >= 6  # every decode step (6 rows) took the fused layers
+    (o_f, h_f), (o_l, h_l) = runs[True], runs[False]
+    assert len(h_f) == len(h_l) > 2 and torch.equal(h_f[0], h_l[0])  # the 28-token prefill is not fused
+    for a, b in zip(h_f, h_l):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(o_f, o_l):
+        for x, y in zip(a.outputs, b.outputs):
+            assert x.token_ids == y.token_ids
+            torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)

@@ -9,6 +9,8 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include "skinny_linear.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -135,6 +137,10 @@ RangeFn pick_isa() {
   return nullptr;
 }
 
+}  // namespace
+
+namespace r1 {
+
 at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK_VALUE(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
                     "x must be [M, K] and weight [N, K] with the same K, got ", x.sizes(), " and ", weight.sizes());
@@ -162,6 +168,6 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   return y;
 }
 
-}  // namespace
+}  // namespace r1
 
-TORCH_LIBRARY_IMPL(r1kernels, CPU, m) { m.impl("skinny_linear", &skinny_linear_cpu); }
+TORCH_LIBRARY_IMPL(r1kernels, CPU, m) { m.impl("skinny_linear", &r1::skinny_linear_cpu); }

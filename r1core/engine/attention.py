@@ -53,15 +53,20 @@ def paged_attention_forward(module, query, key, value, attention_mask=None, scal
     """query [1, Hq, T, D], key/value [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
     if r1_attn is None:
         raise RuntimeError(f"the {ATTENTION_NAME!r} attention function only runs inside r1core.engine.Engine")
-    meta: AttentionMetadata = r1_attn
-    k_cache, v_cache = meta.kv_caches[module.layer_idx]
     q = query[0].transpose(0, 1).contiguous()  # [T, Hq, D]
     key = key[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
     value = value[0].transpose(0, 1).contiguous()
+    scale = float(scaling) if scaling is not None else q.shape[-1] ** -0.5
+    return paged_attention_packed(module.layer_idx, q, key, value, scale, r1_attn).to(query.dtype)[None], None  # [1, T, Hq, D]
+
+
+def paged_attention_packed(layer_idx: int, q, key, value, scale: float, meta: AttentionMetadata):
+    """q [T, Hq, D], key/value [T, Hkv, D] (contiguous) -> [T, Hq, D] in the cache's dtype: writes
+    the new K/V into layer_idx's cache and attends over it (the cascade split when meta says so)."""
+    k_cache, v_cache = meta.kv_caches[layer_idx]
     if q.dtype != k_cache.dtype:  # a cache in another precision than the model
         q, key, value = q.to(k_cache.dtype), key.to(k_cache.dtype), value.to(k_cache.dtype)
     _reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
-    scale = float(scaling) if scaling is not None else q.shape[-1] ** -0.5
     c = meta.cascade
     if c is None:
         out, _ = _paged_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q, scale, True)
@@ -69,7 +74,7 @@ def paged_attention_forward(module, query, key, value, attention_mask=None, scal
         out_p, lse_p = _paged_attention(q, k_cache, v_cache, c.prefix_block_tables, c.prefix_lens, c.prefix_cu_seqlens_q, scale, False)
         out_s, lse_s = _paged_attention(q, k_cache, v_cache, c.suffix_block_tables, c.suffix_lens, meta.cu_seqlens_q, scale, True)
         out, _ = _merge_attention_states(out_p, lse_p, out_s, lse_s)
-    return out.to(query.dtype)[None], None  # [1, T, Hq, D]
+    return out
 
 
 def register() -> str:

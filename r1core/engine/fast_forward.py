@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r1core.engine.attention import paged_attention_forward
+from r1core.engine.attention import paged_attention_forward, paged_attention_packed
 from r1kernels._library import has_cpp_kernel, op
 from r1kernels.skinny_linear import MAX_ROWS
 
@@ -76,7 +76,7 @@ class LeanForward:
     """`LeanForward(base)(input_ids, position_ids, meta)` -> last hidden state [1, T, H], as
     `base(input_ids=..., position_ids=..., r1_attn=meta).last_hidden_state`."""
 
-    def __init__(self, base: nn.Module, skinny: bool = True):
+    def __init__(self, base: nn.Module, skinny: bool = True, fused: bool = True):
         reason = unsupported_reason(base)
         if reason is not None:
             raise ValueError(f"LeanForward does not cover this model: {reason}")
@@ -84,6 +84,12 @@ class LeanForward:
         w = base.embed_tokens.weight
         self.skinny = skinny and w.device.type == "cpu" and w.dtype == torch.float32 and has_cpp_kernel("skinny_linear")
         self._skinny_op = op("skinny_linear")
+        # a decode step's layers as two C++ calls each around attention (r1kernels.rmsnorm_qkv_rope,
+        # r1kernels.oproj_mlp): only for the SwiGLU MLP those kernels compute
+        acts = {type(layer.mlp.act_fn).__name__ for layer in base.layers}
+        self.fused = (fused and self.skinny and acts <= {"SiLUActivation", "SiLU"} and has_cpp_kernel("rmsnorm_qkv_rope")
+                      and has_cpp_kernel("oproj_mlp"))
+        self._qkv_op, self._mlp_op = op("rmsnorm_qkv_rope"), op("oproj_mlp")
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """F.linear, or the skinny kernel for a few rows (x [..., K], weight float32 on the CPU)."""
@@ -92,8 +98,32 @@ class LeanForward:
             return self._skinny_op(x.reshape(rows, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
         return F.linear(x, weight, bias)
 
+    def _fused_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta) -> torch.Tensor:
+        """h [T, H] through every decoder layer: per layer one call before attention, the paged
+        attention itself, one call after."""
+        base = self.base
+        for layer in base.layers[: base.config.num_hidden_layers]:
+            attn, mlp = layer.self_attn, layer.mlp
+            qn, kn = (attn.q_norm, attn.k_norm) if hasattr(attn, "q_norm") else (None, None)
+            ln = layer.input_layernorm
+            q, k, v = self._qkv_op(h, ln.weight, ln.variance_epsilon, attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight,
+                                   attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias, qn.weight if qn is not None else None,
+                                   kn.weight if kn is not None else None, qn.variance_epsilon if qn is not None else 0.0,
+                                   cos, sin, attn.head_dim)
+            o = paged_attention_packed(attn.layer_idx, q, k, v, float(attn.scaling), meta)
+            pn = layer.post_attention_layernorm
+            h = self._mlp_op(h, o.view(o.shape[0], -1), attn.o_proj.weight, attn.o_proj.bias, pn.weight, pn.variance_epsilon,
+                             mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias,
+                             mlp.down_proj.weight, mlp.down_proj.bias)
+        return h
+
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, meta) -> torch.Tensor:
         base = self.base
+        if self.fused and input_ids.numel() <= MAX_ROWS and meta.kv_caches[0][0].dtype == torch.float32:
+            h = base.embed_tokens(input_ids)  # [1, T, H]
+            cos, sin = base.rotary_emb(h, position_ids)
+            h = self._fused_layers(h[0], cos[0].float().contiguous(), sin[0].float().contiguous(), meta)
+            return _rms_norm(base.norm, h)[None]
         lin = self.linear if self.skinny and input_ids.numel() <= MAX_ROWS else F.linear
         h = base.embed_tokens(input_ids)  # [1, T, H]
         cos, sin = base.rotary_emb(h, position_ids)

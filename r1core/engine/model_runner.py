@@ -54,6 +54,9 @@ class ModelRunner:
         # decode-step projections through r1kernels.skinny_linear (float32 CPU; equal to BLAS to
         # rounding, not bitwise): False keeps every matmul on F.linear
         self.skinny_linear = True
+        # with it, each decoder layer of a decode step in two C++ calls around attention
+        # (r1kernels.rmsnorm_qkv_rope, r1kernels.oproj_mlp; SwiGLU Llama-family models)
+        self.fused_layers = True
         self.cascade = cascade
         self.cascade_min_saved_tokens = cascade_min_saved_tokens
         self.num_cascade_steps = 0
@@ -91,7 +94,7 @@ class ModelRunner:
             return
         reason = unsupported_reason(self.base)
         if reason is None:
-            self.lean = LeanForward(self.base, skinny=self.skinny_linear)
+            self.lean = LeanForward(self.base, skinny=self.skinny_linear, fused=self.fused_layers)
             self._lean_linear = self.lean.linear
         elif self.fast_forward is True:
             raise ValueError(f"fast_forward=True, but the lean forward does not cover this model: {reason}")
