@@ -1,12 +1,13 @@
 """Tree attention against dense attention with the ancestor mask: random trees (chains, stars,
 forests), paged prefixes of random length, several trees packed, GQA; a chain equals causal paged
-attention; bad parents; opcheck."""
+attention; bad parents; opcheck; on a GPU, the CUDA C++ kernel against the reference."""
 
 import pytest
 import torch
 
 import r1kernels
 from r1kernels import reference
+from r1kernels._library import has_cpp_kernel
 from conftest import requires_cuda
 from test_paged_attention import DTYPES, cu, make_cache
 
@@ -142,6 +143,64 @@ def test_cuda_tree_attention(dtype, atol, rtol):
     out = r1kernels.tree_attention(*args[:4], cu_nodes=args[4], k_cache=args[5], v_cache=args[6], block_tables=args[7], prefix_lens=args[8])
     ref, _ = reference.tree_attention(*args)
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+
+
+def _cuda_cpp_kernel():
+    # the CUDA C++ kernel (csrc/cuda/tree_attention.cu) where r1kernels._C was built with CUDA; where it
+    # is, Triton registers nothing for the op, so the CUDA key runs it
+    if not has_cpp_kernel("tree_attention", "cuda"):
+        pytest.skip("r1kernels._C was built without the CUDA ops (no nvcc or a CPU torch at install time)")
+    from r1kernels import _library
+
+    if _library.HAS_TRITON:
+        from r1kernels import triton as r1_triton
+
+        assert "tree_attention" not in r1_triton.REGISTERED
+    return torch.ops.r1kernels.tree_attention.default
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize(
+    "sizes,kinds,prefix_lens,block_size,hq,hkv,d",
+    [
+        # an empty tree, a single node, chains and random trees deeper than the kernel's 64-key chunk,
+        # prefixes across several chunks and partial blocks, odd block size and head_dim, GQA 3:1
+        ([1, 0, 37, 70, 130], ["random", "chain", "star", "random", "chain"], [5, 0, 64, 129, 200], 5, 6, 2, 36),
+        ([9, 66], ["chain", "random"], [1, 77], 16, 8, 1, 128),  # 8 query heads per kv head, head_dim 128
+        ([3, 21, 2], None, [0, 0, 0], 16, 2, 2, 24),  # a cache, but no prefix
+        ([12, 40], None, None, 1, 4, 2, 20),  # no cache
+    ],
+)
+def test_cuda_cpp_tree_attention_against_reference(dtype, atol, rtol, sizes, kinds, prefix_lens, block_size, hq, hkv, d):
+    kernel = _cuda_cpp_kernel()
+    parents, cu_nodes = make_trees(sizes, kinds)
+    n = sum(sizes)
+    q, k, v = (torch.randn(n, h, d).to(dtype).cuda() for h in (hq, hkv, hkv))
+    parents, cu_nodes = parents.cuda(), cu_nodes.cuda()
+    if prefix_lens is None:
+        cache = (None, None, None, None)
+    else:
+        kc, vc, table, pl = make_cache(prefix_lens, block_size, hkv, d, dtype)
+        cache = (kc.cuda(), vc.cuda(), table.cuda(), pl.cuda())
+    out, lse = kernel(q, k, v, parents, cu_nodes, *cache, 0.17)
+    ref, ref_lse = reference.tree_attention(q, k, v, parents, cu_nodes, *cache, 0.17)
+    assert out.dtype == dtype and out.device == q.device
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+    # through the public wrapper (its Python data checks run for CUDA tensors)
+    kw = dict(zip(("k_cache", "v_cache", "block_tables", "prefix_lens"), cache))
+    torch.testing.assert_close(r1kernels.tree_attention(q, k, v, parents, cu_nodes=cu_nodes, scale=0.17, **kw), out, atol=0, rtol=0)
+
+
+@requires_cuda
+def test_cuda_cpp_tree_attention_refuses_too_many_heads_per_kv_head():
+    # the kernel keeps (Hq / Hkv) x head_dim accumulators in shared memory, as the CUDA paged attention does
+    kernel = _cuda_cpp_kernel()
+    q, k = torch.randn(2, 64, 128, device="cuda"), torch.randn(2, 1, 128, device="cuda")
+    parents, cu_nodes = torch.tensor([-1, 0], dtype=torch.int32, device="cuda"), torch.tensor([0, 2], dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="shared memory"):
+        kernel(q, k, k, parents, cu_nodes, None, None, None, None, 0.1)
 
 
 def test_public_ops_trace_under_torch_compile():

@@ -1,0 +1,242 @@
+// r1kernels::tree_attention on the GPU, for the CUDA dispatch key.
+//
+// One thread block per (node, kv head), serving the Hq / Hkv query heads of that kv head, laid out
+// as paged_attention.cu's kernel: keys go through an fp32 online softmax CHUNK at a time (threads
+// compute the chunk's scores, one key per thread and all heads; one warp per head reduces max and
+// sum; then the threads update the [heads, D] output accumulator in shared memory, reading V
+// coalesced along D). The keys come in two runs:
+//   1. the node's tree's paged prefix (its row of block_tables, prefix_lens tokens; none without
+//      a cache), CHUNK positions at a time, each thread finding its key's block in the table;
+//   2. the node itself and its ancestors: thread 0 walks `parents` (indices within the tree) and
+//      lists up to CHUNK of the chain's rows, then the block attends to them, until the root.
+// Every node attends at least to itself, so each row's softmax sum is positive. The node's tree
+// comes from a binary search of cu_nodes, so nothing waits on the host. The data checks (offsets,
+// parents forming trees, prefix lengths, block ids) are done by the Python wrapper for CUDA tensors.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+
+namespace r1kernels {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kChunk = 64;  // keys per softmax update
+constexpr int kMaxSmemBytes = 48 * 1024;
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// The block's shared state: [G, D] scaled queries and accumulator, [G, kChunk] scores, [G] max,
+// sum and rescale, all in dynamic shared memory (floats).
+struct Smem {
+  float *qs, *acc, *sc, *m, *l, *alpha;
+};
+
+// One online-softmax update over n (<= kChunk) keys: key t is the row at kbase + off[t], its value
+// at vbase + off[t] (both [*, D] rows of the same layout). Ends with __syncthreads().
+template <typename T>
+__device__ __forceinline__ void attend_chunk(const Smem& s, const T* __restrict__ kbase, const T* __restrict__ vbase, const int64_t* off, int n, int G,
+                                             int d) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+  for (int t = threadIdx.x; t < n; t += blockDim.x) {
+    const T* kr = kbase + off[t];
+    for (int g = 0; g < G; ++g) {
+      float dot = 0.f;
+      for (int e = 0; e < d; ++e) dot += s.qs[g * d + e] * static_cast<float>(kr[e]);
+      s.sc[g * kChunk + t] = dot;
+    }
+  }
+  __syncthreads();
+  for (int g = warp; g < G; g += n_warps) {
+    float mx = -INFINITY;
+    for (int t = lane; t < n; t += 32) mx = fmaxf(mx, s.sc[g * kChunk + t]);
+    mx = warp_max(mx);
+    const float m_new = fmaxf(s.m[g], mx);
+    float sum = 0.f;
+    for (int t = lane; t < n; t += 32) {
+      const float p = __expf(s.sc[g * kChunk + t] - m_new);
+      s.sc[g * kChunk + t] = p;
+      sum += p;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      const float a = s.m[g] == -INFINITY ? 0.f : __expf(s.m[g] - m_new);
+      s.alpha[g] = a;
+      s.l[g] = s.l[g] * a + sum;
+      s.m[g] = m_new;
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * d; i += blockDim.x) {
+    const int g = i / d, e = i % d;
+    float o = s.acc[i] * s.alpha[g];
+    for (int t = 0; t < n; ++t) o += s.sc[g * kChunk + t] * static_cast<float>(vbase[off[t] + e]);
+    s.acc[i] = o;
+  }
+  __syncthreads();
+}
+
+template <typename T>
+__global__ void tree_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const int32_t* __restrict__ parents,
+                                      const int32_t* __restrict__ cu, int num_trees, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                                      const int32_t* __restrict__ table, const int32_t* __restrict__ prefix_lens, int64_t max_blocks, int block_size,
+                                      T* __restrict__ out, float* __restrict__ lse, int hq, int hkv, int d, float scale) {
+  extern __shared__ float smem[];
+  __shared__ int64_t off[kChunk];  // element offsets of this chunk's K/V rows
+  __shared__ int n_keys;           // keys listed in off
+  __shared__ int next;             // the ancestor walk's next node (index within the tree), -1 past the root
+  const int G = hq / hkv;
+  Smem s;
+  s.qs = smem;               // [G, D] scaled queries
+  s.acc = s.qs + G * d;      // [G, D] unnormalised output
+  s.sc = s.acc + G * d;      // [G, kChunk] scores, then probabilities
+  s.m = s.sc + G * kChunk;   // [G] running max
+  s.l = s.m + G;             // [G] running sum
+  s.alpha = s.l + G;         // [G] rescale of this chunk
+
+  const int64_t node = blockIdx.x;
+  const int kvh = blockIdx.y;
+  // the node's tree: the last t with cu[t] <= node (empty trees share their offset with the next)
+  int lo = 0, hi = num_trees - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (cu[mid] <= node) lo = mid; else hi = mid - 1;
+  }
+  const int tree = lo;
+  const int64_t a = cu[tree];  // the tree's first row
+
+  for (int i = threadIdx.x; i < G * d; i += blockDim.x) {
+    const int g = i / d, e = i % d;
+    s.qs[i] = static_cast<float>(q[(node * hq + kvh * G + g) * d + e]) * scale;
+    s.acc[i] = 0.f;
+  }
+  for (int g = threadIdx.x; g < G; g += blockDim.x) {
+    s.m[g] = -INFINITY;
+    s.l[g] = 0.f;
+  }
+  __syncthreads();
+
+  // 1. the tree's paged prefix
+  if (k_cache != nullptr) {
+    const int64_t P = prefix_lens[tree];
+    const int32_t* tab = table + tree * max_blocks;
+    for (int64_t c0 = 0; c0 < P; c0 += kChunk) {
+      const int n = static_cast<int>(P - c0 < kChunk ? P - c0 : kChunk);
+      for (int t = threadIdx.x; t < n; t += blockDim.x) {
+        const int64_t pos = c0 + t;
+        off[t] = ((static_cast<int64_t>(tab[pos / block_size]) * block_size + pos % block_size) * hkv + kvh) * d;
+      }
+      __syncthreads();
+      attend_chunk(s, k_cache, v_cache, off, n, G, d);
+    }
+  }
+
+  // 2. the node and its ancestors, kChunk of the chain at a time. `off`, n_keys and next are
+  // written by thread 0 only after attend_chunk's closing barrier and read by every thread between
+  // the barrier below and attend_chunk's first one.
+  int start = static_cast<int>(node - a);  // index within the tree of the chain's next node
+  do {
+    if (threadIdx.x == 0) {
+      int j = start, n = 0;
+      for (; n < kChunk && j >= 0; ++n) {
+        off[n] = ((a + j) * hkv + kvh) * d;
+        const int p = parents[a + j];
+        j = p < j ? p : -1;  // a parent not before its child (unchecked input) ends the walk: never a cycle
+      }
+      n_keys = n;
+      next = j;
+    }
+    __syncthreads();
+    const int n = n_keys;
+    start = next;
+    attend_chunk(s, k, v, off, n, G, d);
+  } while (start >= 0);
+
+  for (int i = threadIdx.x; i < G * d; i += blockDim.x) {
+    const int g = i / d, e = i % d;
+    const float inv = s.l[g] > 0.f ? 1.f / s.l[g] : 0.f;
+    out[(node * hq + kvh * G + g) * d + e] = static_cast<T>(s.acc[i] * inv);
+  }
+  for (int g = threadIdx.x; g < G; g += blockDim.x) lse[node * hq + kvh * G + g] = s.l[g] > 0.f ? s.m[g] + logf(s.l[g]) : -INFINITY;
+}
+
+std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& parents,
+                                                       const at::Tensor& cu_nodes, const std::optional<at::Tensor>& k_cache,
+                                                       const std::optional<at::Tensor>& v_cache, const std::optional<at::Tensor>& block_tables,
+                                                       const std::optional<at::Tensor>& prefix_lens, double scale) {
+  TORCH_CHECK_VALUE(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q.size(0), "q must be [N, Hq, D] and k, v [N, Hkv, D]");
+  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "k and v must have q's dtype");
+  TORCH_CHECK_VALUE(parents.scalar_type() == at::kInt && cu_nodes.scalar_type() == at::kInt && parents.dim() == 1 && cu_nodes.dim() == 1,
+                    "parents and cu_nodes must be 1-D int32");
+  const int64_t N = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1);
+  TORCH_CHECK_VALUE(k.size(2) == d, "q has head_dim ", d, " but k has head_dim ", k.size(2));
+  TORCH_CHECK_VALUE(hkv > 0 && hq % hkv == 0, "q's heads (", hq, ") must be a multiple of k's kv heads (", hkv, ")");
+  TORCH_CHECK_VALUE(parents.numel() == N, "parents must have ", N, " entries");
+  const int64_t T = cu_nodes.numel() - 1;
+  TORCH_CHECK_VALUE(T >= 0, "cu_nodes must have num_trees + 1 entries");
+  const bool has_cache = k_cache.has_value();
+  TORCH_CHECK_VALUE(has_cache == v_cache.has_value() && has_cache == block_tables.has_value() && has_cache == prefix_lens.has_value(),
+                    "k_cache, v_cache, block_tables and prefix_lens must be given together (the paged prefix) or not at all");
+  const auto dev = q.device();
+  TORCH_CHECK_VALUE(k.device() == dev && v.device() == dev && parents.device() == dev && cu_nodes.device() == dev,
+                    "k, v, parents and cu_nodes must be on q's device ", dev);
+  at::Tensor tb, pl;
+  int64_t max_blocks = 1, bs = 1;
+  if (has_cache) {
+    const auto& kcache = *k_cache;
+    TORCH_CHECK_VALUE(kcache.dim() == 4 && v_cache->sizes() == kcache.sizes() && kcache.size(2) == hkv && kcache.size(3) == d,
+                      "k_cache and v_cache must be [num_blocks, block_size, Hkv, D] matching k");
+    TORCH_CHECK_VALUE(kcache.scalar_type() == q.scalar_type() && v_cache->scalar_type() == q.scalar_type(), "k_cache must have q's dtype");
+    TORCH_CHECK_VALUE(kcache.is_contiguous() && v_cache->is_contiguous(), "k_cache must be contiguous");
+    TORCH_CHECK_VALUE(kcache.device() == dev && v_cache->device() == dev && block_tables->device() == dev && prefix_lens->device() == dev,
+                      "k_cache, v_cache, block_tables and prefix_lens must be on q's device ", dev);
+    tb = block_tables->contiguous();
+    pl = prefix_lens->contiguous();
+    TORCH_CHECK_VALUE(tb.scalar_type() == at::kInt && pl.scalar_type() == at::kInt && tb.dim() == 2 && tb.size(0) == T && pl.numel() == T,
+                      "block_tables must be int32 [num_trees, max_blocks] and prefix_lens int32 [num_trees]");
+    max_blocks = tb.size(1);
+    bs = kcache.size(1);
+  }
+  const int64_t G = hq / hkv;
+  const int64_t smem = (2 * G * d + G * kChunk + 3 * G) * static_cast<int64_t>(sizeof(float));
+  TORCH_CHECK_VALUE(smem <= kMaxSmemBytes, "the CUDA tree attention holds (Hq / Hkv) x head_dim = ", G * d, " floats per block in shared memory; at most ",
+                    (kMaxSmemBytes / 4 - G * kChunk - 3 * G) / 2, " fit");
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), pc = parents.contiguous(), cc = cu_nodes.contiguous();
+  auto out = at::empty_like(qc);
+  auto lse = at::empty({N, hq}, q.options().dtype(at::kFloat));
+  if (N == 0 || T == 0) return {out, lse};
+  const c10::cuda::CUDAGuard guard(dev);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(hkv));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "tree_attention", [&] {
+    tree_attention_kernel<scalar_t><<<grid, kThreads, smem, stream>>>(
+        qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(), pc.data_ptr<int32_t>(), cc.data_ptr<int32_t>(), static_cast<int>(T),
+        has_cache ? k_cache->data_ptr<scalar_t>() : nullptr, has_cache ? v_cache->data_ptr<scalar_t>() : nullptr,
+        has_cache ? tb.data_ptr<int32_t>() : nullptr, has_cache ? pl.data_ptr<int32_t>() : nullptr, max_blocks, static_cast<int>(bs), out.data_ptr<scalar_t>(),
+        lse.data_ptr<float>(), static_cast<int>(hq), static_cast<int>(hkv), static_cast<int>(d), static_cast<float>(scale));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, lse};
+}
+
+}  // namespace
+}  // namespace r1kernels
+
+TORCH_LIBRARY_IMPL(r1kernels, CUDA, m) { m.impl("tree_attention", &r1kernels::tree_attention_cuda); }
