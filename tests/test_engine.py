@@ -3,6 +3,7 @@ full forward, seeds, groups sharing their prompt's blocks, preemption, chunked p
 cache and its weight version, stops, and input validation."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -307,3 +308,32 @@ def test_cuda_greedy_and_logprobs():
                 logits = model(ids).logits[0, len(p) - 1 : -1].float()
             ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids, device="cuda")[:, None])[:, 0]
             torch.testing.assert_close(torch.tensor(c.logprobs), ref.cpu(), atol=2e-3, rtol=1e-3)
+
+
+def test_num_blocks_none_sizes_the_cache_from_the_memory_budget():
+    model = tiny_model("qwen2")
+    probe = Engine(model, block_size=4, num_blocks=1)
+    block_bytes = probe.model_runner.block_bytes
+    engine = Engine(model, block_size=4, memory_budget_bytes=37 * block_bytes + block_bytes // 2)
+    assert engine.model_runner.num_blocks == 37 == engine.block_manager.num_blocks
+    assert engine.model_runner.kv_cache_bytes == 37 * block_bytes
+    out = engine.generate(random_prompts([5]), SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 4
+    default = Engine(model, block_size=4)  # no budget given: a share of the memory available now
+    assert default.model_runner.num_blocks >= 1
+    assert default.model_runner.kv_cache_bytes <= 0.2 * 1.05 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with pytest.raises(ValueError, match="holds no block"):
+        Engine(model, block_size=4, memory_budget_bytes=block_bytes - 1)
+
+
+def test_eos_comes_from_the_generation_config():
+    model = tiny_model("qwen2")
+    prompt = random_prompts([6])
+    free = Engine(model, block_size=4, num_blocks=64).generate(prompt, SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True))
+    ids = free[0].outputs[0].token_ids
+    stop_at = ids[3]
+    first = ids.index(stop_at)
+    model.generation_config.eos_token_id = stop_at  # the config's eos, not the tokenizer's
+    model.config.eos_token_id = None
+    out = Engine(model, block_size=4, num_blocks=64).generate(prompt, SamplingParams(temperature=0, max_new_tokens=12))
+    assert out[0].outputs[0].token_ids == ids[: first + 1] and out[0].outputs[0].finish_reason == "stop"
