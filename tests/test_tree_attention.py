@@ -43,6 +43,25 @@ def test_tree_attention_with_prefix(dtype, atol, rtol, hq, hkv, d):
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_long_prefix_many_nodes(dtype, atol, rtol):
+    # prefixes of 64+ tokens under 16+ rows per work item take the C++ kernel's GEMM prefix path
+    # (whole prefix at once, exact softmax); short ones and small trees take the per-row loops.
+    # Odd prefix lengths (not a multiple of 8 or of the block), trees across node tiles (> 64 nodes)
+    sizes = [70, 5, 130, 20]
+    parents, cu_nodes = make_trees(sizes, ["random", "chain", "random", "star"])
+    prefix_lens = [67, 200, 64, 129]
+    hq, hkv, d = 4, 2, 32
+    kc, vc, table, pl = make_cache(prefix_lens, 16, hkv, d, dtype, max_blocks=13)
+    n = sum(sizes)
+    q, k, v = torch.randn(n, hq, d).to(dtype), torch.randn(n, hkv, d).to(dtype), torch.randn(n, hkv, d).to(dtype)
+    out, lse = r1kernels.tree_attention(q, k, v, parents, cu_nodes=cu_nodes, k_cache=kc, v_cache=vc, block_tables=table,
+                                        prefix_lens=pl, return_lse=True)
+    ref, ref_lse = reference.tree_attention(q, k, v, parents, cu_nodes, kc, vc, table, pl)
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_tree_attention_no_cache_one_tree(dtype, atol, rtol):
     n, hq, hkv, d = 40, 4, 1, 16
     parents, _ = make_trees([n])
