@@ -17,6 +17,8 @@ def random_parents(n, kind="random"):
         return list(range(-1, n - 1))
     if kind == "star":
         return [-1] + [0] * (n - 1)
+    if kind == "branches":  # chains of 16 from separate roots (a search's branches off one prefix)
+        return [-1 if i % 16 == 0 else i - 1 for i in range(n)]
     # random forest: each node picks an earlier node, sometimes none (another root)
     return [-1] + [int(torch.randint(-1, i, ())) if torch.rand(()) > 0.1 else -1 for i in range(1, n)]
 
@@ -45,11 +47,12 @@ def test_tree_attention_with_prefix(dtype, atol, rtol, hq, hkv, d):
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_long_prefix_many_nodes(dtype, atol, rtol):
     # prefixes of 64+ tokens under 16+ rows per work item take the C++ kernel's GEMM prefix path
-    # (whole prefix at once, exact softmax); short ones and small trees take the per-row loops.
-    # Odd prefix lengths (not a multiple of 8 or of the block), trees across node tiles (> 64 nodes)
-    sizes = [70, 5, 130, 20]
-    parents, cu_nodes = make_trees(sizes, ["random", "chain", "random", "star"])
-    prefix_lens = [67, 200, 64, 129]
+    # (whole prefix at once, exact softmax), then the per-row walk over each node's ancestors; short
+    # prefixes and small trees take the per-row loops throughout. Odd prefix lengths, trees across
+    # node tiles (> 64 nodes), chains and a search's branches off the prefix
+    sizes = [70, 5, 130, 20, 100, 43]
+    parents, cu_nodes = make_trees(sizes, ["random", "chain", "random", "star", "chain", "branches"])
+    prefix_lens = [67, 200, 64, 129, 77, 96]
     hq, hkv, d = 4, 2, 32
     kc, vc, table, pl = make_cache(prefix_lens, 16, hkv, d, dtype, max_blocks=13)
     n = sum(sizes)
