@@ -24,7 +24,7 @@ def test_cpp_kernels_are_registered():
     assert has_cpp_kernel("rmsnorm_qkv_rope") and has_cpp_kernel("oproj_mlp")
 
 
-@pytest.mark.parametrize("T", [1, 3, 8, 16])
+@pytest.mark.parametrize("T", [1, 3, 8, 16, 40])  # 40: BLAS inside (past 16 rows)
 @pytest.mark.parametrize("H,Hq,Hkv,D", [(32, 4, 4, 8), (48, 6, 2, 8), (70, 2, 1, 34), (256, 4, 2, 64)])
 @pytest.mark.parametrize("bias,qk_norm", [(False, False), (True, False), (False, True)])
 def test_rmsnorm_qkv_rope_matches_reference(T, H, Hq, Hkv, D, bias, qk_norm):
@@ -38,7 +38,7 @@ def test_rmsnorm_qkv_rope_matches_reference(T, H, Hq, Hkv, D, bias, qk_norm):
         torch.testing.assert_close(g, w, atol=2e-5 * H**0.5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("T", [1, 5, 16])
+@pytest.mark.parametrize("T", [1, 5, 16, 33])
 @pytest.mark.parametrize("H,A,I", [(32, 32, 64), (48, 64, 100), (256, 256, 1024)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_oproj_mlp_matches_reference(T, H, A, I, bias):

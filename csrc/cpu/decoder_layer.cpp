@@ -3,7 +3,8 @@
 //   rmsnorm_qkv_rope: x = RMSNorm(h); q, k, v = x Wq^T + bq, ...; (Qwen3) per-head RMSNorm of q, k;
 //                     rotary embedding of q, k with the given cos / sin (rotate-half convention)
 //   oproj_mlp:        h1 = h + a Wo^T + bo; x = RMSNorm(h1); h1 + (silu(x Wg^T + bg) * (x Wu^T + bu)) Wd^T + bd
-// At a few rows the projections are cheap (r1::skinny_linear_cpu reads each weight once) and a
+// At a few rows the projections are cheap (r1::skinny_linear_cpu reads each weight once; BLAS past
+// 16 rows) and a
 // step of the 5M model spent as long again in ~40 small ATen ops per layer, each a dispatch and an
 // allocation through Python: here each half is one call, and the element-wise work is plain loops.
 // Every row is computed alone (no reduction across rows), so a sequence's numbers do not depend on
@@ -14,9 +15,17 @@
 #include <cmath>
 #include <optional>
 
+#include "attention_common.h"
 #include "skinny_linear.h"
 
 namespace {
+
+// the skinny kernel for the few rows it is made for, BLAS beyond (a decode step of many sequences)
+constexpr int64_t kSkinnyMaxRows = 16;
+
+at::Tensor proj(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+  return x.size(0) <= kSkinnyMaxRows ? r1::skinny_linear_cpu(x, w, b) : at::linear(x, w, b).contiguous();
+}
 
 void check_f32_2d(const at::Tensor& t, const char* name, int64_t cols) {
   TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && (cols < 0 || t.size(1) == cols),
@@ -86,9 +95,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rmsnorm_qkv_rope_cpu(
   const at::Tensor hc = h.contiguous(), nw = norm_weight.contiguous(), cc = cos.contiguous(), sc = sin.contiguous();
   at::Tensor x = at::empty({T, H}, hc.options());
   rms_norm_rows(hc.data_ptr<float>(), nw.data_ptr<float>(), static_cast<float>(eps), x.data_ptr<float>(), T, H, H, H);
-  at::Tensor q = r1::skinny_linear_cpu(x, wq, bq);
-  at::Tensor k = r1::skinny_linear_cpu(x, wk, bk);
-  at::Tensor v = r1::skinny_linear_cpu(x, wv, bv);
+  at::Tensor q = proj(x, wq, bq);
+  at::Tensor k = proj(x, wk, bk);
+  at::Tensor v = proj(x, wv, bv);
   if (q_norm_weight.has_value() != k_norm_weight.has_value())
     TORCH_CHECK_VALUE(false, "q_norm_weight and k_norm_weight must be given together");
   if (q_norm_weight.has_value()) {  // Qwen3: RMSNorm over each head's D features, before the rotation
@@ -123,19 +132,27 @@ at::Tensor oproj_mlp_cpu(const at::Tensor& h, const at::Tensor& attn, const at::
   TORCH_CHECK_VALUE(w_down.size(0) == H, "w_down must be [", H, ", ", I, "], got ", w_down.sizes());
   check_vec(b_down, "b_down", H);
 
-  at::Tensor h1 = r1::skinny_linear_cpu(attn.contiguous(), wo, bo);  // [T, H], then + h in place
+  at::Tensor h1 = proj(attn.contiguous(), wo, bo);  // [T, H], then + h in place
   const at::Tensor hc = h.contiguous(), nw = norm_weight.contiguous();
   float* h1p = h1.data_ptr<float>();
   const float* hp = hc.data_ptr<float>();
   for (int64_t i = 0; i < T * H; ++i) h1p[i] = hp[i] + h1p[i];
   at::Tensor x = at::empty({T, H}, h1.options());
   rms_norm_rows(h1p, nw.data_ptr<float>(), static_cast<float>(eps), x.data_ptr<float>(), T, H, H, H);
-  at::Tensor g = r1::skinny_linear_cpu(x, w_gate, b_gate);
-  const at::Tensor u = r1::skinny_linear_cpu(x, w_up, b_up);
+  at::Tensor g = proj(x, w_gate, b_gate);
+  const at::Tensor u = proj(x, w_up, b_up);
   float* gp = g.data_ptr<float>();
   const float* up = u.data_ptr<float>();
-  for (int64_t i = 0; i < T * I; ++i) gp[i] = gp[i] / (1.f + std::exp(-gp[i])) * up[i];
-  at::Tensor out = r1::skinny_linear_cpu(g, w_down, b_down);
+  // silu(g) * u with r1::fast_exp (relative error ~2e-7; libm's expf would not vectorise) on
+  // -|g| <= 0: silu(g) = g / (1 + e^-g) for g >= 0, g e^g / (1 + e^g) below
+  const int64_t n = T * I;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = gp[i];
+    const float e = r1::fast_exp(-std::fabs(x));
+    gp[i] = (x >= 0.f ? x : x * e) / (1.f + e) * up[i];
+  }
+  at::Tensor out = proj(g, w_down, b_down);
   float* op = out.data_ptr<float>();
   for (int64_t i = 0; i < T * H; ++i) op[i] = h1p[i] + op[i];
   return out;
