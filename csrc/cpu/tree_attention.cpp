@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "../tree_attention_args.h"
 #include "attention_common.h"
 
 namespace {
@@ -182,16 +183,9 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const
                                                       const at::Tensor& cu_nodes, const std::optional<at::Tensor>& k_cache,
                                                       const std::optional<at::Tensor>& v_cache, const std::optional<at::Tensor>& block_tables,
                                                       const std::optional<at::Tensor>& prefix_lens, double scale) {
-  TORCH_CHECK_VALUE(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q.size(0), "q must be [N, Hq, D] and k, v [N, Hkv, D]");
-  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "k and v must have q's dtype");
-  TORCH_CHECK_VALUE(parents.scalar_type() == at::kInt && cu_nodes.scalar_type() == at::kInt && parents.dim() == 1 && cu_nodes.dim() == 1,
-                    "parents and cu_nodes must be 1-D int32");
-  const int64_t N = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1);
-  TORCH_CHECK_VALUE(k.size(2) == d, "q has head_dim ", d, " but k has head_dim ", k.size(2));
-  TORCH_CHECK_VALUE(hkv > 0 && hq % hkv == 0, "q's heads (", hq, ") must be a multiple of k's kv heads (", hkv, ")");
-  TORCH_CHECK_VALUE(parents.numel() == N, "parents must have ", N, " entries");
-  const int64_t T = cu_nodes.numel() - 1;
-  TORCH_CHECK_VALUE(T >= 0, "cu_nodes must have num_trees + 1 entries");
+  const r1::TreeArgShapes shapes = r1::check_tree_attention_args(q, k, v, parents, cu_nodes, k_cache, v_cache, block_tables, prefix_lens);
+  const int64_t N = shapes.N, hq = shapes.hq, d = shapes.d, hkv = shapes.hkv, T = shapes.num_trees;
+  const bool has_cache = shapes.has_cache;
   int dt = 0;
   switch (q.scalar_type()) {
     case at::kFloat: dt = 0; break;
@@ -199,9 +193,6 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const
     case at::kHalf: dt = 2; break;
     default: TORCH_CHECK_VALUE(false, "q must be float32, bfloat16 or float16, got ", q.scalar_type());
   }
-  const bool has_cache = k_cache.has_value();
-  TORCH_CHECK_VALUE(has_cache == v_cache.has_value() && has_cache == block_tables.has_value() && has_cache == prefix_lens.has_value(),
-                    "k_cache, v_cache, block_tables and prefix_lens must be given together (the paged prefix) or not at all");
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), pc = parents.contiguous(), cc = cu_nodes.contiguous();
   const int32_t* cu = cc.data_ptr<int32_t>();
   const int32_t* par = pc.data_ptr<int32_t>();
@@ -218,14 +209,8 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const
   int64_t max_blocks = 0, bs = 1;
   if (has_cache) {
     const auto& kcache = *k_cache;
-    TORCH_CHECK_VALUE(kcache.dim() == 4 && v_cache->sizes() == kcache.sizes() && kcache.size(2) == hkv && kcache.size(3) == d,
-                      "k_cache and v_cache must be [num_blocks, block_size, Hkv, D] matching k");
-    TORCH_CHECK_VALUE(kcache.scalar_type() == q.scalar_type() && v_cache->scalar_type() == q.scalar_type(), "k_cache must have q's dtype");
-    TORCH_CHECK_VALUE(kcache.is_contiguous() && v_cache->is_contiguous(), "k_cache must be contiguous");
     tb = block_tables->contiguous();
     pl = prefix_lens->contiguous();
-    TORCH_CHECK_VALUE(tb.scalar_type() == at::kInt && pl.scalar_type() == at::kInt && tb.dim() == 2 && tb.size(0) == T && pl.numel() == T,
-                      "block_tables must be int32 [num_trees, max_blocks] and prefix_lens int32 [num_trees]");
     max_blocks = tb.size(1);
     bs = kcache.size(1);
     const int64_t nb = kcache.size(0);
