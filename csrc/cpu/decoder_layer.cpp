@@ -85,6 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rmsnorm_qkv_rope_cpu(
   check_vec(bq, "bq", wq.size(0));
   check_vec(bk, "bk", wk.size(0));
   check_vec(bv, "bv", wv.size(0));
+  TORCH_CHECK_VALUE(q_norm_weight.has_value() == k_norm_weight.has_value(), "q_norm_weight and k_norm_weight must be given together");
   check_vec(q_norm_weight, "q_norm_weight", D);
   check_vec(k_norm_weight, "k_norm_weight", D);
   check_f32_2d(cos, "cos", D);
@@ -98,8 +99,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rmsnorm_qkv_rope_cpu(
   at::Tensor q = proj(x, wq, bq);
   at::Tensor k = proj(x, wk, bk);
   at::Tensor v = proj(x, wv, bv);
-  if (q_norm_weight.has_value() != k_norm_weight.has_value())
-    TORCH_CHECK_VALUE(false, "q_norm_weight and k_norm_weight must be given together");
   if (q_norm_weight.has_value()) {  // Qwen3: RMSNorm over each head's D features, before the rotation
     const at::Tensor qn = q_norm_weight->contiguous(), kn = k_norm_weight->contiguous();
     rms_norm_rows(q.data_ptr<float>(), qn.data_ptr<float>(), static_cast<float>(qk_eps), q.data_ptr<float>(), T * Hq, D, D, D);

@@ -1,9 +1,10 @@
 // r1kernels::tree_attention on the CPU.
 //
 // Work item = (tree, kv head, tile of up to kNodeTile nodes). An item first runs the tree's paged
-// prefix through the online softmax of all its rows (every node and every query head of the kv
-// head: each prefix block is loaded once per item, not once per branch), then each node's
-// ancestors-and-self, found by walking `parents` (depth <= tree size).
+// prefix for all its rows (every node and every query head of the kv head: the prefix is read once
+// per item, not once per branch): as two GEMMs (gemm_prefix) where it is long enough and the rows
+// many enough, else block by block through the online softmax; then each node's ancestors-and-self,
+// found by walking `parents` (depth <= tree size).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

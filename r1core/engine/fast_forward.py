@@ -119,18 +119,16 @@ class LeanForward:
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, meta) -> torch.Tensor:
         base = self.base
+        h = base.embed_tokens(input_ids)  # [1, T, H]
+        cos, sin = base.rotary_emb(h, position_ids)
         # the fused layers for decode steps of at most MAX_ROWS sequences: prefill keeps the ops
         # below (bitwise BLAS), and at 128 rows of the default run's model the fused layers measured
         # slower than these ops (0.38 s against 0.33 s for 128 x 32 tokens)
         if (self.fused and input_ids.numel() <= MAX_ROWS and input_ids.numel() == meta.seq_lens.numel()
                 and meta.kv_caches[0][0].dtype == torch.float32):
-            h = base.embed_tokens(input_ids)  # [1, T, H]
-            cos, sin = base.rotary_emb(h, position_ids)
             h = self._fused_layers(h[0], cos[0].float().contiguous(), sin[0].float().contiguous(), meta)
             return _rms_norm(base.norm, h)[None]
         lin = self.linear if self.skinny and input_ids.numel() <= MAX_ROWS else F.linear
-        h = base.embed_tokens(input_ids)  # [1, T, H]
-        cos, sin = base.rotary_emb(h, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
         for layer in base.layers[: base.config.num_hidden_layers]:
             attn, mlp = layer.self_attn, layer.mlp
