@@ -64,6 +64,32 @@ def test_long_prefix_many_nodes(dtype, atol, rtol):
     torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
 
 
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sizes,prefix_lens,hkv", [([150, 90], [96, 130], 2), ([150], [96], 1)])
+def test_gathered_prefix_is_not_reused_across_calls(threads, sizes, prefix_lens, hkv):
+    # the C++ GEMM prefix gathers a (tree, kv head)'s prefix once per thread and reuses it for that
+    # thread's next node tile of the same (tree, head) within the call: a second call on the same
+    # shapes, after the cache was rewritten in place and the block table permuted, must see the new K/V
+    # (one tree, one kv head: a call's first item has the (tree, head) of the call before's last)
+    parents, cu_nodes = make_trees(sizes, ["branches", "random"][: len(sizes)])  # several node tiles per (tree, head)
+    hq, d = 4, 32
+    kc, vc, table, pl = make_cache(prefix_lens, 16, hkv, d, torch.float32, max_blocks=9)
+    n = sum(sizes)
+    q, k, v = torch.randn(n, hq, d), torch.randn(n, hkv, d), torch.randn(n, hkv, d)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in range(3):
+            out = r1kernels.tree_attention(q, k, v, parents, cu_nodes=cu_nodes, k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=pl)
+            ref, _ = reference.tree_attention(q, k, v, parents, cu_nodes, kc, vc, table, pl)
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+            kc.copy_(torch.randn_like(kc))
+            vc.mul_(-0.5)
+            table, pl = table.flip(0).contiguous(), pl.flip(0).contiguous()
+    finally:
+        torch.set_num_threads(old)
+
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_tree_attention_no_cache_one_tree(dtype, atol, rtol):
     n, hq, hkv, d = 40, 4, 1, 16
