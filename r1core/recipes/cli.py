@@ -312,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     parser._r1_commands = sub.choices
 
-    p = sub.add_parser("run", help=f"the default R1-Zero run: tiny base model by SFT, then GRPO on {RunConfig.digits}-digit addition",
-                       description=f"SFT a ~1M-parameter base model until greedy accuracy {RunConfig.sft_target_accuracy:.2f} on "
-                                   f"validation prompts (--sft-target-accuracy), GRPO it, evaluate before and after; "
+    p = sub.add_parser("run", help=f"the default R1-Zero run: a tiny SFT base model, then GRPO on {RunConfig.digits}-digit addition",
+                       description=f"Take the ~1M-parameter base model shipped in the repository (--base-model shipped; made by SFT "
+                                   f"until greedy accuracy {RunConfig.sft_target_accuracy:.2f} on validation prompts) or SFT one the same way "
+                                   f"first (--base-model train, --sft-target-accuracy), GRPO it, evaluate before and after; "
                                    "writes runs/<name>/ (metrics.jsonl, plots, summary.json).")
     p.add_argument("--config", help="a JSON file of RunConfig fields (and resume)")
     p.add_argument("--resume", action="store_true", help="reuse runs/<name>/base and continue GRPO from the last checkpoint")

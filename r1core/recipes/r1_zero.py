@@ -1,28 +1,37 @@
 """The default run (`r1core run`, `make run`): a tiny R1-Zero on this CPU in minutes.
 
-1. A ~1M-parameter Qwen2 over the character tokenizer, pretrained by SFT on zero-padded 3-digit
-   addition with the scratchpad (`989+796=` -> `T9+6+0=15,8+9+1=18,9+7+1=17;A1785`, batch 64,
-   lr 2e-3) only until greedy accuracy on 128 validation prompts reaches 0.40 (checked every 10 steps).
-   It is trained at the start of the run rather than shipped: each seed then gets its own base,
-   the run needs no binary in the repository, and it costs about 80 s of the budget.
+1. The base model: a ~1M-parameter Qwen2 over the character tokenizer, pretrained by SFT on
+   zero-padded 3-digit addition with the scratchpad (`989+796=` -> `T9+6+0=15,8+9+1=18,9+7+1=17;A1785`,
+   batch 64, lr 2e-3) only until greedy accuracy on 128 validation prompts reaches 0.40 (checked
+   every 10 steps). By default the one shipped in the repository (r1core/recipes/assets/
+   addition3-base: this recipe with seed 0, 210 steps, 77 s; provenance.json says how it was made),
+   so all of the run's budget goes to RL. `--base-model train` runs the SFT at the start instead
+   (about 80-100 s of the budget, a base of the run's own seed); `--base-model DIR` takes a saved one.
+   Why shipped: bases of the same recipe differ a lot in how fast GRPO improves them (seed 1's own
+   base: greedy 0.64-0.72 after 350 GRPO steps in every setting tried, seed 0's: 0.96 after 347).
 2. Held-out evaluation: pass@1 of samples at temperature 1 and greedy accuracy.
 3. R1-Zero-style GRPO: 16 prompts x 8 samples per step, temperature 1, binary correctness reward
    (math-verify on the answer after `A`), token-level clipped loss (dapo, epsilon 0.2), no KL,
    AdamW lr 1.5e-4 after 10 warmup steps, decaying linearly to 0 over GRPO's time budget (constant
    lr 2e-4 and above collapsed the policy in 20-140 steps here; the decay settles the greedy path
    at the end), a time budget: GRPO
-   gets what is left of 450 s for the whole run (at most 360 s) after SFT and the base
+   gets what is left of 450 s for the whole run (at most 430 s) after SFT and the base
    evaluation, less a reserve for the final evaluation, so the run ends within 8 minutes.
 4. Held-out evaluation again; a table on the terminal; in runs/<name>/: metrics.jsonl,
-   sft/sft_metrics.jsonl, PNG plots, summary.json, the base and final models.
+   sft/sft_metrics.jsonl (when the run trains its base), PNG plots, summary.json, the base and
+   final models.
+
+The seed picks the training and held-out problems (the held-out ones never in any train split),
+the samples and, with `--base-model train`, the base model's initialisation and SFT.
 
 `--resume` continues a killed run where it stopped: inside SFT from the last SFT checkpoint
 (sft/checkpoint-N, every sft_save_steps), after it from the saved base model and its evaluation,
 inside GRPO from the last GRPO checkpoint (every save_steps). Both stages' time budgets count the
 seconds spent before the kill.
 
-    r1core run                      # defaults, seed 0
-    r1core run --seed 1 --name s1   # another seed
+    r1core run                              # defaults, seed 0, the shipped base
+    r1core run --seed 1 --name s1           # another seed
+    r1core run --base-model train --name own   # SFT a base of the run's own first
     r1core run --help
 """
 
@@ -38,6 +47,9 @@ from dataclasses import dataclass
 import torch
 
 
+SHIPPED_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "addition3-base")
+
+
 @dataclass
 class RunConfig:
     name: str = "r1-zero"
@@ -48,7 +60,7 @@ class RunConfig:
     val_size: int = 128  # validation prompts for the SFT stopping rule (disjoint from eval)
     eval_size: int = 256  # held-out prompts for base and final accuracy
     eval_samples: int = 4  # samples per held-out prompt for pass@1 at temperature 1
-    base_model: str | None = None  # a saved base model folder: skip SFT
+    base_model: str = "shipped"  # "shipped" (SHIPPED_BASE), "train" (SFT at the start) or a saved model folder
     # SFT of the base model
     sft_learning_rate: float = 2e-3
     sft_batch_size: int = 64
@@ -69,7 +81,7 @@ class RunConfig:
     loss_type: str = "dapo"
     max_completion_length: int = 48
     max_steps: int = 10000
-    max_seconds: float = 360.0  # GRPO's own cap ...
+    max_seconds: float = 430.0  # GRPO's own cap ...
     total_seconds: float | None = 450.0  # ... and the whole run's: GRPO stops early enough for the final evaluation
     save_steps: int | None = None
     threads: int = 2
@@ -99,6 +111,10 @@ class RunConfig:
             raise ValueError(f"RunConfig.lr_scheduler_type must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_type!r}")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"RunConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not isinstance(self.base_model, str) or not self.base_model:
+            raise ValueError(f"RunConfig.base_model must be 'shipped', 'train' or a model folder, got {self.base_model!r}")
+        if self.base_model not in ("shipped", "train") and not os.path.isdir(self.base_model):
+            raise ValueError(f"RunConfig.base_model must be 'shipped', 'train' or a model folder, got {self.base_model!r} (no such folder)")
         if not self.name or "/" in self.name:
             raise ValueError(f"RunConfig.name must be a non-empty folder name, got {self.name!r}")
 
@@ -157,7 +173,7 @@ def print_table(base: dict, final: dict, base_seconds: float, rl_seconds: float)
         if key in base and key in final:
             fmt = "{:.1f}" if key == "completion_length" else "{:.3f}"
             t.add_row(label, fmt.format(base[key]), fmt.format(final[key]))
-    t.add_row("time (s)", f"{base_seconds:.0f} (SFT + eval)", f"{rl_seconds:.0f} (GRPO + eval)")
+    t.add_row("time (s)", f"{base_seconds:.0f} (base + eval)", f"{rl_seconds:.0f} (GRPO + eval)")
     Console().print(t)
 
 
@@ -188,7 +204,11 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     train, val, held_out = make_splits(cfg)
     eval_kw = dict(reward_func=accuracy_reward, format_func=scratchpad_format_reward, max_new_tokens=cfg.max_completion_length,
                    temperature=cfg.temperature)
-    base_dir = cfg.base_model or (os.path.join(run_dir, "base") if resume and os.path.isdir(os.path.join(run_dir, "base")) else None)
+    own_base = os.path.join(run_dir, "base")
+    if cfg.base_model == "train":
+        base_dir = own_base if resume and os.path.isdir(own_base) else None
+    else:
+        base_dir = SHIPPED_BASE if cfg.base_model == "shipped" else cfg.base_model
 
     # 1. the base model
     sft_steps, sft_seconds = 0, 0.0
@@ -197,7 +217,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         model = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="sdpa")
         engine = Engine(model, tokenizer=tok, num_blocks=_cache_blocks(cfg))
         done_path = os.path.join(base_dir, "sft_summary.json")
-        if os.path.exists(done_path):  # this run's own base: report its SFT as the uninterrupted run does
+        if base_dir == own_base and os.path.exists(done_path):  # this run's own base: report its SFT as the uninterrupted run does
             with open(done_path) as f:
                 done = json.load(f)
             sft_steps, sft_seconds = done["sft_steps"], done["sft_seconds"]
@@ -274,6 +294,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         "base_completion_length": base.get("completion_length"), "final_completion_length": final.get("completion_length"),
         "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start, "sft_seconds": sft_seconds, "sft_steps": sft_steps, "grpo_seconds": rl_seconds,
         "grpo_steps": trainer.global_step, "grpo_budget_seconds": grpo_cfg.max_seconds, "policy_collapsed": trainer.collapsed, "seed": cfg.seed,
+        "base_model": "trained by this run (runs/<name>/base)" if base_dir in (None, own_base) else base_dir,
         "num_parameters": num_parameters(model), "eval_prompts": len(held_out), "eval_samples": cfg.eval_samples,
         "base": base, "final": final,
     }
@@ -282,7 +303,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     summary["plots"] = _plots(run_dir)
     if cfg.progress:
         print_table(base, final, base_seconds, rl_seconds)
-        print(f"wall {wall:.0f} s (SFT {sft_steps} steps, GRPO {trainer.global_step} steps); written to {run_dir}/")
+        base_note = f"SFT {sft_steps} steps" if base_dir in (None, own_base) else f"base {os.path.relpath(base_dir)}"
+        print(f"wall {wall:.0f} s ({base_note}, GRPO {trainer.global_step} steps); written to {run_dir}/")
     return summary
 
 
