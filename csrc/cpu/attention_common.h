@@ -89,6 +89,28 @@ R1_INLINE vf8 fast_exp8(vf8 x) {
   return under ? vf8{} : out;
 }
 
+// 2^x on 8 lanes for finite x <= 0, relative error ~2e-7, in fewer operations than fast_exp8 (no
+// Cody-Waite split, no float-to-int conversion): n = round(x) by the 1.5 * 2^23 trick, which leaves
+// n in the low mantissa bits of the sum, so (bits << 23) is n's exponent field; r = x - n in
+// [-0.5, 0.5]; a degree-5 fit of 2^r (relative-error least squares on Chebyshev nodes). Below -125
+// clamps to 2^-125 (~2e-38, not 0): for scores minus their row's exact max, where such a term is
+// lost against the max's own 1 anyway.
+R1_INLINE vf8 fast_exp2_8_finite(vf8 x) {
+  const vf8 lo = vf8{} - 125.0f;
+  x = x < lo ? lo : x;
+  const vf8 magic = vf8{} + 12582912.0f;  // 1.5 * 2^23
+  const vf8 t = x + magic;
+  const vf8 r = x - (t - magic);
+  vf8 p = vf8{} + 1.3218672247603536e-3f;
+  p = p * r + 9.671698324382305e-3f;
+  p = p * r + 5.550893023610115e-2f;
+  p = p * r + 2.4022237956523895e-1f;
+  p = p * r + 6.931468844413757e-1f;
+  p = p * r + 1.0f;
+  const vi8 bits = reinterpret_cast<vi8&>(p) + (reinterpret_cast<const vi8&>(t) << 23);
+  return reinterpret_cast<const vf8&>(bits);
+}
+
 R1_INLINE float dot(const float* __restrict a, const float* __restrict b, int64_t d) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)

@@ -90,9 +90,13 @@ R1_INLINE void gemm_prefix(const TreeArgs& p, const Item& it, r1::RowTile& tile,
     float mx = r1::kNegInf;
     for (int c = 0; c < 8; ++c) mx = std::max(mx, vmax[c]);
     for (int64_t t = P8; t < P; ++t) mx = std::max(mx, s[t]);
+    // exp(s - mx) as 2^(s log2 e - mx log2 e): one FMA in, the cheaper exp2 (the exp pass over the
+    // rows x P scores was the largest cost after the GEMMs)
+    constexpr float kLog2e = 1.44269504088896341f;
+    const r1::vf8 neg_m2 = r1::vf8{} - mx * kLog2e;
     r1::vf8 acc = r1::vf8{};
     for (int64_t t = 0; t < P8; t += 8) {
-      const r1::vf8 e = r1::fast_exp8(r1::loadu8(s + t) - mx);
+      const r1::vf8 e = r1::fast_exp2_8_finite(r1::loadu8(s + t) * kLog2e + neg_m2);
       r1::storeu8(s + t, e);
       acc += e;
     }
