@@ -117,7 +117,7 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
   thread_local r1::RowTile tile;
   thread_local std::vector<float> kbuf, vbuf;
   thread_local std::vector<const float*> kp, vp;
-  thread_local std::vector<int64_t> anc;
+  thread_local std::vector<int64_t> slot;
   const int64_t G = p.hq / p.hkv, D = p.d, bs = p.block_size, H = it.head;
   const int64_t a = p.cu[it.tree], n_tree = p.cu[it.tree + 1] - a;
   const int64_t rows = (it.n1 - it.n0) * G;
@@ -165,15 +165,22 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
   // ancestors and self: nodes [0, n1) of the tree hold every ancestor of the item's nodes
   const T* k = static_cast<const T*>(p.k) + (a * p.hkv + H) * D;
   const T* v = static_cast<const T*>(p.v) + (a * p.hkv + H) * D;
-  if (!is_f32) {
-    kbuf.resize(it.n1 * D);
-    vbuf.resize(it.n1 * D);
-    for (int64_t j = 0; j < it.n1; ++j) {
-      r1::load_row(kbuf.data() + j * D, k + j * tok_stride, D);
-      r1::load_row(vbuf.data() + j * D, v + j * tok_stride, D);
-    }
-  }
   const int32_t* par = p.parents + a;
+  if (!is_f32) {
+    // only the union of the item's nodes' ancestors to float32 (a tile of a branch: its own chain,
+    // not every node before it), each node once: slot[j] is j's row in kbuf / vbuf
+    slot.assign(it.n1, -1);
+    int64_t used = 0;
+    for (int64_t i = it.n0; i < it.n1; ++i)
+      for (int64_t j = i; j >= 0 && slot[j] < 0; j = par[j]) slot[j] = used++;
+    kbuf.resize(used * D);
+    vbuf.resize(used * D);
+    for (int64_t j = 0; j < it.n1; ++j)
+      if (slot[j] >= 0) {
+        r1::load_row(kbuf.data() + slot[j] * D, k + j * tok_stride, D);
+        r1::load_row(vbuf.data() + slot[j] * D, v + j * tok_stride, D);
+      }
+  }
   for (int64_t i = it.n0; i < it.n1; ++i) {
     int64_t depth = 0;
     for (int64_t j = i; j >= 0; j = par[j], ++depth) {
@@ -181,8 +188,8 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
         kp[depth] = reinterpret_cast<const float*>(k + j * tok_stride);
         vp[depth] = reinterpret_cast<const float*>(v + j * tok_stride);
       } else {
-        kp[depth] = kbuf.data() + j * D;
-        vp[depth] = vbuf.data() + j * D;
+        kp[depth] = kbuf.data() + slot[j] * D;
+        vp[depth] = vbuf.data() + slot[j] * D;
       }
     }
     for (int64_t g = 0; g < G; ++g) tile.attend_row((i - it.n0) * G + g, depth, kp.data(), vp.data());
