@@ -33,6 +33,11 @@ struct Item {
   int64_t seq, head, j0, j1;
 };
 
+#ifndef R1_PAGED_COPY_MIN_ROWS
+#define R1_PAGED_COPY_MIN_ROWS 16
+#endif
+constexpr int64_t kCopyMinRows = R1_PAGED_COPY_MIN_ROWS;
+
 template <typename T>
 R1_INLINE void paged_item(const PagedArgs& p, const Item& it) {
   thread_local r1::RowTile tile;
@@ -54,7 +59,11 @@ R1_INLINE void paged_item(const PagedArgs& p, const Item& it) {
   const int64_t chunk = std::max<int64_t>(1, kKeyChunk / bs) * bs;
   kp.resize(chunk);
   vp.resize(chunk);
-  if (!std::is_same<T, float>::value) {
+  // half-precision keys are converted into contiguous float32 rows anyway; float32 ones are read in
+  // place for a few rows (decode) and copied contiguous for many, where each key serves enough rows
+  // to repay the copy
+  const bool copy = !std::is_same<T, float>::value || rows >= kCopyMinRows;
+  if (copy) {
     kbuf.resize(chunk * D);
     vbuf.resize(chunk * D);
   }
@@ -66,9 +75,9 @@ R1_INLINE void paged_item(const PagedArgs& p, const Item& it) {
     for (int64_t pos = c0; pos < c1; ++pos) {
       const int64_t t = pos - c0;
       const int64_t off = ((static_cast<int64_t>(table[pos / bs]) * bs + pos % bs) * p.hkv + it.head) * D;
-      if constexpr (std::is_same<T, float>::value) {
-        kp[t] = kc + off;
-        vp[t] = vc + off;
+      if (!copy) {
+        kp[t] = reinterpret_cast<const float*>(kc + off);
+        vp[t] = reinterpret_cast<const float*>(vc + off);
       } else {
         r1::load_row(kbuf.data() + t * D, kc + off, D);
         r1::load_row(vbuf.data() + t * D, vc + off, D);
