@@ -166,31 +166,25 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
   const T* k = static_cast<const T*>(p.k) + (a * p.hkv + H) * D;
   const T* v = static_cast<const T*>(p.v) + (a * p.hkv + H) * D;
   const int32_t* par = p.parents + a;
-  if (!is_f32) {
-    // only the union of the item's nodes' ancestors to float32 (a tile of a branch: its own chain,
-    // not every node before it), each node once: slot[j] is j's row in kbuf / vbuf
-    slot.assign(it.n1, -1);
-    int64_t used = 0;
-    for (int64_t i = it.n0; i < it.n1; ++i)
-      for (int64_t j = i; j >= 0 && slot[j] < 0; j = par[j]) slot[j] = used++;
-    kbuf.resize(used * D);
-    vbuf.resize(used * D);
-    for (int64_t j = 0; j < it.n1; ++j)
-      if (slot[j] >= 0) {
-        r1::load_row(kbuf.data() + slot[j] * D, k + j * tok_stride, D);
-        r1::load_row(vbuf.data() + slot[j] * D, v + j * tok_stride, D);
-      }
-  }
+  // the union of the item's nodes' ancestors as contiguous float32 rows, each node once (a tile of
+  // a branch: its own chain, not every node before it): slot[j] is j's row in kbuf / vbuf. Float32
+  // too: read in place, rows hkv * D apart, the walk was slower than the copy
+  slot.assign(it.n1, -1);
+  int64_t used = 0;
+  for (int64_t i = it.n0; i < it.n1; ++i)
+    for (int64_t j = i; j >= 0 && slot[j] < 0; j = par[j]) slot[j] = used++;
+  kbuf.resize(used * D);
+  vbuf.resize(used * D);
+  for (int64_t j = 0; j < it.n1; ++j)
+    if (slot[j] >= 0) {
+      r1::load_row(kbuf.data() + slot[j] * D, k + j * tok_stride, D);
+      r1::load_row(vbuf.data() + slot[j] * D, v + j * tok_stride, D);
+    }
   for (int64_t i = it.n0; i < it.n1; ++i) {
     int64_t depth = 0;
     for (int64_t j = i; j >= 0; j = par[j], ++depth) {
-      if constexpr (is_f32) {
-        kp[depth] = reinterpret_cast<const float*>(k + j * tok_stride);
-        vp[depth] = reinterpret_cast<const float*>(v + j * tok_stride);
-      } else {
-        kp[depth] = kbuf.data() + slot[j] * D;
-        vp[depth] = vbuf.data() + slot[j] * D;
-      }
+      kp[depth] = kbuf.data() + slot[j] * D;
+      vp[depth] = vbuf.data() + slot[j] * D;
     }
     for (int64_t g = 0; g < G; ++g) tile.attend_row((i - it.n0) * G + g, depth, kp.data(), vp.data());
   }
