@@ -71,6 +71,17 @@ def test_lean_forward_is_bitwise_the_modules_forward(arch, bias):
             assert x.token_ids == y.token_ids and x.logprobs == y.logprobs
 
 
+def _assert_same_to_rounding(h_a, h_b, o_a, o_b):
+    """Two generations' per-step hidden states equal to float32 rounding, and the same tokens with
+    log-probs equal to rounding."""
+    for a, b in zip(h_a, h_b):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(o_a, o_b):
+        for x, y in zip(a.outputs, b.outputs):
+            assert x.token_ids == y.token_ids
+            torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
 def test_skinny_linear_steps_match_blas_to_rounding(arch):
     from r1kernels._library import has_cpp_kernel
@@ -90,12 +101,7 @@ def test_skinny_linear_steps_match_blas_to_rounding(arch):
     assert len(h_sk) == len(h_blas) > 2
     assert torch.equal(h_sk[0], h_blas[0])  # the prefill step (40 rows) stays on BLAS
     assert any(not torch.equal(a, b) for a, b in zip(h_sk[1:], h_blas[1:]))  # the decode steps did not
-    for a, b in zip(h_sk, h_blas):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    for a, b in zip(o_sk, o_blas):
-        for x, y in zip(a.outputs, b.outputs):
-            assert x.token_ids == y.token_ids
-            torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
+    _assert_same_to_rounding(h_sk, h_blas, o_sk, o_blas)
 
 
 def test_falls_back_where_it_would_not_be_exact():
@@ -161,9 +167,4 @@ def test_fused_decode_layers_match_the_lean_forward_to_rounding(arch, bias, n):
     assert fused_calls[False] == 0 and fused_calls[True] >= 6  # every decode step took the fused layers
     (o_f, h_f), (o_l, h_l) = runs[True], runs[False]
     assert len(h_f) == len(h_l) > 2 and torch.equal(h_f[0], h_l[0])  # the 28-token prefill is not fused
-    for a, b in zip(h_f, h_l):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    for a, b in zip(o_f, o_l):
-        for x, y in zip(a.outputs, b.outputs):
-            assert x.token_ids == y.token_ids
-            torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
+    _assert_same_to_rounding(h_f, h_l, o_f, o_l)

@@ -327,6 +327,17 @@ def _reference_per_token(tr, batch):
     return per_token
 
 
+def _assert_step_gradients(tr, batch, want, msg=None):
+    """tr.accumulate_gradients(batch) gives the loss `want` (a hand-written reference, not yet
+    backpropagated) and its gradients."""
+    want.backward()
+    want_grads = [p.grad.clone() for p in tr.model.parameters()]
+    out = tr.accumulate_gradients(batch)
+    assert out["loss"] == pytest.approx(want.item(), rel=1e-4, abs=1e-6), msg
+    for p, w in zip(tr.model.parameters(), want_grads):
+        torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-3)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "sapo", "dr_grpo", "bnpo", "dapo"])
 def test_exclude_zero_std_from_normalizer_counts_only_live_groups(tmp_path, loss_type):
     kw = dict(seed=11, loss_type=loss_type, beta=0.04, per_device_train_batch_size=4, gradient_accumulation_steps=3,
@@ -363,12 +374,7 @@ def test_exclude_zero_std_from_normalizer_counts_only_live_groups(tmp_path, loss
     grads = {}
     for name, tr, exclude in (("on", on, True), ("off", off, False)):
         want = hand(tr, exclude)
-        want.backward()
-        want_grads = [p.grad.clone() for p in tr.model.parameters()]
-        out = tr.accumulate_gradients(batch)
-        assert out["loss"] == pytest.approx(want.item(), rel=1e-4, abs=1e-6), name
-        for p, w in zip(tr.model.parameters(), want_grads):
-            torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-3)
+        _assert_step_gradients(tr, batch, want, name)
         grads[name] = torch.cat([p.grad.flatten() for p in tr.model.parameters()])
     assert grads["off"].norm() > 1e-4
     # the option changes the gradient: a third of the sequences (and their tokens) leave the normaliser
@@ -402,12 +408,7 @@ def test_mask_truncated_completions_leaves_their_tokens_out(tmp_path):
     batch.ref_logprobs = policy_logprobs(tr.ref_model, batch, 1.0)
     full = (torch.arange(batch.completion_ids.shape[1]) < lengths.unsqueeze(-1)).float()  # every sampled token
     want = (_reference_per_token(tr, batch) * full)[~cut].sum() / full[~cut].sum()
-    want.backward()
-    want_grads = [p.grad.clone() for p in tr.model.parameters()]
-    out = tr.accumulate_gradients(batch)
-    assert out["loss"] == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
-    for p, w in zip(tr.model.parameters(), want_grads):
-        torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-3)
+    _assert_step_gradients(tr, batch, want)
 
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
@@ -429,12 +430,7 @@ def test_sequence_level_importance_sampling_through_the_trainer(tmp_path, loss_t
         return seq.view(2, 4).mean(-1).mean()
 
     want = aggregate(_reference_per_token(tr, batch))
-    want.backward()
-    want_grads = [p.grad.clone() for p in tr.model.parameters()]
-    out = tr.accumulate_gradients(batch)
-    assert out["loss"] == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
-    for p, w in zip(tr.model.parameters(), want_grads):
-        torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-3)
+    _assert_step_gradients(tr, batch, want)
     tr.config.importance_sampling_level = "token"  # the same batch token by token: another loss, so the option was used
     token_level = aggregate(_reference_per_token(tr, batch))
     assert abs(token_level.item() - want.item()) > 1e-3

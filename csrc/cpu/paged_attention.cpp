@@ -33,10 +33,7 @@ struct Item {
   int64_t seq, head, j0, j1;
 };
 
-#ifndef R1_PAGED_COPY_MIN_ROWS
-#define R1_PAGED_COPY_MIN_ROWS 16
-#endif
-constexpr int64_t kCopyMinRows = R1_PAGED_COPY_MIN_ROWS;
+constexpr int64_t kCopyMinRows = 16;  // query rows of an item from which float32 K/V are copied contiguous
 
 template <typename T>
 R1_INLINE void paged_item(const PagedArgs& p, const Item& it) {

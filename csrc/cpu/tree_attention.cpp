@@ -19,10 +19,7 @@
 
 namespace {
 
-#ifndef R1_TREE_NODE_TILE
-#define R1_TREE_NODE_TILE 32
-#endif
-constexpr int64_t kNodeTile = R1_TREE_NODE_TILE;
+constexpr int64_t kNodeTile = 32;
 
 struct TreeArgs {
   const void *q, *k, *v, *k_cache, *v_cache;
@@ -119,7 +116,7 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
   thread_local std::vector<const float*> kp, vp;
   thread_local std::vector<int64_t> slot;
   const int64_t G = p.hq / p.hkv, D = p.d, bs = p.block_size, H = it.head;
-  const int64_t a = p.cu[it.tree], n_tree = p.cu[it.tree + 1] - a;
+  const int64_t a = p.cu[it.tree];
   const int64_t rows = (it.n1 - it.n0) * G;
   tile.reset(rows, D, std::max(bs, it.n1));
   const T* q = static_cast<const T*>(p.q);
@@ -188,7 +185,6 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
     }
     for (int64_t g = 0; g < G; ++g) tile.attend_row((i - it.n0) * G + g, depth, kp.data(), vp.data());
   }
-  (void)n_tree;
   T* out = static_cast<T*>(p.out);
   for (int64_t i = it.n0; i < it.n1; ++i)
     for (int64_t g = 0; g < G; ++g) {

@@ -209,6 +209,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         base_dir = own_base if resume and os.path.isdir(own_base) else None
     else:
         base_dir = SHIPPED_BASE if cfg.base_model == "shipped" else cfg.base_model
+    trained_here = base_dir in (None, own_base)  # the base is this run's own SFT (now, or before a --resume)
 
     # 1. the base model
     sft_steps, sft_seconds = 0, 0.0
@@ -294,7 +295,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         "base_completion_length": base.get("completion_length"), "final_completion_length": final.get("completion_length"),
         "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start, "sft_seconds": sft_seconds, "sft_steps": sft_steps, "grpo_seconds": rl_seconds,
         "grpo_steps": trainer.global_step, "grpo_budget_seconds": grpo_cfg.max_seconds, "policy_collapsed": trainer.collapsed, "seed": cfg.seed,
-        "base_model": "trained by this run (runs/<name>/base)" if base_dir in (None, own_base) else base_dir,
+        "base_model": "trained by this run (runs/<name>/base)" if trained_here else base_dir,
         "num_parameters": num_parameters(model), "eval_prompts": len(held_out), "eval_samples": cfg.eval_samples,
         "base": base, "final": final,
     }
@@ -303,7 +304,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     summary["plots"] = _plots(run_dir)
     if cfg.progress:
         print_table(base, final, base_seconds, rl_seconds)
-        base_note = f"SFT {sft_steps} steps" if base_dir in (None, own_base) else f"base {os.path.relpath(base_dir)}"
+        base_note = f"SFT {sft_steps} steps" if trained_here else f"base {os.path.relpath(base_dir)}"
         print(f"wall {wall:.0f} s ({base_note}, GRPO {trainer.global_step} steps); written to {run_dir}/")
     return summary
 
