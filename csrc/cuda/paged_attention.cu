@@ -18,15 +18,15 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "softmax_chunk.h"
+
 #include <cmath>
 #include <cstdint>
 
 namespace r1kernels {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kChunk = 64;  // keys per softmax update
-constexpr int kMaxSmemBytes = 48 * 1024;
+using namespace softmax_chunk;
 
 // ---- cache writes -----------------------------------------------------------------------------
 
@@ -82,16 +82,6 @@ void copy_blocks_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor
 
 // ---- attention --------------------------------------------------------------------------------
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
 template <typename T>
 __global__ void paged_attention_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache, T* __restrict__ out,
                                        float* __restrict__ lse, const int32_t* __restrict__ table, const int32_t* __restrict__ seq_lens,
@@ -99,22 +89,12 @@ __global__ void paged_attention_kernel(const T* __restrict__ q, const T* __restr
                                        float scale, bool causal) {
   extern __shared__ float smem[];
   const int G = hq / hkv;
-  float* qs = smem;                 // [G, D] scaled queries
-  float* acc = qs + G * d;          // [G, D] unnormalised output
-  float* sc = acc + G * d;          // [G, kChunk] scores, then probabilities
-  float* m = sc + G * kChunk;       // [G] running max
-  float* l = m + G;                 // [G] running sum
-  float* alpha = l + G;             // [G] rescale of this chunk
+  const Smem st = smem_layout(smem, G, d);
+  float *qs = st.qs, *acc = st.acc, *sc = st.sc, *m = st.m, *l = st.l, *alpha = st.alpha;
 
   const int64_t row = blockIdx.x;
   const int kvh = blockIdx.y;
-  // the row's sequence: the last s with cu[s] <= row
-  int lo = 0, hi = num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (cu[mid] <= row) lo = mid; else hi = mid - 1;
-  }
-  const int s = lo;
+  const int s = find_segment(cu, num_seqs, row);  // the row's sequence
   const int64_t q_len = cu[s + 1] - cu[s];
   const int64_t L = seq_lens[s];
   const int64_t limit = causal ? L - q_len + (row - cu[s]) + 1 : L;
@@ -192,9 +172,7 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(const at::Tensor& q, con
   const int64_t nq = q.size(0), hq = q.size(1), d = q.size(2), hkv = k_cache.size(2), bs = k_cache.size(1);
   TORCH_CHECK_VALUE(hkv > 0 && hq % hkv == 0 && k_cache.size(3) == d, "q's heads must be a multiple of the cache's kv heads, with the same head_dim");
   const int64_t G = hq / hkv;
-  const int64_t smem = (2 * G * d + G * kChunk + 3 * G) * static_cast<int64_t>(sizeof(float));
-  TORCH_CHECK_VALUE(smem <= kMaxSmemBytes, "the CUDA paged attention holds (Hq / Hkv) x head_dim = ", G * d, " floats per block in shared memory; at most ",
-                    (kMaxSmemBytes / 4 - G * kChunk - 3 * G) / 2, " fit");
+  const int64_t smem = smem_bytes(G, d, "paged attention");
   auto qc = q.contiguous();
   auto out = at::empty_like(qc);
   auto lse = at::empty({nq, hq}, q.options().dtype(at::kFloat));

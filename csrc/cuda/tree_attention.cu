@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include "../tree_attention_args.h"
+#include "softmax_chunk.h"
 
 #include <cmath>
 #include <cstdint>
@@ -31,25 +32,7 @@
 namespace r1kernels {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kChunk = 64;  // keys per softmax update
-constexpr int kMaxSmemBytes = 48 * 1024;
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// The block's shared state: [G, D] scaled queries and accumulator, [G, kChunk] scores, [G] max,
-// sum and rescale, all in dynamic shared memory (floats).
-struct Smem {
-  float *qs, *acc, *sc, *m, *l, *alpha;
-};
+using namespace softmax_chunk;
 
 // One online-softmax update over n (<= kChunk) keys: key t is the row at kbase + off[t], its value
 // at vbase + off[t] (both [*, D] rows of the same layout). Ends with __syncthreads().
@@ -105,23 +88,11 @@ __global__ void tree_attention_kernel(const T* __restrict__ q, const T* __restri
   __shared__ int n_keys;           // keys listed in off
   __shared__ int next;             // the ancestor walk's next node (index within the tree), -1 past the root
   const int G = hq / hkv;
-  Smem s;
-  s.qs = smem;               // [G, D] scaled queries
-  s.acc = s.qs + G * d;      // [G, D] unnormalised output
-  s.sc = s.acc + G * d;      // [G, kChunk] scores, then probabilities
-  s.m = s.sc + G * kChunk;   // [G] running max
-  s.l = s.m + G;             // [G] running sum
-  s.alpha = s.l + G;         // [G] rescale of this chunk
+  const Smem s = smem_layout(smem, G, d);
 
   const int64_t node = blockIdx.x;
   const int kvh = blockIdx.y;
-  // the node's tree: the last t with cu[t] <= node (empty trees share their offset with the next)
-  int lo = 0, hi = num_trees - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (cu[mid] <= node) lo = mid; else hi = mid - 1;
-  }
-  const int tree = lo;
+  const int tree = find_segment(cu, num_trees, node);
   const int64_t a = cu[tree];  // the tree's first row
 
   for (int i = threadIdx.x; i < G * d; i += blockDim.x) {
@@ -201,9 +172,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q, cons
     bs = kcache.size(1);
   }
   const int64_t G = hq / hkv;
-  const int64_t smem = (2 * G * d + G * kChunk + 3 * G) * static_cast<int64_t>(sizeof(float));
-  TORCH_CHECK_VALUE(smem <= kMaxSmemBytes, "the CUDA tree attention holds (Hq / Hkv) x head_dim = ", G * d, " floats per block in shared memory; at most ",
-                    (kMaxSmemBytes / 4 - G * kChunk - 3 * G) / 2, " fit");
+  const int64_t smem = smem_bytes(G, d, "tree attention");
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), pc = parents.contiguous(), cc = cu_nodes.contiguous();
   auto out = at::empty_like(qc);
   auto lse = at::empty({N, hq}, q.options().dtype(at::kFloat));
