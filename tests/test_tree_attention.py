@@ -45,15 +45,17 @@ def test_tree_attention_with_prefix(dtype, atol, rtol, hq, hkv, d):
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
-def test_long_prefix_many_nodes(dtype, atol, rtol):
-    # prefixes of 64+ tokens under 16+ rows per work item take the C++ kernel's GEMM prefix path
-    # (whole prefix at once, exact softmax), then the per-row walk over each node's ancestors; short
-    # prefixes and small trees take the per-row loops throughout. Odd prefix lengths, trees across
-    # node tiles (> 64 nodes), chains and a search's branches off the prefix
+@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (6, 2, 40), (3, 1, 64), (2, 2, 20)])
+def test_long_prefix_many_nodes(dtype, atol, rtol, hq, hkv, d):
+    # prefixes of 64+ tokens under 16+ rows per work item take the C++ kernel's fused path (prefix
+    # and ancestors as register-blocked matrix products in strips of 6 rows, an exact softmax);
+    # short prefixes and small trees take the per-row loops throughout. Odd prefix lengths, trees
+    # across node tiles (> 32 nodes), chains and a search's branches off the prefix; 3 query heads
+    # per kv head (strips that split a node's rows), head_dim 40 (a last 8-wide column block) and 20
+    # (not a multiple of 8: the per-row loops)
     sizes = [70, 5, 130, 20, 100, 43]
     parents, cu_nodes = make_trees(sizes, ["random", "chain", "random", "star", "chain", "branches"])
     prefix_lens = [67, 200, 64, 129, 77, 96]
-    hq, hkv, d = 4, 2, 32
     kc, vc, table, pl = make_cache(prefix_lens, 16, hkv, d, dtype, max_blocks=13)
     n = sum(sizes)
     q, k, v = torch.randn(n, hq, d).to(dtype), torch.randn(n, hkv, d).to(dtype), torch.randn(n, hkv, d).to(dtype)
@@ -63,6 +65,31 @@ def test_long_prefix_many_nodes(dtype, atol, rtol):
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
     torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
 
+
+def test_fused_path_ignores_keys_of_other_branches():
+    # every key of branch b leans along its own direction u_b, and each node's query points along the
+    # next branch's: a non-ancestor then holds the row's largest score by far. Attending to it (a
+    # wrong mask), or letting it set the softmax's max (every real term then underflows to the same
+    # tiny value), gives far-off outputs
+    torch.manual_seed(0)
+    branches, length, P, hq, hkv, d = 4, 16, 80, 4, 1, 32
+    n = branches * length
+    parents = torch.tensor(random_parents(n, "branches"), dtype=torch.int32)
+    kc, vc, table, pl = make_cache([P], 16, hkv, d, torch.float32)
+    kc.mul_(0.05)
+    u = torch.linalg.qr(torch.randn(d, branches))[0].T  # orthonormal directions, one per branch
+    branch = torch.arange(n) // length
+    k = (torch.randn(n, d) * 0.05 + 4 * u[branch]).unsqueeze(1)
+    v = torch.randn(n, hkv, d)
+    q = (200 * u[(branch + 1) % branches]).unsqueeze(1).expand(n, hq, d).contiguous()
+    lens = torch.tensor([P], dtype=torch.int32)
+    out = r1kernels.tree_attention(q, k, v, parents, k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=lens)
+    ref, ref_lse = reference.tree_attention(q, k, v, parents, None, kc, vc, table, lens)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    # the case is one where both mistakes show: the other branch's scores exceed the row's
+    # log-partition by more than fp32's exp range (87)
+    other = (q[:, 0] * k[(torch.arange(n) + length) % n, 0]).sum(-1) * d ** -0.5
+    assert (other - ref_lse[:, 0]).min() > 90
 
 
 @pytest.mark.parametrize("threads", [1, 2])

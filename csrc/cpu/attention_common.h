@@ -60,6 +60,8 @@ typedef float vf4 __attribute__((vector_size(16)));
 
 R1_INLINE vf8 loadu8(const float* p) { return *reinterpret_cast<const vf8u*>(p); }
 R1_INLINE void storeu8(float* p, vf8 x) { *reinterpret_cast<vf8u*>(p) = x; }
+typedef int32_t vi8u __attribute__((vector_size(32), aligned(4)));
+R1_INLINE vi8 loadu8i(const int32_t* p) { return *reinterpret_cast<const vi8u*>(p); }
 
 R1_INLINE float hsum8(vf8 a) {
   vf4 x = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);

@@ -1,16 +1,15 @@
 // r1kernels::tree_attention on the CPU.
 //
-// Work item = (tree, kv head, tile of up to kNodeTile nodes). An item first runs the tree's paged
-// prefix for all its rows (every node and every query head of the kv head: the prefix is read once
-// per item, not once per branch): as two GEMMs (gemm_prefix) where it is long enough and the rows
-// many enough, else block by block through the online softmax; then each node's ancestors-and-self,
-// found by walking `parents` (depth <= tree size).
+// Work item = (tree, kv head, tile of up to kNodeTile nodes). Its rows (every node of the tile and
+// every query head of the kv head) attend to the tree's paged prefix, read once per item rather
+// than once per branch, and to each node's ancestors-and-self, found by walking `parents` (depth <=
+// tree size). Where the prefix is long enough and the rows many enough both go through the fused
+// path below at once (register-blocked matrix products, an exact softmax); otherwise the prefix goes
+// block by block through the online softmax and then the ancestors, one row at a time.
 //
-// Tiles of 32 nodes: at 16 x 32 nodes on a 512-token prefix (Hq 8, Hkv 2, D 64) the item's score
-// matrix (128 rows x 512) then stays in a core's L2 between the GEMM, the softmax and the second
-// GEMM; 64-node tiles were ~5% slower, 16-node ones too (more, smaller GEMM calls). The gathered
-// prefix is reused by a thread's consecutive items of one (tree, head), so the smaller tiles do not
-// gather it more often.
+// Tiles of 32 nodes: at 16 x 32 nodes on a 512-token prefix (Hq 8, Hkv 2, D 64) 64-node tiles were
+// ~5% slower, 16-node ones too. The packed prefix is reused by a thread's consecutive items of one
+// (tree, head), so smaller tiles do not pack it more often.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -28,7 +27,7 @@ struct TreeArgs {
   const int32_t *parents, *cu, *table, *prefix_lens;
   int64_t max_blocks, block_size, hq, hkv, d;
   float scale;
-  uint64_t call;  // this call's id: a thread's gathered prefix is reused by its next item of the same (tree, head)
+  uint64_t call;  // this call's id: a thread's packed prefix is reused by its next item of the same (tree, head)
 };
 
 std::atomic<uint64_t> g_calls{0};
@@ -37,76 +36,240 @@ struct Item {
   int64_t tree, head, n0, n1;
 };
 
-// The prefix phase as two GEMMs: every row of the item (its nodes x the kv head's query heads)
-// against the whole paged prefix at once, S = Q K^T, an exact softmax per row (all the prefix's
-// scores are at hand), then O = P V, leaving the rows' online-softmax state (m, l, O) for the
-// ancestors. The prefix is shared by every row, which is what turns per-row dot products into a
-// matrix product; with >= 16 rows and >= 64 keys BLAS beats the per-row loops (measured 16 x 32
-// nodes on a 512-token prefix: see bench/RESULTS.md).
+// Fused path: every row of the item (its nodes x the kv head's query heads) against the tree's
+// paged prefix and the item's ancestors at once, in strips of kStrip rows: the strip's scores
+// against all P prefix keys and the U ancestor keys (S = Q K^T, register-blocked kStrip x 16; an
+// ancestor column a row's node does not descend from is -inf), an exact softmax per row (all its
+// scores are at hand), then O = P V (kStrip x 16 blocks of head_dim). The prefix is shared by every
+// row, which is what makes this a matrix product and lets it run near the FMA units' peak; the
+// strip's scores (kStrip x (P + U) floats) stay in L1 between the three passes, and K and V are
+// packed in the order the two micro-kernels read them: the prefix once per (tree, head), the
+// ancestors once per item. Measured at 16 x 32 nodes on a 512-token prefix (bench/RESULTS.md):
+// two at::mm calls per item spent ~12% of the call in MKL's packing, zeroing and scaling, and the
+// ancestors one row at a time cost 10% of the call for 3% of its multiply-adds.
 constexpr int64_t kGemmMinPrefix = 64;
 constexpr int64_t kGemmMinRows = 16;
+constexpr int kStrip = 6;  // rows per micro-kernel: 2 x kStrip accumulators + 2 loads + 1 broadcast = 15 of AVX2's 16 registers
 
+// Keys and values packed for the micro-kernels: K as panels of 16 keys [n16 / 16][D][16], V as
+// column blocks [D / 16][n16][16] (then one [n16][8] when D % 16 == 8), zero past n.
+struct Panels {
+  std::vector<float> k, v;
+  int64_t n = 0, n16 = 0;
+
+  void reset(int64_t keys, int64_t D) {
+    n = keys;
+    n16 = (keys + 15) & ~int64_t(15);
+    k.resize(n16 * D);
+    v.resize(n16 * D);
+  }
+  // keys [t0, t0 + 16) from rows krow[j], vrow[j] (D floats each), j < valid; zero for j >= valid.
+  // K is written in whole 16-float lines (the transpose reads 16 rows at once, all in L1)
+  R1_INLINE void put_panel(int64_t t0, int64_t valid, const float* const* krow, const float* const* vrow, int64_t D) {
+    float* kpanel = k.data() + t0 * D;
+    if (valid == 16) {
+      for (int64_t d = 0; d < D; ++d)
+        for (int j = 0; j < 16; ++j) kpanel[d * 16 + j] = krow[j][d];
+    } else {
+      for (int64_t d = 0; d < D; ++d)
+        for (int j = 0; j < 16; ++j) kpanel[d * 16 + j] = j < valid ? krow[j][d] : 0.f;
+    }
+    for (int j = 0; j < 16; ++j) {
+      const int64_t t = t0 + j;
+      int64_t d0 = 0;
+      for (; d0 + 16 <= D; d0 += 16) {
+        float* dst = v.data() + d0 * n16 + t * 16;
+        const r1::vf8 a = j < valid ? r1::loadu8(vrow[j] + d0) : r1::vf8{}, b = j < valid ? r1::loadu8(vrow[j] + d0 + 8) : r1::vf8{};
+        r1::storeu8(dst, a);
+        r1::storeu8(dst + 8, b);
+      }
+      if (d0 < D) r1::storeu8(v.data() + d0 * n16 + t * 8, j < valid ? r1::loadu8(vrow[j] + d0) : r1::vf8{});
+    }
+  }
+};
+
+// S[r][0:16] = Q[r] . Kpanel[:, 0:16] for MR rows, stored and folded into each row's lane-wise
+// running max. Keys past `valid` (the padding) get -inf; with MASKED, so do the keys whose lane in
+// the row's mask (mrow[r][0:16], 0 or -1) is 0.
+template <int MR, bool MASKED>
+R1_INLINE void score_tile(const float* __restrict q, int64_t D, const float* __restrict kpanel, float* __restrict s, int64_t lds,
+                          r1::vf8* rmax, int64_t valid, const int32_t* const* mrow) {
+  r1::vf8 c0[MR], c1[MR];
+  for (int r = 0; r < MR; ++r) c0[r] = c1[r] = r1::vf8{};
+  for (int64_t d = 0; d < D; ++d) {
+    const r1::vf8 b0 = r1::loadu8(kpanel + d * 16), b1 = r1::loadu8(kpanel + d * 16 + 8);
+    for (int r = 0; r < MR; ++r) {
+      const float a = q[r * D + d];  // scalar * vector: a broadcast load (vf8{} + a would add 0 first)
+      c0[r] += a * b0;
+      c1[r] += a * b1;
+    }
+  }
+  const r1::vf8 ninf = r1::vf8{} + r1::kNegInf;
+  if constexpr (MASKED) {
+    for (int r = 0; r < MR; ++r) {
+      c0[r] = r1::loadu8i(mrow[r]) ? c0[r] : ninf;
+      c1[r] = r1::loadu8i(mrow[r] + 8) ? c1[r] : ninf;
+    }
+  } else if (valid < 16) {
+    const r1::vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const r1::vi8 ok0 = lane < static_cast<int32_t>(valid), ok1 = lane + 8 < static_cast<int32_t>(valid);
+    for (int r = 0; r < MR; ++r) {
+      c0[r] = ok0 ? c0[r] : ninf;
+      c1[r] = ok1 ? c1[r] : ninf;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    r1::storeu8(s + r * lds, c0[r]);
+    r1::storeu8(s + r * lds + 8, c1[r]);
+    const r1::vf8 mx = c0[r] > c1[r] ? c0[r] : c1[r];
+    rmax[r] = mx > rmax[r] ? mx : rmax[r];
+  }
+}
+
+// O[r][0:8 NV] (+)= P[r][0:n] . Vpanel[0:n][0:8 NV] for MR rows (Vpanel rows 8 NV floats apart).
+template <int MR, int NV, bool ACC>
+R1_INLINE void pv_tile(const float* __restrict pr, int64_t ldp, int64_t n, const float* __restrict vpanel, float* __restrict o, int64_t ldo) {
+  r1::vf8 c[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) c[r][j] = ACC ? r1::loadu8(o + r * ldo + 8 * j) : r1::vf8{};
+  for (int64_t t = 0; t < n; ++t) {
+    r1::vf8 b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = r1::loadu8(vpanel + t * 8 * NV + 8 * j);
+    for (int r = 0; r < MR; ++r) {
+      const float a = pr[r * ldp + t];
+      for (int j = 0; j < NV; ++j) c[r][j] += a * b[j];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) r1::storeu8(o + r * ldo + 8 * j, c[r][j]);
+}
+
+// O[r][0:D] (+)= P[r][0:n16] . V for MR rows, V's column blocks in turn.
+template <int MR, bool ACC>
+R1_INLINE void pv_blocks(const float* s, int64_t lds, const Panels& pk, float* o, int64_t D) {
+  int64_t d0 = 0;
+  for (; d0 + 16 <= D; d0 += 16) pv_tile<MR, 2, ACC>(s, lds, pk.n16, pk.v.data() + d0 * pk.n16, o + d0, D);
+  if (d0 < D) pv_tile<MR, 1, ACC>(s, lds, pk.n16, pk.v.data() + d0 * pk.n16, o + d0, D);
+}
+
+// exp(s - mx) over n scores as 2^(s log2 e - mx log2 e) (one FMA in, the cheaper exp2), in place;
+// returns their sum. -inf scores go to 0, which exp2_finite does not do by itself: with MASKED any of
+// them (masked ancestors), else only past `valid` (the padding).
+template <bool MASKED>
+R1_INLINE float exp_scores(float* s, int64_t n, int64_t valid, float mx) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  const r1::vf8 neg_m2 = r1::vf8{} - mx * kLog2e, ninf = r1::vf8{} + r1::kNegInf;
+  const r1::vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  r1::vf8 acc = r1::vf8{};
+  for (int64_t t = 0; t < n; t += 8) {
+    const r1::vf8 x = r1::loadu8(s + t);
+    r1::vf8 e = r1::fast_exp2_8_finite(x * kLog2e + neg_m2);
+    if constexpr (MASKED) {
+      e = x > ninf ? e : r1::vf8{};
+    } else if (t + 8 > valid) {
+      e = lane < static_cast<int32_t>(valid - t) ? e : r1::vf8{};
+    }
+    r1::storeu8(s + t, e);
+    acc += e;
+  }
+  return r1::hsum8(acc);
+}
+
+// One strip of MR rows starting at the item's row r0: scores against the prefix and the ancestors,
+// softmax, P V; sets the rows' (m, l, O).
+template <int MR>
+R1_INLINE void fused_strip(r1::RowTile& tile, int64_t r0, const Panels& pre, const Panels& anc, const int32_t* mask, int64_t G, float* s) {
+  const int64_t D = tile.D, W = pre.n16 + anc.n16;
+  const float* q = tile.Q.data() + r0 * D;
+  r1::vf8 rmax[MR];
+  for (int r = 0; r < MR; ++r) rmax[r] = r1::vf8{} + r1::kNegInf;
+  for (int64_t t0 = 0; t0 < pre.n16; t0 += 16) score_tile<MR, false>(q, D, pre.k.data() + t0 * D, s + t0, W, rmax, pre.n - t0, nullptr);
+  const int32_t* mrow[MR];
+  for (int r = 0; r < MR; ++r) mrow[r] = mask + ((r0 + r) / G) * anc.n16;
+  for (int64_t t0 = 0; t0 < anc.n16; t0 += 16) {
+    score_tile<MR, true>(q, D, anc.k.data() + t0 * D, s + pre.n16 + t0, W, rmax, 16, mrow);
+    for (int r = 0; r < MR; ++r) mrow[r] += 16;
+  }
+  for (int r = 0; r < MR; ++r) {
+    float mx = r1::kNegInf;
+    for (int c = 0; c < 8; ++c) mx = std::max(mx, rmax[r][c]);
+    tile.m[r0 + r] = mx;
+    tile.l[r0 + r] = exp_scores<false>(s + r * W, pre.n16, pre.n, mx) + exp_scores<true>(s + r * W + pre.n16, anc.n16, anc.n16, mx);
+  }
+  float* o = tile.O.data() + r0 * D;
+  pv_blocks<MR, false>(s, W, pre, o, D);
+  pv_blocks<MR, true>(s + pre.n16, W, anc, o, D);
+}
+
+// The fused path for an item: packs the prefix (once per thread for the items of one (tree, head)
+// it runs in a row: items are ordered so that the node tiles of one are adjacent) and the item's
+// ancestors, then runs the strips.
 template <typename T>
-R1_INLINE void gemm_prefix(const TreeArgs& p, const Item& it, r1::RowTile& tile, int64_t rows, int64_t P) {
-  thread_local std::vector<float> kp, vp, sc;
-  thread_local uint64_t gathered_call = 0;
-  thread_local int64_t gathered_tree = -1, gathered_head = -1;
-  const int64_t D = p.d, bs = p.block_size, H = it.head, tok_stride = p.hkv * D;
-  sc.resize(rows * P);
-  if (gathered_call != p.call || gathered_tree != it.tree || gathered_head != H) {
-    // gather the kv head's prefix rows out of their blocks, once per thread for the items of one
-    // (tree, head) it runs in a row (items are ordered so that the node tiles of one are adjacent)
-    kp.resize(P * D);
-    vp.resize(P * D);
+R1_INLINE void fused_item(const TreeArgs& p, const Item& it, r1::RowTile& tile, int64_t rows, int64_t P, const float* anc_k,
+                          const float* anc_v, const int64_t* slot, int64_t used) {
+  thread_local Panels pre, anc;
+  thread_local std::vector<float> sc, row;
+  thread_local std::vector<int32_t> mask;
+  thread_local uint64_t packed_call = 0;
+  thread_local int64_t packed_tree = -1, packed_head = -1;
+  const int64_t D = p.d, bs = p.block_size, H = it.head, tok_stride = p.hkv * D, G = p.hq / p.hkv;
+  if (packed_call != p.call || packed_tree != it.tree || packed_head != H) {
+    pre.reset(P, D);
     const T* kc = static_cast<const T*>(p.k_cache);
     const T* vc = static_cast<const T*>(p.v_cache);
-    for (int64_t t = 0; t < P; ++t) {
-      const int64_t id = p.table[it.tree * p.max_blocks + t / bs];
-      const int64_t off = (id * bs + t % bs) * tok_stride + H * D;
-      r1::load_row(kp.data() + t * D, kc + off, D);
-      r1::load_row(vp.data() + t * D, vc + off, D);
+    const float* kr[16];
+    const float* vr[16];
+    constexpr bool is_f32 = std::is_same<T, float>::value;
+    if (!is_f32) row.resize(32 * D);
+    for (int64_t t0 = 0; t0 < P; t0 += 16) {
+      const int64_t valid = std::min<int64_t>(16, P - t0);
+      for (int64_t j = 0; j < valid; ++j) {
+        const int64_t t = t0 + j;
+        const int64_t off = (static_cast<int64_t>(p.table[it.tree * p.max_blocks + t / bs]) * bs + t % bs) * tok_stride + H * D;
+        if constexpr (is_f32) {  // float32 rows are read in place
+          kr[j] = reinterpret_cast<const float*>(kc + off);
+          vr[j] = reinterpret_cast<const float*>(vc + off);
+        } else {
+          r1::load_row(row.data() + j * D, kc + off, D);
+          r1::load_row(row.data() + (16 + j) * D, vc + off, D);
+          kr[j] = row.data() + j * D;
+          vr[j] = row.data() + (16 + j) * D;
+        }
+      }
+      pre.put_panel(t0, valid, kr, vr, D);
     }
-    gathered_call = p.call;
-    gathered_tree = it.tree;
-    gathered_head = H;
+    packed_call = p.call;
+    packed_tree = it.tree;
+    packed_head = H;
   }
-  const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  const at::Tensor Q = at::from_blob(tile.Q.data(), {rows, D}, f32);
-  const at::Tensor K = at::from_blob(kp.data(), {P, D}, f32);
-  const at::Tensor V = at::from_blob(vp.data(), {P, D}, f32);
-  at::Tensor S = at::from_blob(sc.data(), {rows, P}, f32);
-  at::mm_out(S, Q, K.t());
-  const int64_t P8 = P & ~int64_t(7);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* s = sc.data() + r * P;
-    r1::vf8 vmax = r1::vf8{} + r1::kNegInf;
-    for (int64_t t = 0; t < P8; t += 8) {
-      const r1::vf8 x = r1::loadu8(s + t);
-      vmax = x > vmax ? x : vmax;
+  anc.reset(used, D);
+  for (int64_t t0 = 0; t0 < used; t0 += 16) {
+    const float* kr[16];
+    const float* vr[16];
+    const int64_t valid = std::min<int64_t>(16, used - t0);
+    for (int64_t j = 0; j < valid; ++j) {
+      kr[j] = anc_k + (t0 + j) * D;
+      vr[j] = anc_v + (t0 + j) * D;
     }
-    float mx = r1::kNegInf;
-    for (int c = 0; c < 8; ++c) mx = std::max(mx, vmax[c]);
-    for (int64_t t = P8; t < P; ++t) mx = std::max(mx, s[t]);
-    // exp(s - mx) as 2^(s log2 e - mx log2 e): one FMA in, the cheaper exp2 (the exp pass over the
-    // rows x P scores was the largest cost after the GEMMs)
-    constexpr float kLog2e = 1.44269504088896341f;
-    const r1::vf8 neg_m2 = r1::vf8{} - mx * kLog2e;
-    r1::vf8 acc = r1::vf8{};
-    for (int64_t t = 0; t < P8; t += 8) {
-      const r1::vf8 e = r1::fast_exp2_8_finite(r1::loadu8(s + t) * kLog2e + neg_m2);
-      r1::storeu8(s + t, e);
-      acc += e;
-    }
-    float sum = r1::hsum8(acc);
-    for (int64_t t = P8; t < P; ++t) {
-      s[t] = r1::fast_exp(s[t] - mx);
-      sum += s[t];
-    }
-    tile.m[r] = mx;
-    tile.l[r] = sum;
+    anc.put_panel(t0, valid, kr, vr, D);
   }
-  at::Tensor O = at::from_blob(tile.O.data(), {rows, D}, f32);
-  at::mm_out(O, S, V);
+  // mask[node][slot] = -1 where the slot's node is the node or one of its ancestors
+  const int32_t* par = p.parents + p.cu[it.tree];
+  mask.assign((it.n1 - it.n0) * anc.n16, 0);
+  for (int64_t i = it.n0; i < it.n1; ++i)
+    for (int64_t j = i; j >= 0; j = par[j]) mask[(i - it.n0) * anc.n16 + slot[j]] = -1;
+  const int64_t W = pre.n16 + anc.n16;
+  sc.resize(kStrip * W);
+  int64_t r0 = 0;
+  for (; r0 + kStrip <= rows; r0 += kStrip) fused_strip<kStrip>(tile, r0, pre, anc, mask.data(), G, sc.data());
+  switch (rows - r0) {
+    case 1: fused_strip<1>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
+    case 2: fused_strip<2>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
+    case 3: fused_strip<3>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
+    case 4: fused_strip<4>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
+    case 5: fused_strip<5>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
+    default: break;
+  }
 }
 
 template <typename T>
@@ -125,47 +288,13 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
       r1::load_row(tile.Q.data() + ((i - it.n0) * G + g) * D, q + ((a + i) * p.hq + H * G + g) * D, D, p.scale);
   constexpr bool is_f32 = std::is_same<T, float>::value;
   const int64_t tok_stride = p.hkv * D;
-  kp.resize(std::max(bs, it.n1));
-  vp.resize(kp.size());
-  // prefix: identical for every row of the item
-  const int64_t P_len = p.k_cache != nullptr ? p.prefix_lens[it.tree] : 0;
-  if (P_len >= kGemmMinPrefix && rows >= kGemmMinRows) {
-    gemm_prefix<T>(p, it, tile, rows, P_len);
-  } else if (p.k_cache != nullptr) {
-    const int64_t P = p.prefix_lens[it.tree];
-    const T* kc = static_cast<const T*>(p.k_cache);
-    const T* vc = static_cast<const T*>(p.v_cache);
-    if (!is_f32) {
-      kbuf.resize(bs * D);
-      vbuf.resize(bs * D);
-    }
-    for (int64_t b = 0; b * bs < P; ++b) {
-      const int64_t id = p.table[it.tree * p.max_blocks + b];
-      const int64_t n = std::min(bs, P - b * bs);
-      const int64_t base = (id * bs * p.hkv + H) * D;
-      for (int64_t t = 0; t < n; ++t) {
-        const T* ks = kc + base + t * tok_stride;
-        const T* vs = vc + base + t * tok_stride;
-        if constexpr (is_f32) {
-          kp[t] = ks;
-          vp[t] = vs;
-        } else {
-          r1::load_row(kbuf.data() + t * D, ks, D);
-          r1::load_row(vbuf.data() + t * D, vs, D);
-          kp[t] = kbuf.data() + t * D;
-          vp[t] = vbuf.data() + t * D;
-        }
-      }
-      for (int64_t r = 0; r < rows; ++r) tile.attend_row(r, n, kp.data(), vp.data());
-    }
-  }
-  // ancestors and self: nodes [0, n1) of the tree hold every ancestor of the item's nodes
+  // ancestors and self: nodes [0, n1) of the tree hold every ancestor of the item's nodes; their
+  // union as contiguous float32 rows, each node once (a tile of a branch: its own chain, not every
+  // node before it): slot[j] is j's row in kbuf / vbuf. Float32 too: read in place, rows hkv * D
+  // apart, the walk was slower than the copy
   const T* k = static_cast<const T*>(p.k) + (a * p.hkv + H) * D;
   const T* v = static_cast<const T*>(p.v) + (a * p.hkv + H) * D;
   const int32_t* par = p.parents + a;
-  // the union of the item's nodes' ancestors as contiguous float32 rows, each node once (a tile of
-  // a branch: its own chain, not every node before it): slot[j] is j's row in kbuf / vbuf. Float32
-  // too: read in place, rows hkv * D apart, the walk was slower than the copy
   slot.assign(it.n1, -1);
   int64_t used = 0;
   for (int64_t i = it.n0; i < it.n1; ++i)
@@ -177,13 +306,47 @@ R1_INLINE void tree_item(const TreeArgs& p, const Item& it) {
       r1::load_row(kbuf.data() + slot[j] * D, k + j * tok_stride, D);
       r1::load_row(vbuf.data() + slot[j] * D, v + j * tok_stride, D);
     }
-  for (int64_t i = it.n0; i < it.n1; ++i) {
-    int64_t depth = 0;
-    for (int64_t j = i; j >= 0; j = par[j], ++depth) {
-      kp[depth] = kbuf.data() + slot[j] * D;
-      vp[depth] = vbuf.data() + slot[j] * D;
+  const int64_t P = p.k_cache != nullptr ? p.prefix_lens[it.tree] : 0;
+  if (P >= kGemmMinPrefix && rows >= kGemmMinRows && D % 8 == 0) {
+    fused_item<T>(p, it, tile, rows, P, kbuf.data(), vbuf.data(), slot.data(), used);
+  } else {
+    // few rows or a short prefix: block by block through the online softmax, then the ancestors
+    kp.resize(std::max(bs, it.n1));
+    vp.resize(kp.size());
+    thread_local std::vector<float> kblk, vblk;
+    if (!is_f32) {
+      kblk.resize(bs * D);
+      vblk.resize(bs * D);
     }
-    for (int64_t g = 0; g < G; ++g) tile.attend_row((i - it.n0) * G + g, depth, kp.data(), vp.data());
+    const T* kc = static_cast<const T*>(p.k_cache);
+    const T* vc = static_cast<const T*>(p.v_cache);
+    for (int64_t b = 0; b * bs < P; ++b) {
+      const int64_t id = p.table[it.tree * p.max_blocks + b];
+      const int64_t n = std::min(bs, P - b * bs);
+      const int64_t base = (id * bs * p.hkv + H) * D;
+      for (int64_t t = 0; t < n; ++t) {
+        const T* ks = kc + base + t * tok_stride;
+        const T* vs = vc + base + t * tok_stride;
+        if constexpr (is_f32) {
+          kp[t] = ks;
+          vp[t] = vs;
+        } else {
+          r1::load_row(kblk.data() + t * D, ks, D);
+          r1::load_row(vblk.data() + t * D, vs, D);
+          kp[t] = kblk.data() + t * D;
+          vp[t] = vblk.data() + t * D;
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) tile.attend_row(r, n, kp.data(), vp.data());
+    }
+    for (int64_t i = it.n0; i < it.n1; ++i) {
+      int64_t depth = 0;
+      for (int64_t j = i; j >= 0; j = par[j], ++depth) {
+        kp[depth] = kbuf.data() + slot[j] * D;
+        vp[depth] = vbuf.data() + slot[j] * D;
+      }
+      for (int64_t g = 0; g < G; ++g) tile.attend_row((i - it.n0) * G + g, depth, kp.data(), vp.data());
+    }
   }
   T* out = static_cast<T*>(p.out);
   for (int64_t i = it.n0; i < it.n1; ++i)
