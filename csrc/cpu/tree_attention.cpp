@@ -144,12 +144,12 @@ R1_INLINE void pv_tile(const float* __restrict pr, int64_t ldp, int64_t n, const
     for (int j = 0; j < NV; ++j) r1::storeu8(o + r * ldo + 8 * j, c[r][j]);
 }
 
-// O[r][0:D] (+)= P[r][0:n16] . V for MR rows, V's column blocks in turn.
+// O[r][0:D] (+)= P[r][0:n] . V[0:n] for MR rows, V's column blocks in turn.
 template <int MR, bool ACC>
-R1_INLINE void pv_blocks(const float* s, int64_t lds, const Panels& pk, float* o, int64_t D) {
+R1_INLINE void pv_blocks(const float* s, int64_t lds, const Panels& pk, int64_t n, float* o, int64_t D) {
   int64_t d0 = 0;
-  for (; d0 + 16 <= D; d0 += 16) pv_tile<MR, 2, ACC>(s, lds, pk.n16, pk.v.data() + d0 * pk.n16, o + d0, D);
-  if (d0 < D) pv_tile<MR, 1, ACC>(s, lds, pk.n16, pk.v.data() + d0 * pk.n16, o + d0, D);
+  for (; d0 + 16 <= D; d0 += 16) pv_tile<MR, 2, ACC>(s, lds, n, pk.v.data() + d0 * pk.n16, o + d0, D);
+  if (d0 < D) pv_tile<MR, 1, ACC>(s, lds, n, pk.v.data() + d0 * pk.n16, o + d0, D);
 }
 
 // exp(s - mx) over n scores as 2^(s log2 e - mx log2 e) (one FMA in, the cheaper exp2), in place;
@@ -176,17 +176,24 @@ R1_INLINE float exp_scores(float* s, int64_t n, int64_t valid, float mx) {
 }
 
 // One strip of MR rows starting at the item's row r0: scores against the prefix and the ancestors,
-// softmax, P V; sets the rows' (m, l, O).
+// softmax, P V; sets the rows' (m, l, O). anc_cols[node]: the ancestor columns (whole panels) that
+// hold any of the node's ancestors; the strip skips the panels none of its rows' nodes need (in a
+// chain's tile, the first node needs one of its two).
 template <int MR>
-R1_INLINE void fused_strip(r1::RowTile& tile, int64_t r0, const Panels& pre, const Panels& anc, const int32_t* mask, int64_t G, float* s) {
+R1_INLINE void fused_strip(r1::RowTile& tile, int64_t r0, const Panels& pre, const Panels& anc, const int32_t* mask, const int64_t* anc_cols,
+                           int64_t G, float* s) {
   const int64_t D = tile.D, W = pre.n16 + anc.n16;
   const float* q = tile.Q.data() + r0 * D;
   r1::vf8 rmax[MR];
   for (int r = 0; r < MR; ++r) rmax[r] = r1::vf8{} + r1::kNegInf;
   for (int64_t t0 = 0; t0 < pre.n16; t0 += 16) score_tile<MR, false>(q, D, pre.k.data() + t0 * D, s + t0, W, rmax, pre.n - t0, nullptr);
   const int32_t* mrow[MR];
-  for (int r = 0; r < MR; ++r) mrow[r] = mask + ((r0 + r) / G) * anc.n16;
-  for (int64_t t0 = 0; t0 < anc.n16; t0 += 16) {
+  int64_t A = 0;
+  for (int r = 0; r < MR; ++r) {
+    mrow[r] = mask + ((r0 + r) / G) * anc.n16;
+    A = std::max(A, anc_cols[(r0 + r) / G]);
+  }
+  for (int64_t t0 = 0; t0 < A; t0 += 16) {
     score_tile<MR, true>(q, D, anc.k.data() + t0 * D, s + pre.n16 + t0, W, rmax, 16, mrow);
     for (int r = 0; r < MR; ++r) mrow[r] += 16;
   }
@@ -194,11 +201,11 @@ R1_INLINE void fused_strip(r1::RowTile& tile, int64_t r0, const Panels& pre, con
     float mx = r1::kNegInf;
     for (int c = 0; c < 8; ++c) mx = std::max(mx, rmax[r][c]);
     tile.m[r0 + r] = mx;
-    tile.l[r0 + r] = exp_scores<false>(s + r * W, pre.n16, pre.n, mx) + exp_scores<true>(s + r * W + pre.n16, anc.n16, anc.n16, mx);
+    tile.l[r0 + r] = exp_scores<false>(s + r * W, pre.n16, pre.n, mx) + exp_scores<true>(s + r * W + pre.n16, A, A, mx);
   }
   float* o = tile.O.data() + r0 * D;
-  pv_blocks<MR, false>(s, W, pre, o, D);
-  pv_blocks<MR, true>(s + pre.n16, W, anc, o, D);
+  pv_blocks<MR, false>(s, W, pre, pre.n16, o, D);
+  pv_blocks<MR, true>(s + pre.n16, W, anc, A, o, D);
 }
 
 // The fused path for an item: packs the prefix (once per thread for the items of one (tree, head)
@@ -210,6 +217,7 @@ R1_INLINE void fused_item(const TreeArgs& p, const Item& it, r1::RowTile& tile, 
   thread_local Panels pre, anc;
   thread_local std::vector<float> sc, row;
   thread_local std::vector<int32_t> mask;
+  thread_local std::vector<int64_t> anc_cols;
   thread_local uint64_t packed_call = 0;
   thread_local int64_t packed_tree = -1, packed_head = -1;
   const int64_t D = p.d, bs = p.block_size, H = it.head, tok_stride = p.hkv * D, G = p.hq / p.hkv;
@@ -256,18 +264,25 @@ R1_INLINE void fused_item(const TreeArgs& p, const Item& it, r1::RowTile& tile, 
   // mask[node][slot] = -1 where the slot's node is the node or one of its ancestors
   const int32_t* par = p.parents + p.cu[it.tree];
   mask.assign((it.n1 - it.n0) * anc.n16, 0);
-  for (int64_t i = it.n0; i < it.n1; ++i)
-    for (int64_t j = i; j >= 0; j = par[j]) mask[(i - it.n0) * anc.n16 + slot[j]] = -1;
+  anc_cols.resize(it.n1 - it.n0);
+  for (int64_t i = it.n0; i < it.n1; ++i) {
+    int64_t last = 0;
+    for (int64_t j = i; j >= 0; j = par[j]) {
+      mask[(i - it.n0) * anc.n16 + slot[j]] = -1;
+      last = std::max(last, slot[j]);
+    }
+    anc_cols[i - it.n0] = (last + 16) & ~int64_t(15);
+  }
   const int64_t W = pre.n16 + anc.n16;
   sc.resize(kStrip * W);
   int64_t r0 = 0;
-  for (; r0 + kStrip <= rows; r0 += kStrip) fused_strip<kStrip>(tile, r0, pre, anc, mask.data(), G, sc.data());
+  for (; r0 + kStrip <= rows; r0 += kStrip) fused_strip<kStrip>(tile, r0, pre, anc, mask.data(), anc_cols.data(), G, sc.data());
   switch (rows - r0) {
-    case 1: fused_strip<1>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
-    case 2: fused_strip<2>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
-    case 3: fused_strip<3>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
-    case 4: fused_strip<4>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
-    case 5: fused_strip<5>(tile, r0, pre, anc, mask.data(), G, sc.data()); break;
+    case 1: fused_strip<1>(tile, r0, pre, anc, mask.data(), anc_cols.data(), G, sc.data()); break;
+    case 2: fused_strip<2>(tile, r0, pre, anc, mask.data(), anc_cols.data(), G, sc.data()); break;
+    case 3: fused_strip<3>(tile, r0, pre, anc, mask.data(), anc_cols.data(), G, sc.data()); break;
+    case 4: fused_strip<4>(tile, r0, pre, anc, mask.data(), anc_cols.data(), G, sc.data()); break;
+    case 5: fused_strip<5>(tile, r0, pre, anc, mask.data(), anc_cols.data(), G, sc.data()); break;
     default: break;
   }
 }
