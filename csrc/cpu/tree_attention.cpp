@@ -55,7 +55,7 @@ constexpr int kStrip = 6;  // rows per micro-kernel: 2 x kStrip accumulators + 2
 // Keys and values packed for the micro-kernels: K as panels of 16 keys [n16 / 16][D][16], V as
 // column blocks [D / 16][n16][16] (then one [n16][8] when D % 16 == 8), zero past n.
 struct Panels {
-  std::vector<float> k, v;
+  std::vector<float> k, v, zero;
   int64_t n = 0, n16 = 0;
 
   void reset(int64_t keys, int64_t D) {
@@ -63,28 +63,24 @@ struct Panels {
     n16 = (keys + 15) & ~int64_t(15);
     k.resize(n16 * D);
     v.resize(n16 * D);
+    zero.assign(D, 0.f);
   }
-  // keys [t0, t0 + 16) from rows krow[j], vrow[j] (D floats each), j < valid; zero for j >= valid.
-  // K is written in whole 16-float lines (the transpose reads 16 rows at once, all in L1)
-  R1_INLINE void put_panel(int64_t t0, int64_t valid, const float* const* krow, const float* const* vrow, int64_t D) {
+  // keys [t0, t0 + 16) from rows krow[j], vrow[j] (D floats each) for j < valid, zero rows past
+  // them. K is written in whole 16-float lines (the transpose reads 16 rows at once, all in L1)
+  R1_INLINE void put_panel(int64_t t0, int64_t valid, const float** krow, const float** vrow, int64_t D) {
+    for (int64_t j = valid; j < 16; ++j) krow[j] = vrow[j] = zero.data();
     float* kpanel = k.data() + t0 * D;
-    if (valid == 16) {
-      for (int64_t d = 0; d < D; ++d)
-        for (int j = 0; j < 16; ++j) kpanel[d * 16 + j] = krow[j][d];
-    } else {
-      for (int64_t d = 0; d < D; ++d)
-        for (int j = 0; j < 16; ++j) kpanel[d * 16 + j] = j < valid ? krow[j][d] : 0.f;
-    }
+    for (int64_t d = 0; d < D; ++d)
+      for (int j = 0; j < 16; ++j) kpanel[d * 16 + j] = krow[j][d];
     for (int j = 0; j < 16; ++j) {
       const int64_t t = t0 + j;
       int64_t d0 = 0;
       for (; d0 + 16 <= D; d0 += 16) {
         float* dst = v.data() + d0 * n16 + t * 16;
-        const r1::vf8 a = j < valid ? r1::loadu8(vrow[j] + d0) : r1::vf8{}, b = j < valid ? r1::loadu8(vrow[j] + d0 + 8) : r1::vf8{};
-        r1::storeu8(dst, a);
-        r1::storeu8(dst + 8, b);
+        r1::storeu8(dst, r1::loadu8(vrow[j] + d0));
+        r1::storeu8(dst + 8, r1::loadu8(vrow[j] + d0 + 8));
       }
-      if (d0 < D) r1::storeu8(v.data() + d0 * n16 + t * 8, j < valid ? r1::loadu8(vrow[j] + d0) : r1::vf8{});
+      if (d0 < D) r1::storeu8(v.data() + d0 * n16 + t * 8, r1::loadu8(vrow[j] + d0));
     }
   }
 };
