@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from r1core.trainers.optim import encode_prompt
+from r1core.tasks.tokenizer import encode_prompt
 
 
 def evaluate(engine, tokenizer, rows: list[dict], *, reward_func, format_func=None, samples: int = 4,

@@ -271,7 +271,7 @@ def run_ttc(cfg: TTCConfig) -> dict:
     from r1core.search.scoring import verifier_scorer
     from r1core.search.step_generator import BranchStepGenerator
     from r1core.tasks import generate
-    from r1core.trainers.optim import encode_prompt
+    from r1core.tasks.tokenizer import encode_prompt
 
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.threads)

@@ -78,7 +78,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    from r1core.trainers.optim import encode_prompt
+    from r1core.tasks.tokenizer import encode_prompt
 
     return encode_prompt(tokenizer, prompt)
 

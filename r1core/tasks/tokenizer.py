@@ -54,3 +54,11 @@ def load_tokenizer(path: str | os.PathLike):
     if not os.path.isdir(path):
         raise ValueError(f"path: expected a folder written by save_pretrained, got {str(path)!r}")
     return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt token ids: no special tokens but a leading bos where the tokenizer defines one; the SFT
+    and GRPO trainers and the evaluation all encode prompts through here, so they agree."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ([bos] if bos is not None else []) + list(ids)

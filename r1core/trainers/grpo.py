@@ -34,7 +34,8 @@ from r1core.trainers import distributed as dist
 from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1core.trainers.grpo_config import GRPOConfig
 from r1core.trainers.metrics import MetricsLogger
-from r1core.trainers.optim import build_optimizer, build_scheduler, encode_prompt, lm_head_params
+from r1core.tasks.tokenizer import encode_prompt
+from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
 
 
 # logged counts that add up over ranks (the rest are rates or means, averaged)

@@ -41,14 +41,6 @@ def build_scheduler(optimizer, kind: str, warmup_steps: int, max_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Prompt token ids: no special tokens but a leading bos where the tokenizer defines one; the SFT
-    and GRPO trainers and the evaluation all encode prompts through here, so they agree."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return ([bos] if bos is not None else []) + list(ids)
-
-
 def lm_head_params(model: torch.nn.Module):
     """(base model, head weight [V, H], head bias [V] or None): the fused kernels take the last
     hidden states and the head, never logits. Tied embeddings: the head's weight is the embedding

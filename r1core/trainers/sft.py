@@ -32,7 +32,8 @@ import torch
 import r1kernels
 from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1core.trainers.metrics import MetricsLogger
-from r1core.trainers.optim import build_optimizer, build_scheduler, encode_prompt, lm_head_params
+from r1core.tasks.tokenizer import encode_prompt
+from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
 
 
 def _is_int(v) -> bool:
