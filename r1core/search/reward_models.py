@@ -329,15 +329,6 @@ def shepherd_examples(generator, rows: Sequence[dict], encode: Callable[[str], l
     return out
 
 
-def outcome_examples(rows: Sequence[dict], completions: Sequence[Sequence[str]],
-                     is_correct: Callable[[dict, str], bool]) -> list[RewardExample]:
-    """ORM training examples: every sampled completion labelled by its correctness."""
-    if len(rows) != len(completions):
-        raise ValueError(f"completions: expected one list per row ({len(rows)}), got {len(completions)}")
-    return [RewardExample(r["prompt"], c, [1.0 if is_correct(r, c) else 0.0]) for r, cs in zip(rows, completions)
-            for c in cs if c]
-
-
 def labels_accuracy(model: RewardModel, tokenizer, examples: Sequence[RewardExample], kind: str,
                     separator: str = ",") -> float:
     """Share of labelled positions where the prediction falls on the label's side of 0.5."""

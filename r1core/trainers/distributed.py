@@ -90,14 +90,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard(items: list, rank: int, world_size: int) -> list:
-    """This rank's contiguous share of a global list whose length world_size divides."""
-    if len(items) % world_size:
-        raise ValueError(f"{len(items)} items cannot be dealt evenly to {world_size} processes")
-    n = len(items) // world_size
-    return items[rank * n:(rank + 1) * n]
-
-
 def wrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
     """DDP around module when a process group exists, else the module itself."""
     if not is_initialized() or dist.get_world_size() == 1:
