@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from r1kernels import reference
+from r1kernels._grpo_stats import grpo_stats
 from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, flat, token_scale
 from r1kernels._library import op
 from r1kernels.token_logprobs import check_head_inputs, token_logprobs
@@ -135,7 +136,8 @@ def grpo_loss(
             loss_type, importance_sampling, sapo_temperature_pos, sapo_temperature_neg,
         )
         loss = reference.aggregate_loss(per_token, mask, loss_type, num_items)
-        stats = reference.grpo_stats(logp.detach(), entropy.detach(), w.detach(), advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high)
+        stats = grpo_stats(logp.detach(), entropy.detach(), w.detach(), advantages, mask, ref_logprobs, beta, epsilon_low,
+                           epsilon_high, delta, loss_type, importance_sampling)
         return loss, stats
 
     scale = token_scale(mask, loss_type, num_items)
@@ -151,5 +153,6 @@ def grpo_loss(
     logp = logp.view(B, T)
     old = logp if old_logprobs is None else old_logprobs.float()
     w = torch.exp(logp - old)
-    stats = reference.grpo_stats(logp, entropy.view(B, T), w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high)
+    stats = grpo_stats(logp, entropy.view(B, T), w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
+                       loss_type, importance_sampling)
     return loss, stats

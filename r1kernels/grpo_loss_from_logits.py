@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from r1kernels import reference
+from r1kernels._grpo_stats import grpo_stats
 from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, check_targets_in_vocab, flat, token_scale
 from r1kernels._library import op
 from r1kernels.grpo_loss import _grad_is_one
@@ -85,5 +86,6 @@ def grpo_loss_from_logits(
     logp = logp.view(B, T)
     old = logp if old_logprobs is None else old_logprobs.float()
     w = torch.exp(logp - old)
-    stats = reference.grpo_stats(logp, entropy.view(B, T), w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high)
+    stats = grpo_stats(logp, entropy.view(B, T), w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
+                       loss_type, importance_sampling)
     return loss, stats

@@ -4,8 +4,10 @@ attention, split-KV decode):
     lse = log(exp(lse_a) + exp(lse_b))
     out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b
 
-out_* [N, H, D], lse_* [N, H] fp32 (natural log). A side with lse -inf (no keys) has weight 0; both
--inf gives out 0 and lse -inf. Computed in fp32, out in out_a's dtype. Inference only (no autograd).
+out_* [N, H, D], lse_* [N, H] fp32 (natural log). A side with no keys has lse -inf, or +inf as vLLM
+and FlashAttention write it: either way it has weight 0, and the other side comes back unchanged
+(its out, its lse). Where both sides are empty the row's out is 0 and its lse -inf. Computed in
+fp32, out in out_a's dtype. Inference only (no autograd).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ def _(out_a, lse_a, out_b, lse_b):
 
 
 def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor):
-    """-> (out [N, H, D] in out_a's dtype, lse [N, H] fp32)."""
+    """-> (out [N, H, D] in out_a's dtype, lse [N, H] fp32); rows empty on both sides (lse +-inf
+    on each) give out 0 and lse -inf."""
     for name, t in (("out_a", out_a), ("out_b", out_b)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or not t.is_floating_point():
             raise ValueError(f"{name} must be a 3-D floating tensor [N, H, D], got {getattr(t, 'shape', type(t))}")

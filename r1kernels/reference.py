@@ -142,30 +142,45 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, 
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
-def grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high):
-    """Detached statistics: mean KL, clip fractions (low, high, region), mean entropy; masked means
-    over the batch's tokens."""
+def grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high, delta=None,
+               loss_type="grpo", importance_sampling="token"):
+    """Detached statistics as TRL's GRPOTrainer logs them: mean KL and entropy over the batch's
+    tokens; clip fractions (low, high, region) over tokens, or over sequences when the importance
+    weight is one per sequence (importance_sampling="sequence"). The clip is the PPO region for
+    grpo/bnpo/dr_grpo/dapo (on the ratio after the dual clip), the cap epsilon_high for cispo
+    (high and region; low 0), none for sapo (all 0)."""
     with torch.no_grad():
-        maskf = mask.to(torch.float32)
-        count = maskf.sum().clamp(min=1.0)
+        m = mask.bool()
 
-        def mmean(x):
-            return (x.float().expand_as(maskf) * maskf).sum() / count
+        def over_tokens(x):
+            x = x.float().expand(m.shape)
+            return x[m].sum() / m.sum().clamp(min=1)
+
+        def over_sequences(x):
+            return x.float().reshape(-1).sum() / max(x.shape[0], 1)
 
         adv = advantages.float().unsqueeze(-1)
-        low = (w < 1 - epsilon_low) & (adv < 0)
-        high = (w > 1 + epsilon_high) & (adv > 0)
+        if loss_type == "cispo":
+            high = (w > epsilon_high) & (adv > 0)
+            low = torch.zeros_like(high)
+        elif loss_type == "sapo":
+            low = high = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+        else:
+            coef = w if delta is None else torch.clamp(w, max=delta)
+            low = (coef < 1 - epsilon_low) & (adv < 0)
+            high = (coef > 1 + epsilon_high) & (adv > 0)
+        clip_mean = over_sequences if importance_sampling == "sequence" else over_tokens
         if ref_logprobs is not None and beta != 0.0:
             d = ref_logprobs.float() - logp.float()
-            kl = mmean(torch.exp(d) - d - 1)
+            kl = over_tokens(torch.exp(d) - d - 1)
         else:
             kl = torch.zeros((), dtype=torch.float32, device=logp.device)
         return {
             "kl": kl,
-            "clip_low": mmean(low),
-            "clip_high": mmean(high),
-            "clip_region": mmean(low | high),
-            "entropy": mmean(entropy),
+            "clip_low": clip_mean(low),
+            "clip_high": clip_mean(high),
+            "clip_region": clip_mean(low | high),
+            "entropy": over_tokens(entropy),
         }
 
 
@@ -197,7 +212,9 @@ def grpo_loss_from_logits(
         loss_type, importance_sampling, sapo_temperature_pos, sapo_temperature_neg,
     )
     loss = aggregate_loss(per_token, mask, loss_type, num_items)
-    return loss, grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high)
+    stats = grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high, delta, loss_type,
+                       importance_sampling)
+    return loss, stats
 
 
 def grpo_loss(
@@ -262,10 +279,13 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, s
 
 
 def merge_attention_states(out_a, lse_a, out_b, lse_b):
-    """Combine two attentions over disjoint key sets: weights exp(lse) renormalised."""
-    lse = torch.logaddexp(lse_a.float(), lse_b.float())  # -inf with -inf gives -inf
-    wa = torch.exp(lse_a.float() - lse).nan_to_num(0.0).unsqueeze(-1)
-    wb = torch.exp(lse_b.float() - lse).nan_to_num(0.0).unsqueeze(-1)
+    """Combine two attentions over disjoint key sets: weights exp(lse) renormalised. An empty side
+    has lse -inf or (vLLM's convention) +inf; both empty give out 0 and lse -inf."""
+    la = lse_a.float().masked_fill(torch.isinf(lse_a), -math.inf)
+    lb = lse_b.float().masked_fill(torch.isinf(lse_b), -math.inf)
+    lse = torch.logaddexp(la, lb)  # -inf with -inf gives -inf
+    wa = torch.exp(la - lse).nan_to_num(0.0).unsqueeze(-1)
+    wb = torch.exp(lb - lse).nan_to_num(0.0).unsqueeze(-1)
     out = wa * out_a.float() + wb * out_b.float()
     return out.to(out_a.dtype), lse
 

@@ -1,6 +1,8 @@
 """r1kernels.grpo_loss_from_logits (the C++ logits_grpo_loss on the CPU) against
 reference.grpo_loss_from_logits: loss, stats and the gradient of the logits."""
 
+import math
+
 import pytest
 import torch
 from _grpo_inputs import assert_stats_close, make_inputs
@@ -85,3 +87,65 @@ def test_opcheck(compute_grad):
     args = (z, torch.zeros(6, dtype=torch.long), scale, torch.randn(6), lp + 0.1 * torch.randn(6), lp + 0.1 * torch.randn(6),
             0.04, 0.2, 0.28, None, 0.9, 0, 1.0, 1.05, compute_grad)
     torch.library.opcheck(op("logits_grpo_loss"), args)
+
+
+# --- the statistics' meanings (TRL's GRPOTrainer, Liger's clip metrics) -------------------------
+
+def _known_ratio_inputs(ratios, mask=None):
+    """Uniform logits over V = 4 (logp = -log 4 for every target) and old log-probs chosen so that
+    exp(logp - old) is `ratios` [B, T]; advantages +1 for the first sequence, -1 for the second."""
+    ratios = torch.tensor(ratios, dtype=torch.float32)
+    B, T = ratios.shape
+    logits = torch.zeros(B, T, 4)
+    logp = torch.full((B, T), -math.log(4.0))
+    return dict(logits=logits, targets=torch.zeros(B, T, dtype=torch.long), advantages=torch.tensor([1.0, -1.0]),
+                old=logp - ratios.log(), mask=torch.ones(B, T, dtype=torch.bool) if mask is None else torch.tensor(mask))
+
+
+def _stats_of_both(inp, **opt):
+    """stats of grpo_loss_from_logits, of grpo_loss (identity head: hidden = logits) and of the reference."""
+    kw = dict(mask=inp["mask"], old_logprobs=inp["old"], **opt)
+    _, a = r1kernels.grpo_loss_from_logits(inp["logits"], inp["targets"], inp["advantages"], **kw)
+    _, b = r1kernels.grpo_loss(inp["logits"], torch.eye(4), inp["targets"], inp["advantages"], **kw)
+    _, c = reference.grpo_loss_from_logits(inp["logits"], inp["targets"], inp["advantages"], **kw)
+    return a, b, c
+
+
+def _assert_clip(stats, low, high, region):
+    for name, want in (("clip_low", low), ("clip_high", high), ("clip_region", region)):
+        assert float(stats[name]) == pytest.approx(want, abs=1e-6), f"{name}: {float(stats[name])} != {want}"
+
+
+# ratios: sequence 0 (advantage +1) 1.1, 1.5, 5.5; sequence 1 (advantage -1) 0.5, 1.0, 7.0
+RATIOS = [[1.1, 1.5, 5.5], [0.5, 1.0, 7.0]]
+
+
+def test_clip_stats_grpo_are_the_ppo_region():
+    for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="grpo", epsilon_high=0.2):
+        # high: 1.5 and 5.5 with A > 0; low: 0.5 with A < 0 (7.0 with A < 0 is not clipped)
+        _assert_clip(stats, 1 / 6, 2 / 6, 3 / 6)
+
+
+def test_clip_stats_grpo_take_the_ratio_after_the_dual_clip():
+    # TRL clamps the ratio at delta before it counts: min(1.5, 1.1) and min(5.5, 1.1) are inside 1 + 0.2
+    for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="grpo", epsilon_high=0.2, delta=1.1):
+        _assert_clip(stats, 1 / 6, 0.0, 1 / 6)
+
+
+def test_clip_stats_cispo_count_the_cap_itself():
+    # the cap is epsilon_high itself: only 5.5 (A > 0) exceeds 5; nothing is clipped low (0.5 is not)
+    for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="cispo", epsilon_high=5.0):
+        _assert_clip(stats, 0.0, 1 / 6, 1 / 6)
+
+
+def test_clip_stats_sapo_are_zero():
+    for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="sapo", epsilon_high=0.2):
+        _assert_clip(stats, 0.0, 0.0, 0.0)
+
+
+def test_clip_stats_sequence_level_are_per_sequence():
+    # sequence 0 keeps one token (ratio 1.5: clipped high), sequence 1 three (geometric mean 1.0):
+    # one of the two sequences is clipped, though only one of the four tokens is
+    inp = _known_ratio_inputs([[1.5, 3.0, 3.0], [0.5, 1.0, 2.0]], mask=[[True, False, False], [True, True, True]])
+    for stats in _stats_of_both(inp, loss_type="grpo", epsilon_high=0.2, importance_sampling="sequence"):
+        _assert_clip(stats, 0.0, 0.5, 0.5)

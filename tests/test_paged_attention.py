@@ -138,6 +138,25 @@ def test_merge_handles_neg_inf():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("merge", [r1kernels.merge_attention_states, reference.merge_attention_states], ids=["op", "reference"])
+def test_merge_takes_vllm_pos_inf_for_an_empty_side(merge):
+    # vLLM (and FlashAttention) write an empty side's lse as +inf: it has no weight, as -inf has
+    n, h, d = 4, 2, 8
+    oa, ob = torch.randn(n, h, d), torch.randn(n, h, d)
+    la, lb = torch.randn(n, h), torch.randn(n, h)
+    la[0] = math.inf
+    lb[1] = math.inf
+    la[2], lb[2] = math.inf, -math.inf
+    la[3], lb[3] = math.inf, math.inf
+    out, lse = merge(oa, la, ob, lb)
+    torch.testing.assert_close(out[0], ob[0])
+    torch.testing.assert_close(lse[0], lb[0])
+    torch.testing.assert_close(out[1], oa[1])
+    torch.testing.assert_close(lse[1], la[1])
+    # both sides empty, in either convention: out 0 and lse -inf, as the docstring says
+    assert torch.equal(out[2:], torch.zeros_like(out[2:])) and torch.isneginf(lse[2:]).all()
+
+
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_reshape_and_cache_skips_padding(dtype, atol, rtol):
     nb, bs, hkv, d, n = 7, 4, 2, 8, 11

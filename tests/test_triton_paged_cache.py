@@ -166,3 +166,17 @@ def test_merge_attention_states_single_token_and_large_lse():
     _check_merge(merge_attention_states(*inputs), inputs, torch.float32, 1e-5, 1e-5)
     out, lse = merge_attention_states(*_merge_inputs(0, 2, 5, torch.float32))
     assert out.shape == (0, 2, 5) and lse.shape == (0, 2)
+
+
+def test_merge_attention_states_takes_pos_inf_for_an_empty_side():
+    # vLLM's convention for a side with no keys is lse +inf: weight 0, as with -inf
+    n, h, d = 4, 2, 8
+    out_a, lse_a, out_b, lse_b = _merge_inputs(n, h, d, torch.float32)
+    lse_a[0] = math.inf
+    lse_b[1] = math.inf
+    lse_a[2], lse_b[2] = math.inf, -math.inf
+    lse_a[3], lse_b[3] = math.inf, math.inf
+    out, lse = merge_attention_states(out_a, lse_a, out_b, lse_b, rows=4)
+    assert torch.equal(out[0], out_b[0]) and torch.equal(lse[0], lse_b[0])
+    assert torch.equal(out[1], out_a[1]) and torch.equal(lse[1], lse_a[1])
+    assert bool((out[2:] == 0).all()) and torch.isneginf(lse[2:]).all()

@@ -169,7 +169,10 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, cons
 template <typename T>
 R1_INLINE void merge_rows(const T* oa, const float* la, const T* ob, const float* lb, T* out, float* lse, int64_t r0, int64_t r1, int64_t d) {
   for (int64_t r = r0; r < r1; ++r) {
-    const float a = la[r], b = lb[r];
+    // an empty side's lse is -inf here and +inf in vLLM's convention (FlashAttention writes +inf):
+    // either way it has no weight
+    const float a = std::isinf(la[r]) ? r1::kNegInf : la[r];
+    const float b = std::isinf(lb[r]) ? r1::kNegInf : lb[r];
     const float m = std::max(a, b);
     float wa = 0.f, wb = 0.f;
     if (m != r1::kNegInf) {

@@ -195,7 +195,9 @@ template <typename T>
 __global__ void merge_kernel(const T* __restrict__ oa, const float* __restrict__ la, const T* __restrict__ ob, const float* __restrict__ lb, T* __restrict__ out,
                              float* __restrict__ lse, int64_t rows, int64_t d) {
   const int64_t r = blockIdx.x;
-  const float a = la[r], b = lb[r];
+  // an empty side's lse is -inf here and +inf in vLLM's convention: either way it has no weight
+  const float a = isinf(la[r]) ? -INFINITY : la[r];
+  const float b = isinf(lb[r]) ? -INFINITY : lb[r];
   const float mx = fmaxf(a, b);
   float wa = 0.f, wb = 0.f;
   if (mx != -INFINITY) {

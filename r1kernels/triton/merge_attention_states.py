@@ -3,8 +3,8 @@ partial attentions over disjoint key sets,
 
     lse = log(exp(lse_a) + exp(lse_b)),  out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b,
 
-in fp32, out in out_a's dtype. A side with lse -inf (no keys) gets weight 0; both -inf give out 0
-and lse -inf (the weights are taken relative to max(lse_a, lse_b), never exp(-inf - -inf)).
+in fp32, out in out_a's dtype. A side with no keys (lse -inf, or +inf as vLLM writes it) gets
+weight 0; both empty give out 0 and lse -inf (the weights are taken relative to max(lse_a, lse_b), never exp(-inf - -inf)).
 
 One program per ROWS (token, head) rows, a [ROWS, D] tile of each side: grid (cdiv(N * H, ROWS),).
 """
@@ -30,6 +30,9 @@ def _merge_attention_states_kernel(
     r_ok = r < n_rows
     a = tl.load(la_ptr + r, mask=r_ok, other=float("-inf"))
     b = tl.load(lb_ptr + r, mask=r_ok, other=float("-inf"))
+    # an empty side's lse is -inf here and +inf in vLLM's convention: either way it has no weight
+    a = tl.where(a == float("inf"), float("-inf"), a)
+    b = tl.where(b == float("inf"), float("-inf"), b)
     mx = tl.maximum(a, b)
     finite = mx != float("-inf")
     base = tl.where(finite, mx, 0.0)  # keeps a - base from being -inf - -inf = nan
