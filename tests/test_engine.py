@@ -75,7 +75,7 @@ def test_group_prompt_prefilled_once_and_stored_once():
     engine.add_request(p, SamplingParams(n=G, max_new_tokens=5, ignore_eos=True, seed=3))
     batch = engine.scheduler.schedule()
     assert [s.num_tokens for s in batch.seqs] == [P] and batch.num_new_tokens == [P]  # one prefill of the prompt
-    with engine._engine_mode():
+    with engine.session():
         engine._postprocess(batch, engine.model_runner.run(batch))
     seqs = engine.scheduler.running
     assert len(seqs) == G
@@ -87,7 +87,7 @@ def test_group_prompt_prefilled_once_and_stored_once():
     full = P // bs
     assert bm.num_used_blocks == full + G
     assert all(bm.ref_count(b) == G for b in seqs[0].block_table[:full])
-    with engine._engine_mode():
+    with engine.session():
         engine._postprocess(batch, engine.model_runner.run(batch))
         while engine.scheduler.has_unfinished():
             engine._step()

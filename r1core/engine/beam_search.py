@@ -18,7 +18,9 @@
 Reordering beams touches no KV: a surviving parent keeps its Sequence for its first child and is
 forked by the block manager (shared blocks, ref counts) for the others; dropped parents are freed.
 The shared, partly filled last block is copied on the next write into it (copy-on-write, one
-block per extra child). Every step is one batched forward over the live beams of all prompts.
+block per extra child). The beams are resident (pinned) sequences of the engine, never preempted,
+and every step is one `Engine.forward` over the live beams of all prompts: the engine's own loop
+(schedule, run, commit) returns their logits, and this module only chooses the beams.
 """
 
 from __future__ import annotations
@@ -27,10 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from r1core.engine.branches import held_blocks
 from r1core.engine.sampling_params import SamplingParams
-from r1core.engine.scheduler import ScheduledBatch
-from r1core.engine.sequence import Sequence, SequenceGroup
+from r1core.engine.sequence import Sequence
 
 @dataclass
 class BeamHypothesis:
@@ -76,6 +76,41 @@ def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, leng
     `(input_ids [beams, len], scores [beams, V]) -> scores`, applied to the log-probs each step;
     repetition_penalty, no_repeat_ngram_size, min_new_tokens: transformers' processors of those
     names (1.0, 0, 0: off), applied before it, as `generate` does."""
+    eos, n_keep = _check_args(engine, beam_width, max_new_tokens, num_return_sequences, length_penalty,
+                              early_stopping, eos_token_id)
+    user_procs = _check_processors(logits_processor)
+    _check("repetition_penalty", repetition_penalty, isinstance(repetition_penalty, (int, float))
+           and not isinstance(repetition_penalty, bool) and 0 < repetition_penalty < float("inf"), "a number > 0")
+    _check("no_repeat_ngram_size", no_repeat_ngram_size, isinstance(no_repeat_ngram_size, int)
+           and not isinstance(no_repeat_ngram_size, bool) and no_repeat_ngram_size >= 0, "an int >= 0")
+    _check("min_new_tokens", min_new_tokens, isinstance(min_new_tokens, int) and not isinstance(min_new_tokens, bool)
+           and min_new_tokens >= 0, "an int >= 0")
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    if not prompts:
+        return []
+    engine.check_idle("beam_search")
+    avail = engine.block_manager.num_blocks - engine.block_manager.num_pinned_blocks  # open branches keep theirs
+    checked, needs = _check_prompts(engine, prompts, beam_width, max_new_tokens, avail)
+    procs = [_processors(len(ids), eos, repetition_penalty, no_repeat_ngram_size, min_new_tokens, user_procs)
+             for _, ids in checked]
+    engine.check_weights()
+    outputs: list[BeamSearchOutput | None] = [None] * len(prompts)
+    with engine.session():
+        for wave in _waves(needs, avail, beam_width, engine.scheduler.max_num_seqs):
+            searches = _run_wave(engine, [checked[i] for i in wave], beam_width, max_new_tokens, float(length_penalty),
+                                 early_stopping, eos, n_keep, [procs[i] for i in wave])
+            for i, search in zip(wave, searches):
+                text, ids = checked[i]
+                hyps = [BeamHypothesis(toks, _decode(engine, toks), score, reason)
+                        for score, toks, reason in search.finished[:num_return_sequences]]
+                outputs[i] = BeamSearchOutput(text, ids, hyps)
+    return outputs
+
+
+def _check_args(engine, beam_width, max_new_tokens, num_return_sequences, length_penalty, early_stopping,
+                eos_token_id) -> tuple[set[int], int]:
+    """Check the search's arguments; (the eos token ids, the candidates kept per prompt and step)."""
     _check("beam_width", beam_width, isinstance(beam_width, int) and not isinstance(beam_width, bool) and beam_width >= 1,
            "an int >= 1")
     _check("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
@@ -96,67 +131,46 @@ def beam_search(engine, prompts, beam_width: int, max_new_tokens: int = 16, leng
         eos = set(ids)
     n_keep = max(2, 1 + len(eos)) * beam_width
     _check("beam_width", beam_width, n_keep <= vocab, f"small enough that {n_keep} candidates fit in the vocabulary ({vocab})")
-    user_procs = _check_processors(logits_processor)
-    _check("repetition_penalty", repetition_penalty, isinstance(repetition_penalty, (int, float))
-           and not isinstance(repetition_penalty, bool) and 0 < repetition_penalty < float("inf"), "a number > 0")
-    _check("no_repeat_ngram_size", no_repeat_ngram_size, isinstance(no_repeat_ngram_size, int)
-           and not isinstance(no_repeat_ngram_size, bool) and no_repeat_ngram_size >= 0, "an int >= 0")
-    _check("min_new_tokens", min_new_tokens, isinstance(min_new_tokens, int) and not isinstance(min_new_tokens, bool)
-           and min_new_tokens >= 0, "an int >= 0")
-    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-        prompts = [prompts]
-    if not prompts:
-        return []
-    if engine.scheduler.has_unfinished():
-        raise RuntimeError("beam_search needs an idle engine: requests added with add_request are still running")
+    return eos, n_keep
 
+
+def _check_prompts(engine, prompts, k: int, max_new_tokens: int, avail: int) -> tuple[list, list[int]]:
+    """The prompts tokenised and checked by the engine, and the blocks each one's k beams need at
+    most (`avail`: the blocks the open branches leave)."""
     bm = engine.block_manager
     bs = bm.block_size
-    avail = bm.num_blocks - held_blocks(engine)  # open branches keep theirs throughout
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
     checked, needs = [], []
     for i, prompt in enumerate(prompts):
-        text, ids = engine._tokenize(i, prompt)
+        text, ids = engine.check_prompt(i, prompt)
         total = len(ids) + max_new_tokens
+        # beams do not stop at the model's last position, as generate's samples do
         if engine.max_positions is not None and total > engine.max_positions:
             raise ValueError(f"request {i}: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
                              f"model's {engine.max_positions} positions (max_position_embeddings)")
-        if engine.sliding_window is not None and total > engine.sliding_window:
-            raise ValueError(f"request {i}: prompt + max_new_tokens ({total}) exceed the model's sliding window "
-                             f"({engine.sliding_window}); sliding-window attention is not implemented")
+        engine.check_request(f"request {i}", len(ids), params, fit=False)  # k beams are checked here
         # the prompt's full blocks once, then every beam's own blocks, the last partial one included
-        need = len(ids) // bs + beam_width * (-(-total // bs) - len(ids) // bs)
+        need = len(ids) // bs + k * (-(-total // bs) - len(ids) // bs)
         if need > avail:
-            raise ValueError(f"request {i}: {beam_width} beams of prompt + max_new_tokens ({total}) need up to {need} "
+            raise ValueError(f"request {i}: {k} beams of prompt + max_new_tokens ({total}) need up to {need} "
                              f"KV-cache blocks, the cache has {bm.num_blocks} of {bs} tokens"
                              + (f" ({bm.num_blocks - avail} held by open branches)" if avail < bm.num_blocks else ""))
         checked.append((text, ids))
         needs.append(need)
+    return checked, needs
 
-    # prompts run in waves whose worst case fits in the cache and the engine's seats
+
+def _waves(needs: list[int], avail: int, k: int, max_num_seqs: int) -> list[list[int]]:
+    """The prompts in waves whose worst case fits in the cache and the engine's seats."""
     waves, cur, used = [], [], 0
     for i, need in enumerate(needs):
-        if cur and (used + need > avail or (len(cur) + 1) * beam_width > engine.scheduler.max_num_seqs):
+        if cur and (used + need > avail or (len(cur) + 1) * k > max_num_seqs):
             waves.append(cur)
             cur, used = [], 0
         cur.append(i)
         used += need
     waves.append(cur)
-
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    procs = [_processors(len(ids), eos, repetition_penalty, no_repeat_ngram_size, min_new_tokens, user_procs)
-             for _, ids in checked]
-    engine._check_weights()
-    outputs: list[BeamSearchOutput | None] = [None] * len(prompts)
-    with engine._engine_mode():
-        for wave in waves:
-            for i, search in zip(wave, _run_wave(engine, [checked[i] for i in wave], params, beam_width, max_new_tokens,
-                                                 float(length_penalty), early_stopping, eos, n_keep,
-                                                 [procs[i] for i in wave])):
-                text, ids = checked[i]
-                hyps = [BeamHypothesis(toks, _decode(engine, toks), score, reason)
-                        for score, toks, reason in search.finished[:num_return_sequences]]
-                outputs[i] = BeamSearchOutput(text, ids, hyps)
-    return outputs
+    return waves
 
 
 def _check_processors(logits_processor) -> list:
@@ -192,18 +206,15 @@ def _decode(engine, tokens: list[int]) -> str | None:
     return None if tok is None else tok.decode(tokens, skip_special_tokens=True)
 
 
-def _run_wave(engine, prompts, params, k: int, max_new: int, lp: float, early_stopping, eos: set[int],
-              n_keep: int, procs: list[list]) -> list[_PromptSearch]:
-    bm = engine.block_manager
-    runner = engine.model_runner
+def _run_wave(engine, prompts, k: int, max_new: int, lp: float, early_stopping, eos: set[int], n_keep: int,
+              procs: list[list]) -> list[_PromptSearch]:
+    """Search the prompts of one wave side by side: their live beams are resident sequences of the
+    engine, run together by `Engine.forward` each step (the prompts' prefill first)."""
     searches = []
-    for (text, ids), proc in zip(prompts, procs):
-        group = SequenceGroup(next(engine._request_ids), text, ids, params, 0)
-        seq = Sequence(next(engine._seq_ids), group, 0, ids)
-        group.seqs.append(seq)
-        searches.append(_PromptSearch(seq, k, proc))
     try:
-        logits = _prefill(engine, [s.beams[0] for s in searches])  # [P, V]
+        for (text, ids), proc in zip(prompts, procs):
+            searches.append(_PromptSearch(engine.add_resident(ids, text), k, proc))
+        logits = engine.forward([s.beams[0] for s in searches])  # [P, V]
         while True:
             live = [s for s in searches if not s.done]
             rows = 0
@@ -214,46 +225,12 @@ def _run_wave(engine, prompts, params, k: int, max_new: int, lp: float, early_st
             live = [s for s in live if not s.done]
             if not live:
                 return searches
-            batch = ScheduledBatch()
-            for s in live:
-                for seq in s.beams:
-                    batch.copies += bm.reserve(seq, 1)
-                    batch.seqs.append(seq)
-                    batch.num_new_tokens.append(1)
-            logits = runner.run(batch)  # [sum of live beams, V]
-            for seq in batch.seqs:
-                bm.commit(seq, 1)
+            logits = engine.forward([seq for s in live for seq in s.beams])  # [sum of live beams, V]
     finally:
         for s in searches:
             for seq in s.beams:
-                bm.free(seq)
+                engine.release_resident(seq)
             s.beams = []
-
-
-def _prefill(engine, seqs: list[Sequence]) -> torch.Tensor:
-    """Logits [P, V] of the last prompt token of each sequence, the prompts run in batches of at
-    most max_num_batched_tokens tokens (a longer prompt alone)."""
-    bm = engine.block_manager
-    limit = engine.scheduler.max_num_batched_tokens
-    out, batch = [], ScheduledBatch()
-    for seq in seqs:
-        bm.match_prefix(seq)
-        k = seq.num_tokens - seq.num_computed_tokens
-        if batch.seqs and batch.num_tokens + k > limit:
-            out.append(_run(engine, batch))
-            batch = ScheduledBatch()
-        batch.copies += bm.reserve(seq, k)
-        batch.seqs.append(seq)
-        batch.num_new_tokens.append(k)
-    out.append(_run(engine, batch))
-    return torch.cat(out)
-
-
-def _run(engine, batch: ScheduledBatch) -> torch.Tensor:
-    logits = engine.model_runner.run(batch)
-    for seq, k in zip(batch.seqs, batch.num_new_tokens):
-        engine.block_manager.commit(seq, k)
-    return logits
 
 
 def _select(engine, s: _PromptSearch, logits: torch.Tensor, max_new: int, lp: float, early_stopping,
@@ -301,17 +278,14 @@ def _select(engine, s: _PromptSearch, logits: torch.Tensor, max_new: int, lp: fl
 
 def _reorder(engine, s: _PromptSearch, picks: list[tuple[int, int]]) -> None:
     """New beams from (parent beam, token) picks: a parent's first child takes over its Sequence,
-    the others fork it (shared blocks); parents with no child are freed."""
-    bm = engine.block_manager
-    parents = list(s.beams)  # group.seqs, which forks append to
+    the others fork it (shared blocks); parents with no child are released."""
+    parents = list(s.beams)
     taken = [False] * len(parents)
     new = []
     for p, tok in picks:
         parent = parents[p]
         if taken[p]:
-            child = Sequence(next(engine._seq_ids), parent.group, len(parent.group.seqs), parent.token_ids)
-            parent.group.seqs.append(child)
-            bm.fork(parent, child)
+            (child,) = engine.fork_resident(parent, 1)
             new.append((child, tok))
         else:
             taken[p] = True
@@ -321,7 +295,7 @@ def _reorder(engine, s: _PromptSearch, picks: list[tuple[int, int]]) -> None:
         seq.token_ids.append(tok)
     for p, parent in enumerate(parents):
         if not taken[p]:
-            bm.free(parent)
+            engine.release_resident(parent)
     group = parents[0].group
     group.seqs = [seq for seq, _ in new]
     s.beams = group.seqs

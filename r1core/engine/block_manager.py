@@ -2,7 +2,11 @@
 (children share every block of the parent, the partly filled last one included), copy-on-write
 when a sequence writes into a shared block, and a prefix cache across requests keyed by a hash
 chain over full blocks that includes a weight version. Holds no tensors: the copies it asks for
-are carried out by the model runner (`copy_blocks`)."""
+are carried out by the model runner (`copy_blocks`).
+
+Pinned sequences (resident branches and beams) keep their blocks between the engine's calls: the
+block manager knows them, so a request can be checked against the blocks they leave
+(`num_pinned_blocks`)."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class BlockManager:
         self.weight_version = 0
         self.prefix_hits = 0  # blocks served from the prefix cache, for tests and stats
         self.peak_used_blocks = 0
+        self.pinned: dict[int, Sequence] = {}  # seq id -> pinned sequence
 
     # --- counts -------------------------------------------------------------------------------
     @property
@@ -51,6 +56,15 @@ class BlockManager:
 
     def ref_count(self, block_id: int) -> int:
         return self.blocks[block_id].ref_count
+
+    @property
+    def num_pinned(self) -> int:
+        return len(self.pinned)
+
+    @property
+    def num_pinned_blocks(self) -> int:
+        """The blocks pinned sequences hold (shared ones once): no request can have them."""
+        return len({b for seq in self.pinned.values() for b in seq.block_table})
 
     # --- block life ---------------------------------------------------------------------------
     def _take(self) -> int:
@@ -170,6 +184,31 @@ class BlockManager:
         seq.block_table = []
         seq.block_hashes = []
         seq.num_computed_tokens = 0
+
+    def truncate(self, seq: Sequence, num_computed_tokens: int) -> None:
+        """Keep the KV of seq's first `num_computed_tokens` tokens (at most those it has): the blocks
+        past them lose this sequence's reference, and hashes of blocks no longer full are dropped."""
+        if num_computed_tokens < 0:
+            raise ValueError(f"num_computed_tokens must be >= 0, got {num_computed_tokens}")
+        seq.num_computed_tokens = min(seq.num_computed_tokens, num_computed_tokens)
+        bs = self.block_size
+        keep = -(-seq.num_computed_tokens // bs)
+        for block_id in reversed(seq.block_table[keep:]):
+            self._release(block_id)
+        del seq.block_table[keep:]
+        del seq.block_hashes[seq.num_computed_tokens // bs :]
+
+    # --- pinned sequences -----------------------------------------------------------------------
+    def pin(self, seq: Sequence) -> None:
+        """seq keeps its blocks between calls and is never preempted."""
+        seq.pinned = True
+        self.pinned[seq.seq_id] = seq
+
+    def release_pinned(self, seq: Sequence) -> None:
+        """Free a pinned sequence's blocks (the shared ones lose one reference) and unpin it."""
+        self.free(seq)
+        seq.pinned = False
+        self.pinned.pop(seq.seq_id, None)
 
     def bump_weight_version(self) -> None:
         """The model's weights changed: no cached block may be reused any more. The free blocks that

@@ -8,11 +8,14 @@ by one step in one batched call, and release the ones a search prunes:
     steps = engine.extend(kids, SamplingParams(temperature=1.0, stop=["\\n\\n"], max_new_tokens=64, seed=0))
     engine.release(root)                         # frees the blocks only root holds
 
-A branch is a `Sequence` the scheduler never sees (so `generate` never preempts or frees it; it
-works with the blocks left). Between calls every branch has the KV of all its tokens but the last
-one in the cache: `extend` computes that pending token first (as a decode step does), samples, and
-goes on until each branch stops (stop string, stop token, eos, max_new_tokens, the model's last
-position). Nothing already in the KV is computed again.
+A branch is a handle on a pinned (resident) `Sequence` of the engine (`Engine.add_resident`,
+`fork_resident`, `release_resident`): the scheduler never preempts it, and `generate` works with the
+blocks the branches leave. Between calls every branch has the KV of all its tokens but the last one
+in the cache: `extend` runs the branches through the engine's own loop (`Engine.decode`: schedule,
+run, commit, sample and stop), which computes that pending token first (as a decode step does),
+samples, and goes on until each branch stops (stop string, stop token, eos, max_new_tokens, the
+model's last position). Nothing already in the KV is computed again. This module is the policy:
+what a step is (its sampling, its output) and the rollback when the cache runs out.
 
 Sampling: the branches of one `extend` call given the same SamplingParams object are samples
 0, 1, ... of it: branch j draws from `sample_generator(params.seed, j)`, the generator sample j of a
@@ -32,8 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from r1core.engine.sampling_params import SamplingParams
-from r1core.engine.scheduler import ScheduledBatch
-from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus, sample_generator
+from r1core.engine.scheduler import CacheFull
+from r1core.engine.sequence import Sequence, SequenceGroup, sample_generator
 
 
 class Branch:
@@ -86,16 +89,6 @@ class BranchStep:
         return len(self.token_ids)
 
 
-def held_blocks(engine) -> int:
-    """The blocks the open branches hold (shared ones once)."""
-    return len({b for seq in engine._open_branches.values() for b in seq.block_table})
-
-
-def _check_idle(engine, what: str) -> None:
-    if engine.scheduler.has_unfinished():
-        raise RuntimeError(f"{what} needs an idle engine: requests added with add_request are still running")
-
-
 def _check_branch(engine, branch, name: str) -> None:
     if not isinstance(branch, Branch):
         raise ValueError(f"{name}: expected a Branch, got {type(branch).__name__}")
@@ -107,59 +100,21 @@ def _check_branch(engine, branch, name: str) -> None:
 
 def open_branches(engine, prompts) -> list[Branch]:
     """One branch per prompt (strings with a tokenizer, or lists of token ids): the prompts'
-    tokens but the last are prefilled in batches of at most max_num_batched_tokens tokens, the full
-    blocks of a cached prefix taken from the prefix cache."""
-    checked = [engine._tokenize(i, p) for i, p in enumerate(prompts)]
-    for i, (_, ids) in enumerate(checked):
-        if engine.max_positions is not None and len(ids) >= engine.max_positions:
-            raise ValueError(f"request {i}: prompt has {len(ids)} tokens, more than the model's {engine.max_positions} "
-                             f"positions allow (max_position_embeddings) with one new token")
-    _check_idle(engine, "open_branch")
-    engine._check_weights()
-    bm = engine.block_manager
-    limit = engine.scheduler.max_num_batched_tokens
-    params = SamplingParams(n=1, max_new_tokens=1)
-    seqs: list[Sequence] = []
+    tokens but the last are prefilled in the engine's loop, in batches of at most
+    max_num_batched_tokens tokens, the full blocks of a cached prefix taken from the prefix cache."""
+    checked = [engine.check_prompt(i, p) for i, p in enumerate(prompts)]
+    engine.check_idle("open_branch")
+    engine.check_weights()
+    seqs = [engine.add_resident(ids, text) for text, ids in checked]
     try:
-        with engine._engine_mode():
-            batch = ScheduledBatch()
-            for text, ids in checked:
-                group = SequenceGroup(next(engine._request_ids), text, ids, params, 0)
-                seq = Sequence(next(engine._seq_ids), group, 0, ids)
-                seq.status = SequenceStatus.RUNNING
-                seqs.append(seq)
-                bm.match_prefix(seq)
-                todo = seq.num_tokens - 1 - seq.num_computed_tokens  # the last token stays pending
-                while todo > 0:
-                    k = min(todo, limit - batch.num_tokens)
-                    if bm.blocks_needed(seq, k) > bm.num_free_blocks:
-                        raise RuntimeError(
-                            f"open_branch: the KV cache has {bm.num_free_blocks} free blocks of {bm.block_size} "
-                            f"(of {bm.num_blocks}; open branches hold the others), too few for a prompt of "
-                            f"{seq.num_tokens} tokens; release branches or give the Engine more num_blocks")
-                    batch.copies += bm.reserve(seq, k)
-                    batch.seqs.append(seq)
-                    batch.num_new_tokens.append(k)
-                    todo -= k
-                    if batch.num_tokens >= limit:
-                        _prefill(engine, batch)
-                        batch = ScheduledBatch()
-            if batch.seqs:
-                _prefill(engine, batch)
-    except BaseException:
+        engine.forward(seqs, hold_last=True)  # the last token stays pending: extend computes it
+    except BaseException as e:
         for seq in seqs:
-            bm.free(seq)
+            engine.release_resident(seq)
+        if isinstance(e, CacheFull):
+            raise CacheFull(f"open_branch: {e}") from None
         raise
-    branches = [Branch(engine, seq) for seq in seqs]
-    engine._open_branches.update((b.seq.seq_id, b.seq) for b in branches)
-    return branches
-
-
-def _prefill(engine, batch: ScheduledBatch) -> None:
-    # a sequence is in a batch once: a batch runs as soon as a chunk fills it
-    engine.model_runner.run(batch)  # no sequence reaches its last token: no logits
-    for seq, k in zip(batch.seqs, batch.num_new_tokens):
-        engine.block_manager.commit(seq, k)
+    return [Branch(engine, seq) for seq in seqs]
 
 
 def fork_branch(engine, branch: Branch, n: int) -> list[Branch]:
@@ -168,26 +123,19 @@ def fork_branch(engine, branch: Branch, n: int) -> list[Branch]:
     _check_branch(engine, branch, "branch")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected an int >= 1, got {n!r}")
-    parent = branch.seq
     kids = []
-    for _ in range(n):
-        seq = Sequence(next(engine._seq_ids), parent.group, 0, parent.token_ids)
-        seq.status = SequenceStatus.RUNNING
-        engine.block_manager.fork(parent, seq)
+    for seq in engine.fork_resident(branch.seq, n):
         kid = Branch(engine, seq)
         kid.weight_version = branch.weight_version
         kids.append(kid)
-    engine._open_branches.update((k.seq.seq_id, k.seq) for k in kids)
     return kids
 
 
 def release(engine, branch: Branch) -> None:
     """Free the blocks only this branch holds (the shared ones lose one reference)."""
     _check_branch(engine, branch, "branch")
-    engine.block_manager.free(branch.seq)
-    branch.seq.status = SequenceStatus.FINISHED
+    engine.release_resident(branch.seq)
     branch.released = True
-    engine._open_branches.pop(branch.seq.seq_id, None)
 
 
 def extend(engine, branches, params: SamplingParams | list[SamplingParams],
@@ -196,6 +144,38 @@ def extend(engine, branches, params: SamplingParams | list[SamplingParams],
     params: one SamplingParams for all, or one per branch; n must be 1 (fork for more samples).
     sample_indices: the sample index of each branch under its params' seed (default: its position
     among the branches given the same params object), to split one request over several calls."""
+    branches, params, sample_indices = _check_extend(engine, branches, params, sample_indices)
+    if not branches:
+        return []
+    engine.check_idle("extend")
+    engine.check_weights()
+    version = engine.block_manager.weight_version
+    for i, b in enumerate(branches):
+        if b.weight_version != version:
+            raise RuntimeError(f"branches[{i}]: the model's weights changed after the branch was opened, so its KV "
+                               f"cache is stale; release it and open a new branch")
+    seqs = [b.seq for b in branches]
+    starts = [s.num_tokens for s in seqs]
+    _start_step(seqs, params, sample_indices)
+    try:
+        engine.decode(seqs)
+    except BaseException as e:
+        for s, start in zip(seqs, starts):
+            _rollback(engine.block_manager, s, start)
+        if isinstance(e, CacheFull):
+            raise CacheFull(f"extend: {e}") from None
+        raise
+    tok = engine.tokenizer
+    out = []
+    for s in seqs:
+        ids = s.output_token_ids
+        text = "" if tok is None else tok.decode(ids, skip_special_tokens=s.params.skip_special_tokens)
+        out.append(BranchStep(list(ids), text, list(s.logprobs), s.finish_reason))
+    return out
+
+
+def _check_extend(engine, branches, params, sample_indices) -> tuple[list, list, list | None]:
+    """The arguments of `extend` as lists, checked (the engine's request checks, per branch)."""
     branches = list(branches)
     if sample_indices is not None:
         sample_indices = list(sample_indices)
@@ -212,30 +192,16 @@ def extend(engine, branches, params: SamplingParams | list[SamplingParams],
         _check_branch(engine, b, f"branches[{i}]")
         if not isinstance(p, SamplingParams):
             raise ValueError(f"params[{i}]: expected a SamplingParams, got {type(p).__name__}")
-        p.validate()
         if p.n != 1:
             raise ValueError(f"params[{i}].n: expected 1 (fork the branch for more samples), got {p.n}")
-        if p.stop_strings and engine.tokenizer is None:
-            raise ValueError(f"params[{i}]: stop strings need a tokenizer")
-        if engine.max_positions is not None and b.num_tokens >= engine.max_positions:
-            raise ValueError(f"branches[{i}]: {b.num_tokens} tokens leave no room in the model's "
-                             f"{engine.max_positions} positions")
-        total = b.num_tokens + p.max_new_tokens
-        if engine.sliding_window is not None and total > engine.sliding_window:
-            raise ValueError(f"branches[{i}]: tokens + max_new_tokens ({total}) exceed the model's sliding window "
-                             f"({engine.sliding_window}); sliding-window attention is not implemented")
-    if not branches:
-        return []
-    _check_idle(engine, "extend")
-    engine._check_weights()
-    bm = engine.block_manager
-    for i, b in enumerate(branches):
-        if b.weight_version != bm.weight_version:
-            raise RuntimeError(f"branches[{i}]: the model's weights changed after the branch was opened, so its KV "
-                               f"cache is stale; release it and open a new branch")
+        # a step is checked as it runs against the cache: a full one is rolled back, not refused
+        engine.check_request(f"branches[{i}]", b.num_tokens, p, of="branch", fit=False)
+    return branches, list(params), sample_indices
 
-    seqs = [b.seq for b in branches]
-    starts = [s.num_tokens for s in seqs]
+
+def _start_step(seqs: list[Sequence], params: list[SamplingParams], sample_indices: list[int] | None) -> None:
+    """Make each sequence's next step a sample of its params: one group per params object (its
+    seed), sample index j drawing from `sample_generator(seed, j)`; the step is the output."""
     groups: dict[int, SequenceGroup] = {}
     counts: dict[int, int] = {}
     for i, (seq, p) in enumerate(zip(seqs, params)):
@@ -252,83 +218,10 @@ def extend(engine, branches, params: SamplingParams | list[SamplingParams],
         seq.num_prompt_tokens = seq.num_tokens
         seq.logprobs, seq.text, seq.finish_reason, seq.stop_checked_len = [], None, None, 0
 
-    # Twins (forks of one branch not extended since: same blocks, same pending token) compute that
-    # token once: the first one computes it, the others then share its blocks, as generate's samples
-    # share their prompt's, and every twin samples from the same logits.
-    leaders: dict[tuple, Sequence] = {}
-    twins: dict[int, list[Sequence]] = {}
-    for seq in seqs:
-        key = (tuple(seq.block_table), seq.num_computed_tokens, tuple(seq.token_ids[seq.num_computed_tokens :]))
-        lead = leaders.setdefault(key, seq)
-        if lead is not seq:
-            twins.setdefault(lead.seq_id, []).append(seq)
-    limit = engine.scheduler.max_num_batched_tokens
-    active = list(leaders.values())
-    try:
-        with engine._engine_mode():
-            while active:
-                nxt = []
-                for at in range(0, len(active), limit):
-                    chunk = active[at : at + limit]
-                    need = sum(bm.blocks_needed(s, s.num_tokens - s.num_computed_tokens) for s in chunk)
-                    if need > bm.num_free_blocks:
-                        raise RuntimeError(
-                            f"extend: the KV cache has {bm.num_free_blocks} free blocks of {bm.block_size} "
-                            f"(of {bm.num_blocks}; open branches hold the others), {need} needed for the next token "
-                            f"of {len(chunk)} branches; release branches or give the Engine more num_blocks")
-                    batch = ScheduledBatch()
-                    for s in chunk:
-                        k = s.num_tokens - s.num_computed_tokens
-                        batch.copies += bm.reserve(s, k)
-                        batch.seqs.append(s)
-                        batch.num_new_tokens.append(k)
-                    logits = engine.model_runner.run(batch)  # [len(chunk), V]
-                    for s, k in zip(batch.seqs, batch.num_new_tokens):
-                        bm.commit(s, k)
-                    if twins:
-                        rows = []
-                        for r, s in enumerate(list(chunk)):
-                            for t in twins.pop(s.seq_id, ()):
-                                bm.free(t)
-                                bm.fork(s, t)
-                                chunk.append(t)
-                                rows.append(r)
-                        if rows:
-                            logits = torch.cat([logits, logits[torch.tensor(rows, device=logits.device)]])
-                    tokens, logprobs = engine.sampler(logits, chunk)
-                    for s, tok, lp in zip(chunk, tokens, logprobs):
-                        s.token_ids.append(tok)
-                        if s.params.logprobs:
-                            s.logprobs.append(lp)
-                        reason = engine.stop_checker(s)
-                        if reason is None:
-                            nxt.append(s)
-                        else:
-                            s.finish_reason = reason
-                active = nxt
-    except BaseException:
-        for s, start in zip(seqs, starts):
-            _rollback(bm, s, start)
-        raise
-
-    tok = engine.tokenizer
-    out = []
-    for s in seqs:
-        ids = s.output_token_ids
-        text = "" if tok is None else tok.decode(ids, skip_special_tokens=s.params.skip_special_tokens)
-        out.append(BranchStep(list(ids), text, list(s.logprobs), s.finish_reason))
-    return out
-
 
 def _rollback(bm, seq: Sequence, start: int) -> None:
     """Back to `start` tokens with the last one pending; blocks past the KV that is kept are freed."""
     del seq.token_ids[start:]
-    seq.num_computed_tokens = min(seq.num_computed_tokens, start - 1)
-    bs = bm.block_size
-    keep = -(-seq.num_computed_tokens // bs)
-    for block_id in reversed(seq.block_table[keep:]):
-        bm._release(block_id)
-    del seq.block_table[keep:]
-    del seq.block_hashes[seq.num_computed_tokens // bs :]
+    bm.truncate(seq, start - 1)
     seq.num_prompt_tokens = start
     seq.logprobs, seq.text, seq.finish_reason = [], None, None

@@ -27,7 +27,7 @@ from r1core.engine.outputs import CompletionOutput, RequestOutput
 from r1core.engine.sampler import Sampler, StopChecker
 from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.scheduler import Scheduler
-from r1core.engine.sequence import Sequence, SequenceGroup
+from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -85,7 +85,7 @@ class Engine:
         self._request_ids = itertools.count()
         self._seq_ids = itertools.count()
         self._groups: dict[int, SequenceGroup] = {}
-        self._open_branches: dict[int, Sequence] = {}  # seq id -> the sequence of an open branch (branches.py)
+        self._session_depth = 0
 
     # --- weights --------------------------------------------------------------------------------
     def _signature(self) -> tuple:
@@ -96,13 +96,17 @@ class Engine:
         self.block_manager.bump_weight_version()
         self._weights_signature = self._signature()
 
-    def _check_weights(self) -> None:
+    def check_weights(self) -> None:
+        """Compare the model's parameters with those the cache was filled with (data pointers and
+        version counters); on a change, `weights_updated`."""
         sig = self._signature()
         if sig != self._weights_signature:
             self.weights_updated()
 
-    # --- requests -------------------------------------------------------------------------------
-    def _tokenize(self, i: int, prompt) -> tuple[str | None, list[int]]:
+    # --- requests: one tokenisation and one validation for generate, branches and beams ----------
+    def check_prompt(self, i: int, prompt) -> tuple[str | None, list[int]]:
+        """(text or None, token ids) of request i's prompt (a string, with a tokenizer, or token ids),
+        checked: not empty, ids in the vocabulary, a position left for a new token."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError(f"request {i}: prompt is a string but the Engine has no tokenizer")
@@ -119,43 +123,56 @@ class Engine:
         vocab = self.model_runner.lm_head.out_features
         if min(ids) < 0 or max(ids) >= vocab:
             raise ValueError(f"request {i}: prompt has token ids outside [0, {vocab})")
+        self._check_room(f"request {i}: prompt", len(ids))
         return text, ids
 
-    def _validate(self, i: int, ids: list[int], params: SamplingParams) -> None:
+    def _check_room(self, what: str, num_tokens: int) -> None:
+        if self.max_positions is not None and num_tokens >= self.max_positions:
+            raise ValueError(f"{what} has {num_tokens} tokens, more than the model's {self.max_positions} "
+                             f"positions allow (max_position_embeddings) with one new token")
+
+    def check_request(self, name: str, num_tokens: int, params: SamplingParams, *, of: str = "prompt",
+                      fit: bool = True) -> None:
+        """Check that `num_tokens` tokens (`of`: what they are, for errors) can be continued with
+        `params` on this model; `name` ("request 3", "branches[2]") leads every error. fit: also
+        check that tokens + max_new_tokens fit in the blocks pinned sequences leave (a branch's step
+        is not: it is rolled back when the cache runs out)."""
         try:
             params.validate()
         except ValueError as e:
-            raise ValueError(f"request {i}: {e}") from None
-        if self.max_positions is not None and len(ids) >= self.max_positions:
-            raise ValueError(f"request {i}: prompt has {len(ids)} tokens, more than the model's {self.max_positions} "
-                             f"positions allow (max_position_embeddings) with one new token")
+            raise ValueError(f"{name}: {e}") from None
+        self._check_room(f"{name}: {of}", num_tokens)
         # a completion ends with finish_reason "length" at the model's last position
-        total = len(ids) + params.max_new_tokens
+        total = num_tokens + params.max_new_tokens
         if self.max_positions is not None:
             total = min(total, self.max_positions)
         if self.sliding_window is not None and total > self.sliding_window:
-            raise ValueError(f"request {i}: prompt + max_new_tokens ({total}) exceed the model's sliding window "
+            raise ValueError(f"{name}: {of} + max_new_tokens ({total}) exceed the model's sliding window "
                              f"({self.sliding_window}); sliding-window attention is not implemented")
         if params.stop_strings and self.tokenizer is None:
-            raise ValueError(f"request {i}: stop strings need a tokenizer")
+            raise ValueError(f"{name}: stop strings need a tokenizer")
+        if not fit:
+            return
         bm = self.block_manager
-        held = 0
-        if self._open_branches:  # their blocks are never preempted: a request has only the others
-            from r1core.engine.branches import held_blocks
-
-            held = held_blocks(self)
+        held = bm.num_pinned_blocks if bm.pinned else 0  # never preempted: a request has only the others
         if (total + bm.block_size - 1) // bm.block_size > bm.num_blocks - held:
-            raise ValueError(f"request {i}: prompt + max_new_tokens ({total}) do not fit in the KV cache "
+            raise ValueError(f"{name}: {of} + max_new_tokens ({total}) do not fit in the KV cache "
                              f"({bm.num_blocks} blocks of {bm.block_size} tokens"
                              + (f", {held} of them held by open branches" if held else "") + ")")
 
+    def check_idle(self, what: str) -> None:
+        """Raise unless no request added with add_request is still running (resident sequences run
+        alone: a step of theirs would otherwise step those requests too and lose their outputs)."""
+        if self.scheduler.has_unfinished():
+            raise RuntimeError(f"{what} needs an idle engine: requests added with add_request are still running")
+
     def add_request(self, prompt, params: SamplingParams, *, _index: int = 0, _checked=None) -> int:
         """Queue a request (it joins the running batch at the next step); returns its request id."""
-        text, ids = _checked if _checked is not None else self._tokenize(_index, prompt)
+        text, ids = _checked if _checked is not None else self.check_prompt(_index, prompt)
         if _checked is None:  # called directly, not from generate
-            self._validate(_index, ids, params)
+            self.check_request(f"request {_index}", len(ids), params)
             if not self.scheduler.has_unfinished():
-                self._check_weights()
+                self.check_weights()
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
         group = SequenceGroup(next(self._request_ids), text, ids, params, seed)
         seq = Sequence(next(self._seq_ids), group, 0, ids)
@@ -179,13 +196,13 @@ class Engine:
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             if not isinstance(p, SamplingParams):
                 raise ValueError(f"request {i}: params must be a SamplingParams, got {type(p).__name__}")
-            text, ids = self._tokenize(i, prompt)
-            self._validate(i, ids, p)
+            text, ids = self.check_prompt(i, prompt)
+            self.check_request(f"request {i}", len(ids), p)
             checked.append((text, ids))
-        self._check_weights()
+        self.check_weights()
         rids = [self.add_request(pr, p, _checked=c) for pr, p, c in zip(prompts, params, checked)]
         done: dict[int, RequestOutput] = {}
-        with self._engine_mode():
+        with self.session():
             while self.scheduler.has_unfinished():
                 for out in self._step():
                     done[out.request_id] = out
@@ -239,15 +256,106 @@ class Engine:
 
     @property
     def num_open_branches(self) -> int:
-        return len(self._open_branches)
+        return self.block_manager.num_pinned
+
+    # --- resident sequences: the steps a search policy (branches, beam search) calls -------------
+    def add_resident(self, token_ids: list[int], text: str | None = None) -> Sequence:
+        """A pinned sequence on checked prompt tokens (`check_prompt`), holding the cached blocks of
+        its longest cached prefix; its other tokens are computed by `forward` or `decode`. It keeps
+        its blocks until `release_resident`, and is never preempted."""
+        group = SequenceGroup(next(self._request_ids), text, token_ids, _RESIDENT_PARAMS, 0)
+        seq = Sequence(next(self._seq_ids), group, 0, token_ids)
+        group.seqs.append(seq)
+        seq.status = SequenceStatus.RESIDENT
+        self.block_manager.pin(seq)
+        self.block_manager.match_prefix(seq)
+        return seq
+
+    def fork_resident(self, parent: Sequence, n: int) -> list[Sequence]:
+        """n pinned sequences sharing every block of the resident `parent` (the partly filled last one
+        included, copied on the first write), in its group (not added to `group.seqs`: the caller
+        says which sequences a search keeps)."""
+        kids = []
+        for _ in range(n):
+            child = Sequence(next(self._seq_ids), parent.group, parent.index, parent.token_ids)
+            child.status = SequenceStatus.RESIDENT
+            self.block_manager.fork(parent, child)
+            self.block_manager.pin(child)
+            kids.append(child)
+        return kids
+
+    def release_resident(self, seq: Sequence) -> None:
+        """Free a resident sequence's blocks (the shared ones lose one reference)."""
+        self.block_manager.release_pinned(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def forward(self, seqs: list[Sequence], hold_last: bool = False) -> torch.Tensor:
+        """Compute the pending tokens of resident sequences (all of them, or all but the last with
+        hold_last) in the engine's loop, batched as the scheduler's token budget allows; returns the
+        float32 logits [len(seqs), V] of each one's last token (no rows with hold_last). A sequence
+        is never preempted: `CacheFull` when the free blocks run out (what was computed is kept)."""
+        self.check_idle("forward")
+        held = [s.token_ids.pop() for s in seqs] if hold_last else None
+        rows: dict[int, torch.Tensor] = {}
+        try:
+            # every sequence has a token to compute, but one whose prompt is cached up to its held one
+            self.scheduler.resume([s for s in seqs if s.num_computed_tokens < s.num_tokens] if hold_last else seqs)
+            with self.session():
+                while self.scheduler.has_unfinished():
+                    targets, logits = self._forward_step()
+                    self.scheduler.park(targets)
+                    if hold_last:
+                        continue
+                    if not rows and len(targets) == len(seqs) and all(a is b for a, b in zip(targets, seqs)):
+                        return logits  # all in one batch, in order: a beam search's decode step
+                    rows.update((id(t), row) for t, row in zip(targets, logits))
+        finally:
+            self.scheduler.park(self.scheduler.running)
+            if held is not None:
+                for s, t in zip(seqs, held):
+                    s.token_ids.append(t)
+        if hold_last or not seqs:
+            return torch.empty(0, self.model_runner.lm_head.out_features)
+        return torch.stack([rows[id(s)] for s in seqs])
+
+    def decode(self, seqs: list[Sequence]) -> None:
+        """Sample each resident sequence token by token (its group's params and its own generator)
+        until it stops (stop string or token, eos, max_new_tokens, the model's last position), in the
+        engine's loop beside one another. Sequences with the same blocks and the same pending tokens
+        (forks not yet extended) compute those tokens once and sample from the same logits, as a
+        group's samples share their prompt. `CacheFull` when the free blocks run out (the sequences
+        stay resident, with what they sampled; the caller rolls back)."""
+        self.check_idle("decode")
+        leaders: dict[tuple, Sequence] = {}
+        for seq in seqs:
+            key = (tuple(seq.block_table), seq.num_computed_tokens, tuple(seq.token_ids[seq.num_computed_tokens :]))
+            lead = leaders.setdefault(key, seq)
+            if lead is not seq:
+                lead.twins.append(seq)
+        for lead in leaders.values():
+            lead.fork_into = 1 + len(lead.twins)
+        try:
+            self.scheduler.resume(list(leaders.values()))
+            with self.session():
+                while self.scheduler.has_unfinished():
+                    self._step()
+        finally:
+            self.scheduler.park(self.scheduler.running)
+            for lead in leaders.values():
+                lead.twins, lead.fork_into = [], 1
 
     # --- the loop -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _engine_mode(self):
-        """The engine's attention function, eval mode and inference mode, restored afterwards."""
+    def session(self):
+        """The engine's attention function, eval mode and inference mode for a run of calls,
+        restored afterwards; inside a session, a nested one costs nothing."""
+        if self._session_depth:
+            yield
+            return
         model = self.model
         old = [c._attn_implementation_internal for c in self._configs]
         training = model.training
+        self._session_depth = 1
         try:
             for c in self._configs:
                 c._attn_implementation_internal = self.attn_name
@@ -257,6 +365,7 @@ class Engine:
             with torch.inference_mode():
                 yield
         finally:
+            self._session_depth = 0
             for c, o in zip(self._configs, old):
                 c._attn_implementation_internal = o
             if training:
@@ -264,15 +373,28 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduled batch; returns the requests that finished in it."""
-        with self._engine_mode():
+        with self.session():
             return self._step()
 
     def _step(self) -> list[RequestOutput]:
+        """One turn of the loop: schedule, run, then commit, sample and stop."""
         batch = self.scheduler.schedule()
         logits = self.model_runner.run(batch)
         return self._postprocess(batch, logits)
 
+    def _forward_step(self) -> tuple[list[Sequence], torch.Tensor]:
+        """One turn of the loop without sampling (`forward`): schedule, run, commit."""
+        batch = self.scheduler.schedule()
+        logits = self.model_runner.run(batch)
+        return self._commit(batch, logits)
+
     def _postprocess(self, batch, logits: torch.Tensor) -> list[RequestOutput]:
+        targets, logits = self._commit(batch, logits)
+        return self._sample(targets, logits)
+
+    def _commit(self, batch, logits: torch.Tensor) -> tuple[list[Sequence], torch.Tensor]:
+        """Book the batch's KV; the sequences whose tokens are now all computed and their logits rows
+        (a group's prompt is forked into its samples, which take its row)."""
         bm = self.block_manager
         rows, targets = [], []
         row = 0
@@ -287,10 +409,14 @@ class Engine:
                 targets += children
                 rows += [row] * len(children)
             row += 1
-        if not targets:
-            return []
         if len(rows) != logits.shape[0]:
             logits = logits[torch.tensor(rows)]
+        return targets, logits
+
+    def _sample(self, targets: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
+        """Sample a token for each target, check its stops; the requests that finished."""
+        if not targets:
+            return []
         tokens, logprobs = self.sampler(logits, targets)
         finished = []
         for seq, tok, lp in zip(targets, tokens, logprobs):
@@ -301,20 +427,29 @@ class Engine:
             if reason is not None:
                 seq.finish_reason = reason
                 self.scheduler.finish(seq)
+                if seq.pinned:  # a resident sequence's step: its caller reads it
+                    continue
                 group = seq.group
                 if all(s.is_finished for s in group.seqs) and len(group.seqs) == group.params.n:
                     finished.append(self._output(group))
         return finished
 
     def _fork(self, parent: Sequence) -> list[Sequence]:
-        group = parent.group
-        children = []
-        for j in range(1, parent.fork_into):
-            child = Sequence(next(self._seq_ids), group, j, parent.token_ids)
-            self.block_manager.fork(parent, child)
-            children.append(child)
+        bm = self.block_manager
+        if parent.twins:  # resident forks waiting on this pending token: they share its KV now
+            children, parent.twins = parent.twins, []
+            for child in children:
+                bm.free(child)
+                bm.fork(parent, child)
+        else:
+            group = parent.group
+            children = []
+            for j in range(1, parent.fork_into):
+                child = Sequence(next(self._seq_ids), group, j, parent.token_ids)
+                bm.fork(parent, child)
+                children.append(child)
+            group.seqs += children
         parent.fork_into = 1
-        group.seqs += children
         self.scheduler.add_forked(parent, children)
         return children
 
@@ -326,3 +461,7 @@ class Engine:
             for s in sorted(group.seqs, key=lambda s: s.index)
         ]
         return RequestOutput(group.request_id, group.prompt, group.prompt_token_ids, outs)
+
+
+# the params of a resident sequence until a step gives it its own (only forward runs it before)
+_RESIDENT_PARAMS = SamplingParams(n=1, max_new_tokens=1)

@@ -3,7 +3,12 @@ it still has to compute (one for a decode; a chunk of the prompt for a prefill),
 sequences while the token budget and the free blocks allow (continuous batching, chunked prefill),
 and when blocks run out preempts the newest running sequences by recomputation: their blocks are
 freed and they go back to the front of the waiting queue with every token they sampled, to be
-prefilled again later (the prefix cache usually gives their prompt blocks back)."""
+prefilled again later (the prefix cache usually gives their prompt blocks back).
+
+Pinned sequences (resident branches and beams, `BlockManager.pin`) join the running queue with
+their KV in place (`resume`) and leave it keeping their blocks (`park`, or `finish` when they stop).
+They are never preempted: when the blocks run out for one and no unpinned sequence is left to
+preempt, `schedule` raises `CacheFull`, and the caller decides (roll back, release, retry)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ from dataclasses import dataclass, field
 
 from r1core.engine.block_manager import BlockManager
 from r1core.engine.sequence import Sequence, SequenceStatus
+
+
+class CacheFull(RuntimeError):
+    """The free blocks cannot hold the next tokens of a pinned sequence, and nothing can be preempted."""
 
 
 @dataclass
@@ -57,6 +66,23 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
+    def _preempt_newest(self, after: int) -> bool:
+        """Preempt the newest unpinned running sequence behind position `after`; False if none."""
+        running = self.running
+        for j in range(len(running) - 1, after, -1):
+            if not running[j].pinned:
+                self._preempt(running.pop(j))
+                return True
+        return False
+
+    def _cache_full(self, seq: Sequence, k: int) -> CacheFull:
+        bm = self.block_manager
+        return CacheFull(
+            f"the KV cache has {bm.num_free_blocks} free blocks of {bm.block_size} (of {bm.num_blocks}; "
+            f"resident sequences hold {bm.num_pinned_blocks}), {bm.blocks_needed(seq, k)} needed for the next "
+            f"{k} tokens of a resident sequence of {seq.num_tokens}; release branches or give the Engine more "
+            f"num_blocks")
+
     def schedule(self) -> ScheduledBatch:
         bm = self.block_manager
         batch = ScheduledBatch()
@@ -67,9 +93,11 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             k = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            while bm.blocks_needed(seq, k) > bm.num_free_blocks and len(self.running) > i + 1:
-                self._preempt(self.running.pop())
+            while bm.blocks_needed(seq, k) > bm.num_free_blocks and self._preempt_newest(i):
+                pass
             if bm.blocks_needed(seq, k) > bm.num_free_blocks:
+                if seq.pinned:  # nothing behind it to preempt, and it is never preempted itself
+                    raise self._cache_full(seq, k)
                 # alone and still too big for the free blocks: compute the part that fits, or wait
                 k = self._tokens_that_fit(seq, k)
                 if k == 0:
@@ -125,9 +153,31 @@ class Scheduler:
         return max(0, min(k, room))
 
     def finish(self, seq: Sequence) -> None:
+        """seq stopped: it leaves the running queue; its blocks are freed unless it is pinned."""
+        self.running.remove(seq)
+        if seq.pinned:
+            seq.status = SequenceStatus.RESIDENT
+            return
         seq.status = SequenceStatus.FINISHED
         self.block_manager.free(seq)
-        self.running.remove(seq)
+
+    def resume(self, seqs: list[Sequence]) -> None:
+        """Pinned sequences with their KV in place join the running queue (at its end), each with
+        at least one token to compute."""
+        for seq in seqs:
+            if not seq.pinned:
+                raise ValueError(f"resume: sequence {seq.seq_id} is not pinned (only resident sequences resume)")
+            if seq.num_computed_tokens >= seq.num_tokens:
+                raise ValueError(f"resume: sequence {seq.seq_id} has no token left to compute")
+            seq.status = SequenceStatus.RUNNING
+        self.running += seqs
+
+    def park(self, seqs: list[Sequence]) -> None:
+        """Pinned sequences leave the running queue keeping their blocks (those not in it are skipped)."""
+        gone = {id(s) for s in seqs}
+        self.running = [s for s in self.running if id(s) not in gone]
+        for seq in seqs:
+            seq.status = SequenceStatus.RESIDENT
 
     def add_forked(self, parent: Sequence, children: list[Sequence]) -> None:
         """Children forked from a running parent run right behind it."""

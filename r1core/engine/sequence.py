@@ -15,6 +15,7 @@ class SequenceStatus(enum.Enum):
     WAITING = 0
     RUNNING = 1
     FINISHED = 2
+    RESIDENT = 3  # pinned, its KV kept in the cache, not scheduled until resumed
 
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -47,7 +48,7 @@ class Sequence:
     __slots__ = (
         "seq_id", "group", "index", "token_ids", "num_prompt_tokens", "num_computed_tokens",
         "block_table", "block_hashes", "status", "generator", "logprobs", "finish_reason",
-        "fork_into", "text", "stop_checked_len",
+        "fork_into", "text", "stop_checked_len", "pinned", "twins",
     )
 
     def __init__(self, seq_id: int, group: SequenceGroup, index: int, token_ids: list[int]):
@@ -66,6 +67,8 @@ class Sequence:
         self.fork_into = 1
         self.text: str | None = None  # set when a stop string cut the output
         self.stop_checked_len = 0
+        self.pinned = False
+        self.twins: list[Sequence] = []
 
     @property
     def params(self) -> SamplingParams:

@@ -308,7 +308,7 @@ class BranchStepGenerator(EngineStepGenerator):
             check_positive_int(f"requests[{i}].n", r.n)
             check_positive_int(f"requests[{i}].max_tokens", r.max_tokens)
             plans.append((tuple(r.prefix_ids), self._room(r.prefix_ids, r.max_tokens)))
-        engine._check_weights()
+        engine.check_weights()
         if any(b.weight_version != bm.weight_version for b in self._branches.values()):
             self.close()  # their KV is stale
         keys = {key for key, _ in plans}
