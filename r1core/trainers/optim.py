@@ -1,5 +1,5 @@
-"""AdamW with linear warmup then linear or cosine decay (to 0 at max_steps), and the prompt
-encoding every trainer shares."""
+"""AdamW with linear warmup then linear or cosine decay (to 0 at max_steps), and the LM head
+the fused losses take."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from typing import Callable
 
 import torch
+
+LR_SCHEDULERS = ("linear", "cosine", "constant")
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0) -> torch.optim.AdamW:

@@ -18,9 +18,7 @@ step, and the data position: what is left of the epoch's order and the order's o
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import random
 import time
@@ -30,22 +28,15 @@ from typing import Callable
 import torch
 
 import r1kernels
-from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r1core.trainers.metrics import MetricsLogger
 from r1core.tasks.tokenizer import encode_prompt
+from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1core.trainers.config import NOT_EMPTY, TRAINING_RULES, TrainerConfig, at_least
+from r1core.trainers.metrics import MetricsLogger
 from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainerConfig):
     learning_rate: float = 2e-3
     per_device_train_batch_size: int = 64  # examples per step (packed rows when packing=True)
     max_steps: int = 1000
@@ -65,30 +56,7 @@ class SFTConfig:
     output_dir: str = "runs/sft"
     seed: int = 0
 
-    def __post_init__(self):
-        def check(cond: bool, name: str, expected: str) -> None:
-            if not cond:
-                raise ValueError(f"SFTConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        for name in ("per_device_train_batch_size", "max_steps", "max_seq_length", "logging_steps"):
-            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an int >= 1")
-        for name in ("save_steps", "save_total_limit"):
-            v = getattr(self, name)
-            check(v is None or (_is_int(v) and v >= 1), name, "None or an int >= 1")
-        check(_is_num(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
-        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
-        check(self.lr_scheduler_type in ("linear", "cosine", "constant"), "lr_scheduler_type", "'linear', 'cosine' or 'constant'")
-        check(_is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        check(self.max_grad_norm is None or (_is_num(self.max_grad_norm) and self.max_grad_norm > 0), "max_grad_norm", "None or a number > 0")
-        check(self.max_seconds is None or (_is_num(self.max_seconds) and self.max_seconds > 0), "max_seconds", "None or a number > 0")
-        for name in ("packing", "add_eos"):
-            check(isinstance(getattr(self, name), bool), name, "True or False")
-        for name in ("prompt_field", "completion_field", "output_dir"):
-            check(isinstance(getattr(self, name), str) and getattr(self, name) != "", name, "a non-empty string")
-        check(_is_int(self.seed), "seed", "an int")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    rules = {**TRAINING_RULES, "max_seq_length": at_least(1), "prompt_field": NOT_EMPTY, "completion_field": NOT_EMPTY}
 
 
 def tokenize_example(tokenizer, prompt: str, completion: str, add_eos: bool = True) -> tuple[list[int], list[bool]]:
