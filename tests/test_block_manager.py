@@ -136,3 +136,43 @@ def test_weight_version_bump_reuses_the_formerly_cached_blocks_first():
     b = make_seq([9] * 6, seq_id=1)
     compute(bm, b)
     assert set(b.block_table) == used  # touched pages are reused before fresh ones
+
+
+def test_pinned_sequences_and_their_blocks():
+    bm = BlockManager(16, 4)
+    a = make_seq(list(range(10)), 0)  # 3 blocks, the last partly filled
+    bm.pin(a)
+    compute(bm, a)
+    b = make_seq([], 1)
+    bm.fork(a, b)
+    bm.pin(b)
+    free = make_seq(list(range(5)), 2)  # not pinned: its blocks are not counted
+    compute(bm, free)
+    assert a.pinned and b.pinned and not free.pinned and bm.num_pinned == 2
+    assert bm.num_pinned_blocks == 3  # shared blocks once
+    b.token_ids.append(7)
+    compute(bm, b)  # b copies the shared last block and writes into it
+    assert bm.num_pinned_blocks == 4
+    bm.release_pinned(a)
+    assert not a.pinned and a.block_table == [] and bm.num_pinned == 1 and bm.num_pinned_blocks == 3
+    bm.release_pinned(b)
+    assert bm.num_pinned_blocks == 0 and bm.num_used_blocks == 2  # only the unpinned sequence's
+
+
+def test_truncate_frees_the_blocks_past_the_kept_kv():
+    bm = BlockManager(16, 4, enable_prefix_caching=True)
+    a = make_seq(list(range(14)), 0)
+    compute(bm, a)  # 4 blocks, 3 full and hashed
+    kept = a.block_table[:2]
+    shared = make_seq([], 1)
+    bm.fork(a, shared)
+    bm.truncate(a, 6)  # the KV of 6 tokens: 2 blocks, the second partly filled
+    assert a.num_computed_tokens == 6 and a.block_table == kept and len(a.block_hashes) == 1
+    assert bm.num_used_blocks == 4 and all(bm.ref_count(b) == 1 for b in shared.block_table[2:])
+    bm.truncate(a, 9)  # never more than it has
+    assert a.num_computed_tokens == 6
+    with pytest.raises(ValueError, match="num_computed_tokens"):
+        bm.truncate(a, -1)
+    bm.free(shared)
+    bm.free(a)
+    assert bm.num_used_blocks == 0

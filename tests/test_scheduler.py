@@ -1,9 +1,12 @@
 """Scheduler: token budget and chunked prefill, admission of waiting requests, the seats of a
-group, and preemption by recomputation, newest first. No model: steps are simulated."""
+group, preemption by recomputation, newest first, and pinned (resident) sequences, which are never
+preempted. No model: steps are simulated."""
+
+import pytest
 
 from r1core.engine.block_manager import BlockManager
 from r1core.engine.sampling_params import SamplingParams
-from r1core.engine.scheduler import Scheduler
+from r1core.engine.scheduler import CacheFull, Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
@@ -81,3 +84,55 @@ def test_finish_frees_blocks():
     assert bm.num_used_blocks == 2
     sched.finish(a)
     assert bm.num_used_blocks == 0 and not sched.has_unfinished()
+
+
+def resident(bm, n_tokens, seq_id):
+    """A pinned sequence with the KV of all its tokens but the last (a branch between calls)."""
+    seq = make_seq(n_tokens, seq_id)
+    bm.pin(seq)
+    bm.reserve(seq, n_tokens - 1)
+    bm.commit(seq, n_tokens - 1)
+    return seq
+
+
+def test_pinned_sequences_are_never_preempted():
+    bm = BlockManager(7, 2, enable_prefix_caching=False)
+    sched = Scheduler(bm)
+    a, b = make_seq(3, 0), make_seq(3, 1)
+    for s in (a, b):
+        sched.add(s)
+    run_step(sched, sched.schedule())
+    p = resident(bm, 3, 2)  # 1 block; the newest in the running queue once resumed
+    sched.resume([p])
+    assert sched.running == [a, b, p] and p.status is SequenceStatus.RUNNING
+    # everyone grows until the blocks run out: the unpinned ones are preempted, p never; once nothing
+    # unpinned is left behind it, p short of blocks is an error
+    computed = p.num_computed_tokens
+    with pytest.raises(CacheFull, match="free blocks"):
+        for _ in range(20):
+            run_step(sched, sched.schedule())
+            assert p in sched.running and p.num_computed_tokens == computed + 1  # its KV only grows
+            computed = p.num_computed_tokens
+    assert sched.num_preemptions >= 1
+    assert p in sched.running and p.pinned and len(p.block_table) == -(-p.num_computed_tokens // 2)
+
+
+def test_pinned_finish_keeps_blocks_and_park_resume():
+    bm = BlockManager(8, 4)
+    sched = Scheduler(bm)
+    p = resident(bm, 6, 0)
+    with pytest.raises(ValueError, match="not pinned"):
+        sched.resume([make_seq(3, 1)])
+    sched.resume([p])
+    run_step(sched, sched.schedule())
+    used = bm.num_used_blocks
+    sched.finish(p)  # a resident sequence stops: it leaves the queue and keeps its KV
+    assert p.status is SequenceStatus.RESIDENT and not sched.has_unfinished()
+    assert bm.num_used_blocks == used and p.num_computed_tokens == p.num_tokens - 1
+    sched.resume([p])
+    sched.park([p])
+    assert p.status is SequenceStatus.RESIDENT and not sched.running and bm.num_used_blocks == used
+    bm.reserve(p, 1)
+    bm.commit(p, 1)  # its pending token computed: nothing left for a step
+    with pytest.raises(ValueError, match="no token left"):
+        sched.resume([p])

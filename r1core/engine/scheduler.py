@@ -105,8 +105,9 @@ class Scheduler:
                         raise RuntimeError(
                             f"the KV cache ({bm.num_blocks} blocks of {bm.block_size}) cannot hold one sequence of "
                             f"{seq.num_tokens} tokens; give the Engine more num_blocks or memory")
+                    # behind it only pinned sequences are left (the others went first): they go on
                     self._preempt(self.running.pop(i))
-                    break
+                    continue
             batch.copies += bm.reserve(seq, k)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(k)
