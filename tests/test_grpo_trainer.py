@@ -15,6 +15,7 @@ from r1core.rewards import accuracy_reward
 from r1core.tasks import generate
 from r1core.trainers import GRPOConfig, GRPOTrainer
 from r1core.trainers.grpo import policy_logprobs
+from r1core.trainers.grpo_normaliser import Normaliser
 
 # torch warns so when optimizer.step is replaced after the scheduler exists (as these tests once
 # did to compare gradients): the trainer's own path must never trigger it
@@ -94,7 +95,7 @@ def test_step_matches_reference_loss_and_gradients(tmp_path):
     want.backward()
     want_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    loss, stats = tr.loss_module(batch, batch.completion_mask.sum().float().item())
+    loss, stats = tr.loss_module(batch, Normaliser("dapo", num_items=batch.completion_mask.sum().float().item()))
     loss.backward()
     torch.testing.assert_close(loss, want, atol=1e-6, rtol=1e-4)
     for p, g in zip(model.parameters(), want_grads):
@@ -164,7 +165,7 @@ def test_samples_without_advantage_are_skipped_exactly(tmp_path):
     batch.advantages[:4] = 0.0  # one dead group
     batch.advantages[5] = 0.0
     num_items = batch.completion_mask.sum().float().item()
-    loss, _ = tr.loss_module(batch, num_items)  # the whole batch, nothing skipped
+    loss, _ = tr.loss_module(batch, Normaliser("dapo", num_items=num_items))  # the whole batch, nothing skipped
     loss.backward()
     want = [p.grad.clone() for p in tr.model.parameters()]
     out = tr.accumulate_gradients(batch)

@@ -5,10 +5,13 @@ clipped token-level surrogate fused with the LM head (`r1kernels.grpo_loss`, def
 (beta > 0), AdamW with gradient clipping, warmup then decay, gradient accumulation; DAPO's dynamic
 sampling as an option.
 
-One round of `train_step`: generate once, then `num_iterations` optimizer steps on that batch.
-With num_iterations == 1 the old log-probs are the engine's sampling log-probs (equal to the
-policy's own forward, tested); with more they are recomputed once with `r1kernels.token_logprobs`
-before the first update. `config.max_steps` counts optimizer steps.
+The loop (steps, logging, checkpoints, resume, time budget, progress) is `r1core.trainers.loop`'s;
+GRPO's step, `training_step`, is one round: generate once, then `num_iterations` optimizer steps on
+that batch. With num_iterations == 1 the old log-probs are the engine's sampling log-probs (equal
+to the policy's own forward, tested); with more they are recomputed once with
+`r1kernels.token_logprobs` before the first update. `config.max_steps` counts optimizer steps.
+What divides the loss (tokens or sequences, of the micro-batch or of the whole step) is
+`r1core.trainers.grpo_normaliser.step_normaliser`'s to say.
 
 Several processes (torchrun): each rank takes whole prompts, so a group never spans ranks; the
 dapo normaliser is the token count summed over ranks; gradients are averaged by DDP; logged counts
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import time
 import warnings
@@ -30,13 +32,13 @@ from dataclasses import dataclass
 import torch
 
 import r1kernels
-from r1core.trainers import distributed as dist
-from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r1core.trainers.grpo_config import GRPOConfig
-from r1core.trainers.metrics import MetricsLogger
 from r1core.tasks.tokenizer import encode_prompt
+from r1core.trainers import distributed as dist
+from r1core.trainers.grpo_config import GRPOConfig
+from r1core.trainers.grpo_normaliser import Normaliser, step_normaliser
+from r1core.trainers.loop import Trainer
+from r1core.trainers.metrics import MetricsLogger
 from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
-
 
 # logged counts that add up over ranks (the rest are rates or means, averaged)
 SUMMED_METRICS = frozenset({"gen_tokens", "trained_samples", "dynamic_sampling_short", "tokens_per_second"})
@@ -91,31 +93,21 @@ class _PolicyLoss(torch.nn.Module):
         self.model = model
         self.config = config
 
-    def forward(self, b: RolloutBatch, num_items=None, num_seqs=None):
-        """The loss of micro-batch b. num_items: the token normaliser of the whole step (dapo and
-        cispo always; bnpo with exclude_zero_std_from_normalizer, which makes it dapo's sum /
-        num_items). num_seqs: the sequence count of the whole step that replaces the micro-batch's
-        B of grpo, sapo and dr_grpo (with exclude_zero_std_from_normalizer)."""
+    def forward(self, b: RolloutBatch, normaliser: Normaliser | None = None):
+        """The loss of micro-batch b, normalised as `normaliser` says (`step_normaliser`); None:
+        by the micro-batch's own count, as the kernel does for config.loss_type."""
         cfg = self.config
+        norm = normaliser or Normaliser(cfg.loss_type)
         base, weight, bias = lm_head_params(self.model)
         P, C = b.prompt_len, b.completion_ids.shape[1]
         hidden = _hidden_states(base, b, cfg.bf16)[:, P - 1:P - 1 + C]  # [B, C, H]: the states that predict the completion tokens
-        loss_type = cfg.loss_type
-        if loss_type == "bnpo" and num_items is not None:
-            loss_type = "dapo"  # the same per-token loss; sum / num_items instead of sum / the micro-batch's tokens
         loss, stats = r1kernels.grpo_loss(
             hidden, weight, b.completion_ids, b.advantages, mask=b.completion_mask, old_logprobs=b.old_logprobs,
             ref_logprobs=b.ref_logprobs, bias=bias, beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-            delta=cfg.delta, temperature=cfg.temperature, loss_type=loss_type,
-            importance_sampling=cfg.importance_sampling_level, num_items=num_items if loss_type in ("dapo", "cispo") else None,
+            delta=cfg.delta, temperature=cfg.temperature, loss_type=norm.loss_type,
+            importance_sampling=cfg.importance_sampling_level, num_items=norm.num_items,
         )
-        if num_seqs is not None:
-            if loss_type not in ("grpo", "sapo", "dr_grpo"):
-                raise ValueError(f"num_seqs applies to loss_type grpo, sapo and dr_grpo, not {loss_type!r}")
-            # these divide by the micro-batch's B (grpo, sapo: the mean of per-sequence means; dr_grpo:
-            # sum / (B * T)): B / num_seqs turns that into the step's count
-            loss = loss * (b.completion_ids.shape[0] / float(num_seqs))
-        return loss, stats
+        return norm.rescale(loss, b.completion_ids.shape[0]), stats
 
 
 def policy_logprobs(model, b: RolloutBatch, temperature: float, bf16: bool = False) -> torch.Tensor:
@@ -131,12 +123,15 @@ def _func_name(f) -> str:
     return getattr(f, "__name__", None) or type(f).__name__
 
 
-class GRPOTrainer:
+class GRPOTrainer(Trainer):
+    name = "grpo"
+    progress_keys = ("reward", "accuracy", "completion_length")
+    summed_metrics = SUMMED_METRICS
+
     def __init__(self, model, tokenizer, reward_funcs, train_dataset, config: GRPOConfig | None = None, ref_model=None,
                  engine=None, accuracy_func: int | str = 0):
-        self.config = cfg = config or GRPOConfig()
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, config or GRPOConfig())
+        cfg = self.config
         self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not self.reward_funcs:
             raise ValueError("reward_funcs is empty: GRPO needs at least one reward function")
@@ -178,8 +173,6 @@ class GRPOTrainer:
             self.prompt_ids.append(ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-        self.rank, self.world_size = dist.world()
-        self.device = next(model.parameters()).device
         if cfg.beta > 0:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
             self.ref_model.eval().requires_grad_(False)
@@ -195,12 +188,10 @@ class GRPOTrainer:
             engine = Engine(model, tokenizer=tokenizer, block_size=block, num_blocks=cfg.prompts_per_step * cfg.num_generations * per_seq + 16)
         self.engine = engine
         self.optimizer = build_optimizer(model, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay)
-        self.elapsed = 0.0  # seconds of training so far, resumed runs included: the time budget's clock
-        budget = (lambda: self.elapsed / cfg.max_seconds) if cfg.max_seconds is not None else None
+        budget = self.budget_spent if cfg.max_seconds is not None else None
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.num_warmup_steps(), cfg.max_steps, budget)
         self.loss_module = dist.wrap_ddp(_PolicyLoss(model, cfg))
 
-        self.global_step = 0  # optimizer steps
         self.consumed = 0  # prompts taken from the data stream (all ranks)
         self.best_reward = -math.inf
         self.low_reward_steps = 0
@@ -355,59 +346,31 @@ class GRPOTrainer:
         micro-batches; returns the (global) loss, the samples that carried gradient and the loss's
         stats. No clipping, no update: `optimize` adds those, tests compare these gradients."""
         cfg = self.config
-        exclude = cfg.exclude_zero_std_from_normalizer
-        per_seq = cfg.loss_type in ("grpo", "sapo", "dr_grpo")
-        # one normaliser for the whole step (all micro-batches and ranks): dapo and cispo always; with
-        # exclude_zero_std_from_normalizer every loss type, counting only groups with distinct rewards
-        # (tokens for dapo, cispo and bnpo, sequences for grpo, sapo and dr_grpo)
-        fixed = cfg.loss_type in ("dapo", "cispo") or exclude
-        num_items = num_seqs = None
-        if fixed and per_seq:
-            num_seqs = dist.all_reduce_sum(batch.group_ok.sum().float()).clamp(min=1.0).item()
-        elif fixed:
-            count_mask = batch.completion_mask & batch.group_ok.unsqueeze(-1) if exclude else batch.completion_mask
-            num_items = dist.all_reduce_sum(count_mask.sum().float()).clamp(min=1.0).item()  # global tokens
-        mb = cfg.per_device_train_batch_size
-        if fixed and cfg.beta == 0 and self.world_size == 1:
-            # with no KL term a sample of advantage 0 adds nothing to a loss whose normaliser
-            # (num_items or num_seqs) is fixed above: skip its forward and backward (dead groups are
-            # common, more so as accuracy rises). Not under DDP, whose ranks must run equal passes.
+        norm = step_normaliser(cfg.loss_type, cfg.exclude_zero_std_from_normalizer, batch.completion_mask, batch.group_ok)
+        if norm.step_wide and cfg.beta == 0 and self.world_size == 1:
+            # with no KL term a sample of advantage 0 adds nothing to a loss whose normaliser is
+            # fixed for the step: skip its forward and backward (dead groups are common, more so as
+            # accuracy rises). Not under DDP, whose ranks must run equal passes.
             keep = batch.advantages != 0
             if not bool(keep.all()):
                 batch = batch.rows(keep if bool(keep.any()) else slice(0, 1))
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, stats_sum, passes = 0.0, {}, 0
-        for s in range(0, batch.completion_ids.shape[0], mb):
-            part = batch.rows(slice(s, s + mb))
-            loss, stats = self.loss_module(part, num_items, num_seqs)
-            # a fixed normaliser: every micro-batch and rank holds its share of one global sum, but DDP
-            # averages gradients over ranks, hence * world_size; other losses are means per micro-batch
-            scaled = loss * self.world_size if fixed else loss / cfg.gradient_accumulation_steps
-            scaled.backward()
-            loss_sum += loss.item() if fixed else loss.item() / cfg.gradient_accumulation_steps
-            passes += 1
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v.item()
-        stats_mean = {k: v / passes for k, v in stats_sum.items()}  # over the samples that carry gradient
-        loss_t = torch.tensor([loss_sum])
-        loss_global = dist.all_reduce_sum(loss_t) if fixed else dist.all_reduce_mean(loss_t)
-        return {"loss": loss_global.item(), "trained_samples": batch.completion_ids.shape[0], **stats_mean}
+        mb = cfg.per_device_train_batch_size
+        parts = (batch.rows(slice(s, s + mb)) for s in range(0, batch.completion_ids.shape[0], mb))
+        loss, stats = self.backward_micro_batches(parts, lambda part: self.loss_module(part, norm),
+                                                  mean_over=None if norm.step_wide else cfg.gradient_accumulation_steps)
+        return {"loss": loss, "trained_samples": batch.completion_ids.shape[0], **stats}  # stats: over the samples that carry gradient
 
     def optimize(self, batch: RolloutBatch) -> dict:
         """One optimizer step over batch: gradients, clipping, AdamW, the scheduler."""
         out = self.accumulate_gradients(batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.global_step += 1
+        opt = self.optimizer_step()
         if hasattr(self.engine, "weights_updated"):
             self.engine.weights_updated()
-        return {**out, "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0]}
+        return {**out, **opt}
 
-    def train_step(self) -> dict:
+    def training_step(self) -> dict:
         """One generation round: rollout, reward, advantage, (old/ref log-probs), num_iterations x
-        (loss, backward, step); returns the logged metrics."""
+        (loss, backward, step); returns this process's metrics (the loop reduces them over ranks)."""
         cfg = self.config
         t0, c0 = time.perf_counter(), time.process_time()
         batch, info = self.rollout()
@@ -421,24 +384,9 @@ class GRPOTrainer:
         info.update(opt, train_seconds=time.perf_counter() - t1, step_seconds=time.perf_counter() - t0,
                     step_cpu_seconds=time.process_time() - c0)
         info["tokens_per_second"] = info["gen_tokens"] / max(info["gen_seconds"], 1e-9)
-        return self._reduce_info(info)
+        return info
 
-    def _reduce_info(self, info: dict) -> dict:
-        """The logged metrics of the whole step: counts (and the throughput of ranks that generate
-        side by side) summed over ranks, rates and means averaged (every rank holds the same number
-        of samples, so the mean of the ranks' means is the global mean); loss, grad_norm and lr are
-        global already."""
-        if self.world_size == 1:
-            return info
-        keys = [k for k, v in info.items() if isinstance(v, (int, float)) and k not in ("loss", "grad_norm", "lr")]
-        summed = dist.all_reduce_sum(torch.tensor([float(info[k]) for k in keys], dtype=torch.float64))
-        out = dict(info)
-        for k, v in zip(keys, summed.tolist()):
-            if k in SUMMED_METRICS:
-                out[k] = int(round(v)) if isinstance(info[k], int) else v
-            else:
-                out[k] = v / self.world_size
-        return out
+    train_step = training_step  # the name bench/bench_grpo_step.py times
 
     def _check_collapse(self, reward: float, log: MetricsLogger) -> None:
         cfg = self.config
@@ -456,72 +404,21 @@ class GRPOTrainer:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             log.write("!" * 20 + " " + msg)
 
-    # ---- the loop ------------------------------------------------------------------------------
-    def train(self, resume_from_checkpoint: str | bool | None = None, progress: bool = True) -> list[dict]:
-        cfg = self.config
-        if resume_from_checkpoint:
-            path = latest_checkpoint(cfg.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            if path is None:
-                raise ValueError(f"resume_from_checkpoint=True but {cfg.output_dir!r} holds no checkpoint")
-            self.load_state(path)
-        log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), total=cfg.max_steps, desc="grpo",
-                            initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds)
-        t_start = time.perf_counter() - self.elapsed
-        try:
-            while self.global_step < cfg.max_steps:
-                before = self.global_step
-                info = self.train_step()
-                # rank 0's clock for every rank: the schedule and the stop must agree across processes
-                self.elapsed = dist.broadcast_object(time.perf_counter() - t_start)
-                rec = {"step": self.global_step, **info, "elapsed": self.elapsed}
-                if self.global_step % cfg.logging_steps == 0 or self.global_step >= cfg.max_steps:
-                    log.log(rec, postfix={k: rec[k] for k in ("reward", "accuracy", "completion_length")})
-                log.advance(self.global_step - before, elapsed=rec["elapsed"])
-                self._check_collapse(info["reward"], log)
-                if cfg.save_steps and self.global_step % cfg.save_steps == 0:
-                    self.save_state()
-                if self.collapsed and cfg.stop_on_collapse:
-                    break
-                if cfg.max_seconds is not None and rec["elapsed"] >= cfg.max_seconds:
-                    break
-        finally:
-            log.close()
-        return log.records
+    def end_of_step(self, record: dict, log: MetricsLogger) -> bool:
+        self._check_collapse(record["reward"], log)
+        return self.collapsed and self.config.stop_on_collapse
 
-    def _state(self) -> dict:
-        return {"global_step": self.global_step, "consumed": self.consumed, "best_reward": self.best_reward if math.isfinite(self.best_reward) else None,
-                "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed, "elapsed": self.elapsed, "config": self.config.to_dict(),
-                "world_size": self.world_size}
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return {"consumed": self.consumed, "best_reward": self.best_reward if math.isfinite(self.best_reward) else None,
+                "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed}
 
-    def save_state(self) -> str | None:
-        """A checkpoint of everything a resumed run needs, written by the main process."""
-        path = None
-        if dist.is_main():
-            path = save_checkpoint(self.config.output_dir, self.global_step, self.model, self.optimizer, self.scheduler,
-                                   self._state(), self.config.save_total_limit)
-        dist.barrier()
-        return path
-
-    def load_state(self, path: str) -> None:
-        js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+    def restore_trainer_state(self, js: dict, path: str) -> None:
         if "consumed" not in js:
             raise ValueError(f"checkpoint {path!r} holds no GRPO state (consumed prompts): not written by GRPOTrainer")
-        if js.get("world_size", 1) != self.world_size:
-            raise ValueError(f"checkpoint {path!r} was written by {js.get('world_size')} processes; this run has {self.world_size}")
-        self.global_step = js["global_step"]
         self.consumed = js["consumed"]
         self.best_reward = -math.inf if js["best_reward"] is None else js["best_reward"]
         self.low_reward_steps = js["low_reward_steps"]
         self.collapsed = js["collapsed"]
-        self.elapsed = js.get("elapsed", 0.0)
         if hasattr(self.engine, "weights_updated"):
             self.engine.weights_updated()
-
-    def save_model(self, path: str) -> None:
-        from safetensors.torch import save_model
-
-        if dist.is_main():
-            os.makedirs(path, exist_ok=True)
-            save_model(self.model, os.path.join(path, "model.safetensors"))
-            self.model.config.to_json_file(os.path.join(path, "config.json"))
-            self.tokenizer.save_pretrained(path)

@@ -11,8 +11,9 @@ at each example and no attention mask: transformers then builds a block-diagonal
 the position ids (masking_utils' packed-sequence detection), so packed examples never see each
 other. A row holds whole examples only; an example longer than max_seq_length is an error.
 
-Checkpoints every `save_steps` (r1core.trainers.checkpoint: weights, AdamW, scheduler, RNGs, the
-step, and the data position: what is left of the epoch's order and the order's own RNG), so
+The loop (logging to `sft_metrics.jsonl`, checkpoints every `save_steps`, resume, the time
+budget, progress) is `r1core.trainers.loop`'s; SFT's step is one batch, and its checkpoints add
+the data position (what is left of the epoch's order and the order's own RNG), so
 `train(resume_from_checkpoint=True)` ends where an uninterrupted run ends (tested).
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,9 +29,8 @@ import torch
 
 import r1kernels
 from r1core.tasks.tokenizer import encode_prompt
-from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1core.trainers.config import NOT_EMPTY, TRAINING_RULES, TrainerConfig, at_least
-from r1core.trainers.metrics import MetricsLogger
+from r1core.trainers.loop import Trainer
 from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
 
 
@@ -116,15 +115,16 @@ def completion_logprobs(model, input_ids, position_ids, loss_mask, attention_mas
     return r1kernels.token_logprobs(h, weight, targets, bias=bias)
 
 
-class SFTTrainer:
+class SFTTrainer(Trainer):
     """SFT on (prompt, completion) rows; `train(resume_from_checkpoint=True)` continues from the
     last checkpoint in output_dir (weights, AdamW, scheduler, RNGs, step and the data order), so a
     run stopped and resumed ends where an uninterrupted one ends."""
 
+    name = "sft"
+    metrics_file = "sft_metrics.jsonl"
+
     def __init__(self, model, tokenizer, train_dataset, config: SFTConfig | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.config = config or SFTConfig()
+        super().__init__(model, tokenizer, config or SFTConfig())
         cfg = self.config
         rows = list(train_dataset)
         if not rows:
@@ -144,13 +144,19 @@ class SFTTrainer:
                 raise ValueError(f"train_dataset row {i}: the completion is empty and add_eos is False: nothing to learn")
             self.examples.append(ex)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(model, cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.warmup_steps, cfg.max_steps)
         self.rng = random.Random(cfg.seed)
         self.order: list[int] = []  # what is left of this epoch's order, taken from the end
-        self.step = 0
-        self.elapsed = 0.0  # seconds of training so far, resumed runs included: the time budget's clock
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps so far (the loop's global_step)."""
+        return self.global_step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.global_step = value
 
     def _next_batch(self):
         cfg = self.config
@@ -170,11 +176,8 @@ class SFTTrainer:
         loss = -logp.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        return {"loss": loss.item(), "grad_norm": gn.item(), "tokens": int(logp.numel()), "lr": self.scheduler.get_last_lr()[0]}
+        opt = self.optimizer_step()
+        return {"loss": loss.item(), "grad_norm": opt["grad_norm"], "tokens": int(logp.numel()), "lr": opt["lr"]}
 
     def train(self, callback: Callable[[int], dict | None] | None = None, every: int = 10, progress: bool = True,
               stop: Callable[[dict], bool] | None = None, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
@@ -182,65 +185,24 @@ class SFTTrainer:
 
         callback(step) -> dict of extra metrics (e.g. held-out accuracy) runs every `every` steps.
         resume_from_checkpoint: a checkpoint folder, or True for the last one in output_dir; the
-        time budget (max_seconds) counts the seconds spent before the checkpoint too, as
-        GRPOTrainer's does."""
-        cfg = self.config
-        if resume_from_checkpoint:
-            path = latest_checkpoint(cfg.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            if path is None:
-                raise ValueError(f"resume_from_checkpoint=True but {cfg.output_dir!r} holds no checkpoint")
-            self.load_state(path)
-        log = MetricsLogger(cfg.output_dir, filename="sft_metrics.jsonl", total=cfg.max_steps, desc="sft", progress=progress,
-                            initial=self.step, max_seconds=cfg.max_seconds)
-        t0 = time.perf_counter() - self.elapsed
-        try:
-            while self.step < cfg.max_steps:
-                rec = {"step": self.step + 1, **self.training_step()}
-                self.elapsed = rec["elapsed"] = time.perf_counter() - t0
-                extra = callback(self.step) if callback is not None and self.step % every == 0 else None
-                if extra:
-                    rec.update(extra)
-                if self.step % cfg.logging_steps == 0 or extra:
-                    log.log(rec, postfix={k: rec[k] for k in ("loss",) + tuple(extra or ())})
-                log.advance(1, elapsed=rec["elapsed"])
-                if cfg.save_steps and self.step % cfg.save_steps == 0:
-                    self.elapsed = time.perf_counter() - t0  # the callback's evaluation counts too
-                    self.save_state()
-                if extra and stop is not None and stop(rec):
-                    break
-                if cfg.max_seconds is not None and rec["elapsed"] >= cfg.max_seconds:
-                    break
-        finally:
-            log.close()
-        return log.records
+        time budget (max_seconds) counts the seconds spent before the checkpoint too."""
+        return super().train(resume_from_checkpoint, progress, callback=callback, every=every, stop=stop)
 
-    def _state(self) -> dict:
+    def trainer_state(self) -> dict:
         version, internal, gauss = self.rng.getstate()
-        return {"global_step": self.step, "data_order": list(self.order), "data_rng": [version, list(internal), gauss],
-                "num_examples": len(self.examples), "elapsed": self.elapsed, "config": self.config.to_dict()}
+        return {"data_order": list(self.order), "data_rng": [version, list(internal), gauss], "num_examples": len(self.examples)}
 
-    def save_state(self) -> str:
-        """A checkpoint of everything a resumed run needs: <output_dir>/checkpoint-<step>."""
-        return save_checkpoint(self.config.output_dir, self.step, self.model, self.optimizer, self.scheduler, self._state(),
-                               self.config.save_total_limit)
-
-    def load_state(self, path: str) -> None:
-        js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+    def restore_trainer_state(self, js: dict, path: str) -> None:
         if "data_rng" not in js:
             raise ValueError(f"checkpoint {path!r} holds no SFT state (data_rng): not written by SFTTrainer")
         if js["num_examples"] != len(self.examples):
             raise ValueError(f"checkpoint {path!r} was written for {js['num_examples']} training examples; this run has {len(self.examples)}")
-        self.step = js["global_step"]
-        self.elapsed = js.get("elapsed", 0.0)
         self.order = list(js["data_order"])
         version, internal, gauss = js["data_rng"]
         self.rng.setstate((version, tuple(internal), gauss))
 
     def save_model(self, path: str) -> None:
-        from safetensors.torch import save_model
-
-        os.makedirs(path, exist_ok=True)
-        save_model(self.model, os.path.join(path, "model.safetensors"))
-        self.model.config.to_json_file(os.path.join(path, "config.json"))
+        """The loop's (weights, config.json, tokenizer) and this run's sft_config.json."""
+        super().save_model(path)
         with open(os.path.join(path, "sft_config.json"), "w") as f:
             json.dump(self.config.to_dict(), f, indent=1)

@@ -1,0 +1,216 @@
+"""Trainer: the training loop every trainer shares; each trainer supplies its step.
+
+The loop runs steps until `max_steps` optimizer steps, the time budget `max_seconds` (checked
+after each step, counting the seconds before a resume too), a trainer's own stop (GRPO's collapse
+detector with `stop_on_collapse`) or the caller's `stop(record)`. After each step it logs a record
+(`{"step", **metrics, "elapsed", **callback metrics}`) every `logging_steps`, at `max_steps` and
+whenever the callback added metrics, to `<output_dir>/<metrics_file>` (main process only), moves
+the progress bar, and writes `checkpoint-<step>` every `save_steps`. `train(resume_from_checkpoint=
+True | path)` restores weights, optimizer, scheduler, RNGs, the step, the clock and the trainer's
+own position first, so a run killed and resumed ends with the weights and metrics of one that ran
+through.
+
+A trainer subclasses Trainer, sets `optimizer` and `scheduler` in its __init__, and supplies
+
+    training_step() -> dict           one step of its own (GRPO: a rollout and num_iterations
+                                      updates; SFT: one batch), each update through
+                                      `optimizer_step()`; returns this process's metrics
+    trainer_state() -> dict           the JSON position a resumed run needs beyond the step and
+                                      the clock (data order, consumed prompts, ...)
+    restore_trainer_state(js, path)   its inverse; a ValueError naming the checkpoint when js holds
+                                      no such state (another trainer wrote it)
+
+and may override `end_of_step(record, log) -> bool` (True stops the run after the step's
+checkpoint). `backward_micro_batches` is gradient accumulation for trainers that split a step.
+Its config needs the fields the loop reads: max_steps, max_seconds, logging_steps, save_steps,
+save_total_limit, output_dir, max_grad_norm.
+
+Several processes (torchrun): rank 0's clock is every rank's (the schedule and the stop must
+agree), only rank 0 logs and writes checkpoints, and the logged metrics are the whole step's:
+`summed_metrics` added over ranks, the others averaged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterable
+
+import torch
+
+from r1core.trainers import distributed as dist
+from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1core.trainers.metrics import MetricsLogger
+
+
+class Trainer:
+    name = "train"  # the progress bar's label
+    metrics_file = "metrics.jsonl"
+    progress_keys: tuple[str, ...] = ("loss",)  # metrics shown beside the progress bar
+    summed_metrics: frozenset[str] = frozenset()  # logged counts that add up over ranks (the rest are averaged)
+    global_metrics: frozenset[str] = frozenset({"loss", "grad_norm", "lr"})  # the same on every rank already
+
+    def __init__(self, model: torch.nn.Module, tokenizer, config):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.rank, self.world_size = dist.world()
+        self.device = next(model.parameters()).device
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.global_step = 0  # optimizer steps
+        self.elapsed = 0.0  # seconds of training so far, resumed runs included: the time budget's clock
+
+    # ---- what a trainer supplies ---------------------------------------------------------------
+    def training_step(self) -> dict:
+        raise NotImplementedError
+
+    def trainer_state(self) -> dict:
+        return {}
+
+    def restore_trainer_state(self, js: dict, path: str) -> None:
+        pass
+
+    def end_of_step(self, record: dict, log: MetricsLogger) -> bool:
+        """After a step is logged; True stops the run (after the step's checkpoint)."""
+        return False
+
+    # ---- pieces of a step ----------------------------------------------------------------------
+    def backward_micro_batches(self, micro_batches: Iterable, loss_fn: Callable, mean_over: int | None = None) -> tuple[float, dict]:
+        """Zeroes the gradients, then backward over each micro-batch's `loss_fn(mb) -> (loss,
+        stats)`, so the gradients are the whole step's. mean_over None: each loss is that
+        micro-batch's share of one sum over the step (all micro-batches and ranks); DDP averages
+        gradients over ranks, hence x world_size. mean_over n: each loss is a mean of its own and
+        the step's loss is their mean over n micro-batches (and over ranks, as DDP averages).
+        Returns the step's loss (global) and the stats averaged over the micro-batches."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, stats_sum, passes = 0.0, {}, 0
+        for mb in micro_batches:
+            loss, stats = loss_fn(mb)
+            if mean_over is None:
+                (loss * self.world_size).backward()
+                loss_sum += loss.item()
+            else:
+                (loss / mean_over).backward()
+                loss_sum += loss.item() / mean_over
+            passes += 1
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
+        loss_t = torch.tensor([loss_sum])
+        loss_global = dist.all_reduce_sum(loss_t) if mean_over is None else dist.all_reduce_mean(loss_t)
+        return loss_global.item(), {k: v / passes for k, v in stats_sum.items()}
+
+    def optimizer_step(self) -> dict:
+        """Clips the gradients, steps AdamW and the scheduler: one more optimizer step."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        return {"grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0]}
+
+    def budget_spent(self) -> float:
+        """The share of max_seconds spent so far (a scheduler may decay with it)."""
+        return self.elapsed / self.config.max_seconds
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, progress: bool = True, *,
+              callback: Callable[[int], dict | None] | None = None, every: int = 10,
+              stop: Callable[[dict], bool] | None = None) -> list[dict]:
+        """Runs until max_steps, max_seconds, the trainer's own stop, or `stop(record)` is true at
+        a callback step; returns the logged records (of the resumed run too).
+
+        resume_from_checkpoint: a checkpoint folder, or True for the last one in output_dir.
+        callback(step) -> dict of extra metrics (e.g. held-out accuracy), every `every` steps."""
+        cfg = self.config
+        if resume_from_checkpoint:
+            path = latest_checkpoint(cfg.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if path is None:
+                raise ValueError(f"resume_from_checkpoint=True but {cfg.output_dir!r} holds no checkpoint")
+            self.load_state(path)
+        log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), filename=self.metrics_file, total=cfg.max_steps, desc=self.name,
+                            initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds)
+        self._clock_start = time.perf_counter() - self.elapsed
+        try:
+            while self.global_step < cfg.max_steps:
+                if self._run_step(log, callback, every, stop):
+                    break
+        finally:
+            log.close()
+        return log.records
+
+    def _clock(self) -> float:
+        # rank 0's clock for every rank: the schedule and the stop must agree across processes
+        return dist.broadcast_object(time.perf_counter() - self._clock_start)
+
+    def _run_step(self, log: MetricsLogger, callback, every: int, stop) -> bool:
+        """One step, its record, log line, hooks and checkpoint; True when the run should stop."""
+        cfg = self.config
+        before = self.global_step
+        info = self._reduce_info(self.training_step())
+        self.elapsed = self._clock()
+        record = {"step": self.global_step, **info, "elapsed": self.elapsed}
+        extra = callback(self.global_step) if callback is not None and self.global_step % every == 0 else None
+        if extra:
+            record.update(extra)
+        if self.global_step % cfg.logging_steps == 0 or self.global_step >= cfg.max_steps or extra:
+            log.log(record, postfix={k: record[k] for k in (*self.progress_keys, *(extra or ())) if k in record})
+        log.advance(self.global_step - before, elapsed=record["elapsed"])
+        halt = self.end_of_step(record, log)
+        if cfg.save_steps and self.global_step % cfg.save_steps == 0:
+            self.elapsed = self._clock()  # the callback's evaluation counts too
+            self.save_state()
+        if halt or (extra and stop is not None and stop(record)):
+            return True
+        return cfg.max_seconds is not None and record["elapsed"] >= cfg.max_seconds
+
+    def _reduce_info(self, info: dict) -> dict:
+        """The logged metrics of the whole step: counts (summed_metrics) summed over ranks, rates and
+        means averaged (every rank holds the same number of samples, so the mean of the ranks'
+        means is the global mean); global_metrics are left alone."""
+        if self.world_size == 1:
+            return info
+        keys = [k for k, v in info.items() if isinstance(v, (int, float)) and k not in self.global_metrics]
+        summed = dist.all_reduce_sum(torch.tensor([float(info[k]) for k in keys], dtype=torch.float64))
+        out = dict(info)
+        for k, v in zip(keys, summed.tolist()):
+            if k in self.summed_metrics:
+                out[k] = int(round(v)) if isinstance(info[k], int) else v
+            else:
+                out[k] = v / self.world_size
+        return out
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_state(self) -> str | None:
+        """<output_dir>/checkpoint-<step>: everything a resumed run needs, written by the main
+        process; returns its path there (None on the other ranks)."""
+        cfg = self.config
+        path = None
+        if dist.is_main():
+            state = {"global_step": self.global_step, **self.trainer_state(), "elapsed": self.elapsed, "config": cfg.to_dict(),
+                     "world_size": self.world_size}
+            path = save_checkpoint(cfg.output_dir, self.global_step, self.model, self.optimizer, self.scheduler, state, cfg.save_total_limit)
+        dist.barrier()
+        return path
+
+    def load_state(self, path: str) -> None:
+        js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.restore_trainer_state(js, path)
+        if js.get("world_size", 1) != self.world_size:
+            raise ValueError(f"checkpoint {path!r} was written by {js.get('world_size')} processes; this run has {self.world_size}")
+        self.global_step = js["global_step"]
+        self.elapsed = js.get("elapsed", 0.0)
+
+    def save_model(self, path: str) -> None:
+        """The weights (model.safetensors), the model's config.json and the tokenizer, from the
+        main process."""
+        from safetensors.torch import save_model
+
+        if dist.is_main():
+            os.makedirs(path, exist_ok=True)
+            save_model(self.model, os.path.join(path, "model.safetensors"))
+            self.model.config.to_json_file(os.path.join(path, "config.json"))
+            self.tokenizer.save_pretrained(path)
+
+
+__all__ = ["Trainer"]
