@@ -56,12 +56,12 @@ HAS_TRITON = _has_triton()
 # kernels (C++ for CPU, CUDA or Triton for CUDA) take precedence where they are registered, so an op
 # whose fast path is not built yet still runs, and the tests say which ops lack one.
 _lib = torch.library.Library("r1kernels", "FRAGMENT" if HAS_C else "DEF")
-from r1kernels import _fallback  # noqa: E402
+from r1kernels._torch import KERNELS as _TORCH_KERNELS  # noqa: E402
 
 for _name, _schema in SCHEMAS.items():
     if not torch._C._dispatch_has_kernel(f"r1kernels::{_name}") and not hasattr(torch.ops.r1kernels, _name):
         _lib.define(_schema)
-    _lib.impl(_name, getattr(_fallback, _name), "CompositeExplicitAutograd")
+    _lib.impl(_name, _TORCH_KERNELS[_name], "CompositeExplicitAutograd")
 
 
 def op(name: str):

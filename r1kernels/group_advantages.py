@@ -18,9 +18,14 @@ from typing import NamedTuple
 import torch
 
 from r1kernels._library import op
-from r1kernels.reference import GroupStats
 
 SCALES = {"group": 0, "batch": 1, "none": 2}
+
+
+class GroupStats(NamedTuple):
+    mean: torch.Tensor  # [num_groups] mean of the scorable rewards (NaN rewards left out)
+    std: torch.Tensor  # [num_groups] std with Bessel's correction; 0 with fewer than 2 scorable
+    zero_std: torch.Tensor  # [num_groups] bool: all scorable rewards equal (or none): advantage 0
 
 
 class GroupAdvantages(NamedTuple):

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from r1kernels import reference
 from r1kernels._grpo_stats import grpo_stats
 from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, flat, token_scale
 from r1kernels._library import op
+from r1kernels._sequence_level import sequence_level_loss
 from r1kernels.token_logprobs import check_head_inputs, token_logprobs
 
 
@@ -131,11 +131,8 @@ def grpo_loss(
 
     if importance_sampling == "sequence":
         logp, entropy = token_logprobs(hidden, weight, targets, bias=bias, temperature=temperature, return_entropy=True)
-        per_token, w = reference.grpo_per_token_loss(
-            logp, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
-            loss_type, importance_sampling, sapo_temperature_pos, sapo_temperature_neg,
-        )
-        loss = reference.aggregate_loss(per_token, mask, loss_type, num_items)
+        loss, w = sequence_level_loss(logp, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
+                                      loss_type, num_items, sapo_temperature_pos, sapo_temperature_neg)
         stats = grpo_stats(logp.detach(), entropy.detach(), w.detach(), advantages, mask, ref_logprobs, beta, epsilon_low,
                            epsilon_high, delta, loss_type, importance_sampling)
         return loss, stats

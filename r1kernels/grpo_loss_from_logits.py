@@ -1,16 +1,16 @@
 """The GRPO loss for stacks that already hold logits [B, T, V]: the same per-token math and
 aggregation as `grpo_loss` (see there), with the log-softmax, loss and gradient of the logits in one
 pass over each row. Token-level importance sampling runs fused; sequence-level (GSPO) goes through
-autograd on the log-softmax."""
+autograd on the log-softmax (r1kernels._sequence_level)."""
 
 from __future__ import annotations
 
 import torch
 
-from r1kernels import reference
 from r1kernels._grpo_stats import grpo_stats
 from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, check_targets_in_vocab, flat, token_scale
 from r1kernels._library import op
+from r1kernels._sequence_level import sequence_level_loss
 from r1kernels.grpo_loss import _grad_is_one
 
 
@@ -68,11 +68,17 @@ def grpo_loss_from_logits(
         check_targets_in_vocab(targets, V)
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=logits.device)
-    kw = dict(beta=beta, epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta, temperature=temperature,
-              loss_type=loss_type, importance_sampling=importance_sampling, num_items=num_items,
-              sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg)
     if importance_sampling == "sequence":
-        return reference.grpo_loss_from_logits(logits, targets, advantages, mask, old_logprobs, ref_logprobs, **kw)
+        # autograd through the log-softmax: the sequence weights need every log-prob before any gradient
+        logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+        logp = torch.gather(logp_all, -1, targets.unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        loss, w = sequence_level_loss(logp, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
+                                      loss_type, num_items, sapo_temperature_pos, sapo_temperature_neg)
+        stats = grpo_stats(logp.detach(), entropy, w.detach(), advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high,
+                           delta, loss_type, importance_sampling)
+        return loss, stats
 
     scale = token_scale(mask, loss_type, num_items)
     token_adv = advantages.float().unsqueeze(-1).expand(B, T)

@@ -11,7 +11,7 @@ import r1kernels  # noqa: F401  loads the ops
 from r1kernels._library import HAS_C, SCHEMAS
 
 CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
-pytestmark = pytest.mark.skipif(not HAS_C, reason="r1kernels._C is not built")
+requires_c = pytest.mark.skipif(not HAS_C, reason="r1kernels._C is not built")
 
 
 def _cpu_impls():
@@ -24,6 +24,7 @@ def _cpu_impls():
     return impls
 
 
+@requires_c
 def test_registration_source_defs_match_schemas():
     defs = re.findall(r'm\.def\("([^"]+)"\)', (CSRC / "registration.cpp").read_text())
     assert sorted(defs) == sorted(SCHEMAS.values())
@@ -34,6 +35,7 @@ def test_registered_schema_matches(name):
     assert str(getattr(torch.ops.r1kernels, name).default._schema) == "r1kernels::" + SCHEMAS[name]
 
 
+@requires_c
 def test_cpu_sources_register_their_ops():
     impls = _cpu_impls()
     named_files = {p.stem for p in (CSRC / "cpu").glob("*.cpp") if p.stem in SCHEMAS}
@@ -43,6 +45,44 @@ def test_cpu_sources_register_their_ops():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"r1kernels::{name}", "CPU"), f"{name} ({fname}) has no CPU kernel"
 
 
+@requires_c
 def test_grpo_ops_have_cpu_kernels():
     grpo = {"group_advantages", "fused_logprobs", "fused_logprobs_backward", "fused_grpo_loss", "logits_grpo_loss", "grpo_token_loss"}
     assert grpo <= set(_cpu_impls())
+
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "r1kernels"
+
+
+def _imports(path):
+    """Every module a Python file imports (absolute names; `from r1kernels import x` gives r1kernels.x)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_no_production_module_imports_the_reference():
+    # the reference is the tests' oracle: a production path that called it would be tested against itself
+    users = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
+             if p.name != "reference.py" and "r1kernels.reference" in _imports(p)]
+    assert users == []
+
+
+def test_the_reference_imports_no_production_module():
+    ours = {n for n in _imports(PACKAGE / "reference.py") if n.startswith("r1kernels")}
+    assert ours == set()
+
+
+def test_the_plain_pytorch_kernels_are_every_ops_default():
+    from r1kernels._torch import KERNELS
+
+    assert set(KERNELS) == set(SCHEMAS)
+    for name in SCHEMAS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"r1kernels::{name}", "CompositeExplicitAutograd"), name

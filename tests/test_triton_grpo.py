@@ -1,5 +1,5 @@
-"""The Triton launchers of r1kernels.triton against r1kernels.reference (and the fallback kernels,
-which define each op's output contract).
+"""The Triton launchers of r1kernels.triton against r1kernels.reference (and the plain-PyTorch
+kernels of r1kernels._torch, which define each op's output contract).
 
 Without a GPU they run on CPU tensors under TRITON_INTERPRET=1 (tests/conftest.py sets it before
 any kernel module is imported); the interpreter has no bf16 arithmetic, so float32 here. Shapes are
@@ -19,7 +19,10 @@ import pytest
 import torch
 import triton
 
-from r1kernels import _fallback, reference
+from r1kernels import reference
+from r1kernels._torch import grpo_loss as torch_grpo_loss
+from r1kernels._torch import grpo_token_loss as torch_token_loss
+from r1kernels._torch import token_logprobs as torch_token_logprobs
 from r1kernels._grpo_args import LOSS_KIND, token_scale
 from r1kernels.triton import KERNELS, REGISTERED
 from r1kernels.triton import group_advantages as tga
@@ -175,7 +178,7 @@ def test_fused_grpo_loss(dtype, atol, rtol, B, T, loss_type, beta, delta, temper
 
     # the fallback defines the op's contract: same outputs
     for name, ours, theirs in zip(("loss", "logp", "entropy", "gh", "gw", "gb"), (loss, logp, entropy, gh, gw, gb),
-                                  _fallback.fused_grpo_loss(*args, True)):
+                                  torch_grpo_loss.fused_grpo_loss(*args, True)):
         assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, name
 
 
@@ -186,7 +189,7 @@ def test_fused_grpo_loss_without_grad(dtype, atol, rtol):
     args = (hidden.reshape(N, 8), weight, bias, targets.reshape(-1), torch.full((N,), 1.0 / N, device=DEVICE),
             torch.randn(N, device=DEVICE), None, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, False)
     loss, logp, entropy, gh, gw, gb = tgl.fused_grpo_loss(*args, block_v=16)
-    eloss, elogp, eent, *_ = _fallback.fused_grpo_loss(*args)
+    eloss, elogp, eent, *_ = torch_grpo_loss.fused_grpo_loss(*args)
     _close(loss, eloss, atol, rtol, "loss")
     _close(logp, elogp, atol, rtol, "logp")
     _close(entropy, eent, atol, rtol, "entropy")
@@ -200,7 +203,7 @@ def test_fused_grpo_loss_mixed_dtypes():
     hidden, weight = torch.randn(N, H, device=DEVICE), torch.randn(V, H, dtype=torch.float64, device=DEVICE)
     args = (hidden, weight, None, torch.randint(0, V, (N,), device=DEVICE), torch.full((N,), 0.25, device=DEVICE),
             torch.randn(N, device=DEVICE), None, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True)
-    ours, theirs = tgl.fused_grpo_loss(*args, block_v=16, chunk_size=3), _fallback.fused_grpo_loss(*args)
+    ours, theirs = tgl.fused_grpo_loss(*args, block_v=16, chunk_size=3), torch_grpo_loss.fused_grpo_loss(*args)
     for name, a, e in zip(("loss", "logp", "entropy", "gh", "gw", "gb"), ours, theirs):
         assert a.dtype == e.dtype and a.shape == e.shape, name
         if e.numel():
@@ -225,7 +228,7 @@ def test_fused_logprobs_forward_backward(dtype, atol, rtol, with_bias, temperatu
     hidden, weight, bias, targets = _head(1, N, H, V, dtype, with_bias)
     hidden, targets = hidden[0], targets[0]
     logp, entropy, lse = tgl.fused_logprobs(hidden, weight, bias, targets, temperature, chunk_size=CHUNK, block_v=BLOCK_V)
-    elogp, eent, else_ = _fallback.fused_logprobs(hidden, weight, bias, targets, temperature)
+    elogp, eent, else_ = torch_token_logprobs.fused_logprobs(hidden, weight, bias, targets, temperature)
     _close(logp, elogp, atol, rtol, "logp")
     _close(entropy, eent, atol, rtol, "entropy")
     _close(lse, else_, atol, rtol, "lse")
@@ -293,14 +296,14 @@ def test_grpo_token_loss(dtype, atol, rtol, loss_kind, beta, delta, with_old):
     ref = logp + 0.5 * torch.randn(N, device=DEVICE)
     args = (logp, scale, adv, old, ref, beta, 0.2, 1.2 if loss_kind == 1 else 0.28, delta, loss_kind, 1.0, 1.05)
     loss, grad = tgl.grpo_token_loss(*args, block=16)
-    eloss, egrad = _fallback.grpo_token_loss(*args)
+    eloss, egrad = torch_token_loss.grpo_token_loss(*args)
     _close(loss, eloss, atol, rtol, "loss")
     _close(grad, egrad, atol, rtol, "grad")
     assert (grad[::5] == 0).all()
     # and the closed-form gradient is the derivative of the loss
     lp = logp.clone().requires_grad_()
     fixed_old = logp.clone() if old is None else old  # on-policy: old is the detached current logp
-    per, _ = _fallback.token_loss_and_grad(lp, adv, fixed_old, ref, beta, 0.2, args[7], delta, loss_kind, 1.0, 1.05)
+    per, _ = torch_token_loss.token_loss_and_grad(lp, adv, fixed_old, ref, beta, 0.2, args[7], delta, loss_kind, 1.0, 1.05)
     if loss_kind == 1:  # cispo's weight is a stop-gradient constant: differentiate through logp only
         w = torch.exp(logp - fixed_old).clamp(max=args[7])
         per = -w * adv * lp + (beta * (torch.exp(ref - lp) - (ref - lp) - 1) if beta else 0)

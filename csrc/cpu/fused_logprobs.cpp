@@ -1,4 +1,4 @@
-// CPU kernels of the fused per-token log-probs (semantics exactly as r1kernels/_fallback.py):
+// CPU kernels of the fused per-token log-probs (semantics exactly as r1kernels/_torch):
 //   fused_logprobs           hidden [N, H], LM head [V, H] -> logp, entropy, lse [N] fp32, the
 //                            vocabulary in chunks with an online (max, sum exp, sum p * s);
 //   fused_logprobs_backward  recomputes each logits chunk from the saved lse and turns it into

@@ -1,4 +1,4 @@
-// CPU kernels of the GRPO loss ops (semantics exactly as r1kernels/_fallback.py):
+// CPU kernels of the GRPO loss ops (semantics exactly as r1kernels/_torch):
 //   fused_grpo_loss   hidden [N, H], LM head [V, H] -> loss, logp, entropy and the gradients of
 //                     hidden, weight and bias, all in the forward: per chunk of rows, three GEMMs
 //                     (logits, grad_hidden, grad_weight) around one row pass that turns the logits

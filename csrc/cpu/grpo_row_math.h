@@ -23,7 +23,7 @@ struct LossParams {
   double sapo_tneg;
 };
 
-// Per-token loss and d loss / d logp, the closed form of _fallback.token_loss_and_grad: ties in
+// Per-token loss and d loss / d logp, the closed form of r1kernels._torch.grpo_token_loss.token_loss_and_grad: ties in
 // min() split the gradient in half as torch.minimum does. `old_lp` is logp itself when on-policy;
 // `ref_lp` is read only when beta != 0.
 void token_loss_and_grad(float lp, float adv, float old_lp, float ref_lp, const LossParams& p, float* loss,

@@ -9,7 +9,7 @@
 // loss = sum over tokens with token_scale != 0 of token_scale * loss_t (the aggregation is folded
 // into token_scale by the Python layer); grad[t] = token_scale * dloss_t/dlogp, 0 where the scale
 // is 0. Ties in min() split the gradient in half, as torch.minimum's backward does. The formulas
-// are those of r1kernels/_fallback.py token_loss_and_grad, in float32.
+// are those of r1kernels/_torch/grpo_token_loss.py token_loss_and_grad, in float32.
 
 // per-operator headers rather than ATen/ATen.h: nvcc parses every header three times (host, sm_80,
 // sm_90a), and the whole of ATen costs about a quarter more compile time

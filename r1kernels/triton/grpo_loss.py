@@ -4,7 +4,7 @@ fused_logprobs_backward, fused_grpo_loss, logits_grpo_loss and grpo_token_loss.
 The variant: token-level importance sampling (GSPO's sequence level goes through fused_logprobs and
 its backward in the Python layer), per-token loss of kind 0 (clipped surrogate with DAPO's separate
 low/high bounds and optional dual clip delta), 1 (CISPO) or 2 (SAPO), plus beta * k3 KL; the
-aggregation arrives folded into `token_scale`. Formulas: `r1kernels._fallback.token_loss_and_grad`.
+aggregation arrives folded into `token_scale`. Formulas: `r1kernels._torch.grpo_token_loss.token_loss_and_grad`.
 
 Layout as Liger-Kernel's ops: @triton.jit kernels, then plain launchers that allocate, chunk and
 pick block sizes. The launchers loop over row chunks of the head:
