@@ -102,6 +102,43 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
     """MCTS as a coroutine (yields lists of StepRequests, returns the SearchResult). scorer(text,
     finished) values partial and finished solutions; outcome_scorer (default: scorer) scores the
     end of a rollout. The rollouts of a simulation's new children go out in one request list."""
+    _check_args(budget, num_children, num_rollouts, max_depth, max_step_tokens, max_rollout_tokens, max_expansions,
+                max_tokens, value, c_puct)
+    outcome_scorer = outcome_scorer or scorer
+    st = _Search(list(prompt_ids), Node(Partial()))
+    root = st.root
+    while (st.sims < budget and not st.solved and not root.exhausted
+           and (max_tokens is None or st.tokens < max_tokens)):
+        st.sims += 1
+        node = _descend(root, c_puct, max_expansions)
+        if node.partial.finished or node.depth >= max_depth:
+            v = node.partial.score if node.partial.finished else node.q
+            _backup(node, v)
+            node.exhausted = True  # a leaf that cannot grow: count the visit, then never select it again
+            st.pruned.append(node)
+            st.pruned.extend(_mark_exhausted(node.parent, max_expansions))
+            continue
+        (props,) = yield st.notices() + [st.request(node, num_children, max_step_tokens)]
+        st.tokens += sum(len(p.token_ids) for p in props)
+        st.expansions += 1
+        fresh = _expand(node, props)
+        if not fresh:  # only steps it already had: nothing to evaluate
+            _backup(node, node.q)
+            st.pruned.extend(_mark_exhausted(node, max_expansions))
+            continue
+        values = yield from _evaluate(st, fresh, scorer, outcome_scorer, value, num_rollouts, max_rollout_tokens)
+        _record(st, node, fresh, values, stop_score, max_expansions)
+    chosen = yield from _choose(st, outcome_scorer, max_rollout_tokens)
+    extra = {"simulations": st.sims, "expansions": st.expansions, "solved": st.solved, "finished": len(st.finished),
+             "tree_size": _size(root)}
+    candidates = [Candidate(n.partial.text, extract(n.partial.text), n.partial.score, len(n.partial.token_ids))
+                  for n in st.finished]
+    return SearchResult(answer=extract(chosen.text), text=chosen.text, score=chosen.score, generated_tokens=st.tokens,
+                        candidates=candidates, method="mcts", budget=budget, extra=extra)
+
+
+def _check_args(budget, num_children, num_rollouts, max_depth, max_step_tokens, max_rollout_tokens, max_expansions,
+                max_tokens, value, c_puct) -> None:
     check_positive_int("budget", budget)
     check_positive_int("num_children", num_children)
     check_positive_int("num_rollouts", num_rollouts)
@@ -115,96 +152,108 @@ def mcts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, num_ch
         raise ValueError(f"value: expected one of {VALUES}, got {value!r}")
     if isinstance(c_puct, bool) or not isinstance(c_puct, (int, float)) or not c_puct >= 0:
         raise ValueError(f"c_puct: expected a number >= 0, got {c_puct!r}")
-    outcome_scorer = outcome_scorer or scorer
-    prompt_ids = list(prompt_ids)
-    root = Node(Partial())
-    finished: list[Node] = []
-    tokens, sims, expansions = 0, 0, 0
 
-    solved = False
-    pruned: list[Node] = []  # exhausted nodes: never expanded again, their branches may go (Release)
 
-    def notices() -> list[Release]:
-        out = [Release(prompt_ids + n.partial.token_ids) for n in pruned if n is not root]
-        pruned.clear()
+@dataclass(eq=False)
+class _Search:
+    """The state of one search: its tree, the finished solutions, the counts, and the exhausted
+    nodes not yet announced (`Release`: their branches may go)."""
+    prompt_ids: list[int]
+    root: Node
+    finished: list[Node] = field(default_factory=list)
+    pruned: list[Node] = field(default_factory=list)
+    tokens: int = 0
+    sims: int = 0
+    expansions: int = 0
+    solved: bool = False
+
+    def notices(self) -> list[Release]:
+        out = [Release(self.prompt_ids + n.partial.token_ids) for n in self.pruned if n is not self.root]
+        self.pruned.clear()
         return out
 
-    while sims < budget and not solved and not root.exhausted and (max_tokens is None or tokens < max_tokens):
-        sims += 1
-        node = root
-        while node.expanded and node.children and not node.partial.finished:
-            if node.expansions < max_expansions and all(ch.exhausted for ch in node.children):
-                break  # every branch below ended: sample this node's step again
-            node = puct_select(node, c_puct)
-        if node.partial.finished or node.depth >= max_depth:
-            v = node.partial.score if node.partial.finished else node.q
-            _backup(node, v)
-            node.exhausted = True  # a leaf that cannot grow: count the visit, then never select it again
-            pruned.append(node)
-            pruned.extend(_mark_exhausted(node.parent, max_expansions))
-            continue
-        (props,) = yield notices() + [StepRequest(prompt_ids + node.partial.token_ids, num_children, max_step_tokens)]
-        tokens += sum(len(p.token_ids) for p in props)
-        expansions += 1
-        node.expanded = True
-        node.expansions += 1
-        seen = {tuple(ch.partial.token_ids[len(node.partial.token_ids):]) for ch in node.children}
-        new: dict[tuple[int, ...], Any] = {}
-        for p in props:
-            key = tuple(p.token_ids)
-            if key not in seen:
-                new.setdefault(key, p)
-        if not new:  # only steps it already had: nothing to evaluate
-            _backup(node, node.q)
-            pruned.extend(_mark_exhausted(node, max_expansions))
-            continue
-        first_new = len(node.children)
-        for p in new.values():
-            node.children.append(Node(node.partial.extend(p), 0.0, node))
-        # priors over every distinct step sampled here so far
-        for ch, prior in zip(node.children, _priors([ch.partial.logprob - node.partial.logprob for ch in node.children])):
-            ch.prior = prior
-        fresh = node.children[first_new:]
-        for ch in fresh:
-            p = ch.partial
-            p.score = float((outcome_scorer if p.finished else scorer)(p.text, p.finished))
-        values = [ch.partial.score for ch in fresh]
-        if value == "rollout":
-            open_ = [i for i, ch in enumerate(fresh) if not ch.partial.finished]
-            outs = yield notices() + [StepRequest(prompt_ids + fresh[i].partial.token_ids, num_rollouts,
-                                                  max_rollout_tokens, rollout=True) for i in open_]
-            for i, os_ in zip(open_, outs):
-                tokens += sum(len(o.token_ids) for o in os_)
-                text = fresh[i].partial.text
-                values[i] = sum(float(outcome_scorer(text + o.text, True)) for o in os_) / len(os_)
-        for ch, v in zip(fresh, values):
-            ch.visits, ch.value_sum = 1, v
-            if ch.partial.finished:
-                ch.exhausted = True
-                finished.append(ch)
-                if stop_score is not None and ch.partial.score >= stop_score:
-                    solved = True
-        _backup(node, sum(values) / len(values))
-        pruned.extend(_mark_exhausted(node, max_expansions))
+    def request(self, node: Node, n: int, max_tokens: int, rollout: bool = False) -> StepRequest:
+        return StepRequest(self.prompt_ids + node.partial.token_ids, n, max_tokens, rollout=rollout)
 
-    extra = {"simulations": sims, "expansions": expansions, "solved": solved, "finished": len(finished),
-             "tree_size": _size(root)}
-    if finished:
-        best = max(finished, key=lambda n: (n.partial.score, n.visits))
-        chosen = best.partial
-    else:  # nothing finished within the budget: complete the most visited path once
-        node = root
-        while node.children:
-            node = max(node.children, key=lambda ch: (ch.visits, ch.q))
-        (outs,) = yield notices() + [StepRequest(prompt_ids + node.partial.token_ids, 1, max_rollout_tokens,
-                                                 rollout=True)]
-        tokens += sum(len(o.token_ids) for o in outs)
-        chosen = node.partial.extend(outs[0])
-        chosen.score = float(outcome_scorer(chosen.text, True))
-    candidates = [Candidate(n.partial.text, extract(n.partial.text), n.partial.score, len(n.partial.token_ids))
-                  for n in finished]
-    return SearchResult(answer=extract(chosen.text), text=chosen.text, score=chosen.score, generated_tokens=tokens,
-                        candidates=candidates, method="mcts", budget=budget, extra=extra)
+
+def _descend(root: Node, c_puct: float, max_expansions: int) -> Node:
+    """select: PUCT from the root to a leaf, or to a node whose every branch ended (expanded again)."""
+    node = root
+    while node.expanded and node.children and not node.partial.finished:
+        if node.expansions < max_expansions and all(ch.exhausted for ch in node.children):
+            break  # every branch below ended: sample this node's step again
+        node = puct_select(node, c_puct)
+    return node
+
+
+def _expand(node: Node, props) -> list[Node]:
+    """expand: the new distinct steps among `props` become children (priors over every distinct
+    step sampled at `node` so far); returns them (empty when nothing was new)."""
+    node.expanded = True
+    node.expansions += 1
+    seen = {tuple(ch.partial.token_ids[len(node.partial.token_ids):]) for ch in node.children}
+    new: dict[tuple[int, ...], Any] = {}
+    for p in props:
+        key = tuple(p.token_ids)
+        if key not in seen:
+            new.setdefault(key, p)
+    if not new:
+        return []
+    first_new = len(node.children)
+    for p in new.values():
+        node.children.append(Node(node.partial.extend(p), 0.0, node))
+    for ch, prior in zip(node.children, _priors([ch.partial.logprob - node.partial.logprob for ch in node.children])):
+        ch.prior = prior
+    return node.children[first_new:]
+
+
+def _evaluate(st: _Search, fresh: list[Node], scorer: Scorer, outcome_scorer: Scorer, value: str, num_rollouts: int,
+              max_rollout_tokens: int):
+    """evaluate (a coroutine: the rollouts are one request list): each new child's score, and its
+    value (the score, or the mean outcome of its rollouts)."""
+    for ch in fresh:
+        p = ch.partial
+        p.score = float((outcome_scorer if p.finished else scorer)(p.text, p.finished))
+    values = [ch.partial.score for ch in fresh]
+    if value == "rollout":
+        open_ = [i for i, ch in enumerate(fresh) if not ch.partial.finished]
+        outs = yield st.notices() + [st.request(fresh[i], num_rollouts, max_rollout_tokens, rollout=True)
+                                     for i in open_]
+        for i, os_ in zip(open_, outs):
+            st.tokens += sum(len(o.token_ids) for o in os_)
+            text = fresh[i].partial.text
+            values[i] = sum(float(outcome_scorer(text + o.text, True)) for o in os_) / len(os_)
+    return values
+
+
+def _record(st: _Search, node: Node, fresh: list[Node], values: list[float], stop_score: float | None,
+            max_expansions: int) -> None:
+    """back up: the new children start with one visit of their value; `node` and its ancestors get
+    one visit of their mean; finished children join the solutions."""
+    for ch, v in zip(fresh, values):
+        ch.visits, ch.value_sum = 1, v
+        if ch.partial.finished:
+            ch.exhausted = True
+            st.finished.append(ch)
+            if stop_score is not None and ch.partial.score >= stop_score:
+                st.solved = True
+    _backup(node, sum(values) / len(values))
+    st.pruned.extend(_mark_exhausted(node, max_expansions))
+
+
+def _choose(st: _Search, outcome_scorer: Scorer, max_rollout_tokens: int):
+    """The answer (a coroutine): the best finished solution (ties: more visits), or with none
+    finished, the most visited path completed by one rollout."""
+    if st.finished:
+        return max(st.finished, key=lambda n: (n.partial.score, n.visits)).partial
+    node = st.root
+    while node.children:
+        node = max(node.children, key=lambda ch: (ch.visits, ch.q))
+    (outs,) = yield st.notices() + [st.request(node, 1, max_rollout_tokens, rollout=True)]
+    st.tokens += sum(len(o.token_ids) for o in outs)
+    chosen = node.partial.extend(outs[0])
+    chosen.score = float(outcome_scorer(chosen.text, True))
+    return chosen
 
 
 def _backup(node: Node | None, v: float) -> None:
