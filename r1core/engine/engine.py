@@ -1,11 +1,18 @@
 """`Engine`: generation from a Hugging Face causal LM on a paged KV cache, in place on the model's
-live parameters. `step()` is three calls: the scheduler picks the batch, the model runner runs it,
-and the results are sampled and booked (fork of a group after its prompt, stops, frees).
+live parameters. The engine has one loop: the scheduler picks the batch, the model runner runs it,
+and the results are committed (the KV booked, a group forked after its prompt), then sampled and
+stopped. `generate` and `step` run it over requests; search policies run it over resident
+sequences through the public steps below.
 
     engine = Engine(model, tokenizer=tok, block_size=16)
     outs = engine.generate(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=256))
 
-Branches for step-wise search (`r1core.engine.branches`) keep their KV resident between calls:
+Resident sequences are pinned: their KV stays in the cache between calls and the scheduler never
+preempts them. `add_resident`, `fork_resident` and `release_resident` make and drop them; `forward`
+computes their pending tokens and returns the logits (beam search chooses the beams from those),
+`decode` samples them until they stop (branches). Every request, whichever the caller, goes
+through `check_prompt` and `check_request`. Branches (`r1core.engine.branches`) and beam search
+(`r1core.engine.beam_search`) are policies on these steps:
 
     root = engine.open_branch(prompt_ids)
     kids = engine.fork_branch(root, 4)          # share root's blocks, copy-on-write
