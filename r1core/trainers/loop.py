@@ -189,7 +189,8 @@ class Trainer:
         if dist.is_main():
             state = {"global_step": self.global_step, **self.trainer_state(), "elapsed": self.elapsed, "config": cfg.to_dict(),
                      "world_size": self.world_size}
-            path = save_checkpoint(cfg.output_dir, self.global_step, self.model, self.optimizer, self.scheduler, state, cfg.save_total_limit)
+            path = save_checkpoint(cfg.output_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,
+                                   cfg.save_total_limit)
         dist.barrier()
         return path
 
