@@ -1,8 +1,11 @@
-"""Trainers: GRPO (R1-Zero RL) and SFT on the fused r1kernels ops, checkpoints, metrics, several
-processes."""
+"""Trainers: GRPO (R1-Zero RL) and SFT on the fused r1kernels ops, each a step on one shared loop
+(`Trainer`: logging, checkpoints, resume, time budget, progress), configs validated by one
+mechanism (`TrainerConfig`), checkpoints, metrics, several processes."""
 
+from r1core.trainers.config import TrainerConfig
 from r1core.trainers.grpo import GRPOTrainer, RolloutBatch
 from r1core.trainers.grpo_config import GRPOConfig
+from r1core.trainers.loop import Trainer
 from r1core.trainers.sft import SFTConfig, SFTTrainer
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "RolloutBatch", "SFTConfig", "SFTTrainer"]
+__all__ = ["GRPOConfig", "GRPOTrainer", "RolloutBatch", "SFTConfig", "SFTTrainer", "Trainer", "TrainerConfig"]

@@ -46,8 +46,7 @@ class GRPOConfig(TrainerConfig):
     max_dynamic_sampling_rounds: int = 4
     # the loss's normaliser counts only the groups with distinct rewards (dead groups add no policy
     # gradient, only their KL term when beta > 0), over the whole optimizer step (all micro-batches and
-    # ranks): tokens for dapo, cispo and bnpo (bnpo then is dapo's sum / those tokens), sequences for
-    # grpo and sapo (the sum of per-sequence means / that count) and dr_grpo (sum / (count * T))
+    # ranks), for every loss type: tokens or sequences as r1core.trainers.grpo_normaliser's table says
     exclude_zero_std_from_normalizer: bool = False
     # optimisation (AdamW, linear warmup, then decay)
     learning_rate: float = 1e-6
