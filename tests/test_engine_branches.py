@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _engine_models import char_tokenizer, full_forward_logprobs, hf_greedy, random_prompts, tiny_model
-from r1core.engine import Engine, SamplingParams
+from r1core.engine import CacheFull, Engine, SamplingParams
 
 
 def greedy(n, **kw):
@@ -192,7 +192,7 @@ def test_a_full_cache_is_a_clear_error_and_rolls_back():
     root = engine.open_branch(random_prompts([7])[0])
     kids = engine.fork_branch(root, 4)
     before = [k.token_ids for k in kids]
-    with pytest.raises(RuntimeError, match="free blocks"):
+    with pytest.raises(CacheFull, match="free blocks"):
         engine.extend(kids, greedy(12))
     # back to their tokens; a kid may keep its copy of the shared last block (same KV), nothing more
     assert [k.token_ids for k in kids] == before and bm.num_used_blocks <= 2 + len(kids)
@@ -202,7 +202,7 @@ def test_a_full_cache_is_a_clear_error_and_rolls_back():
         engine.release(k)
     (step,) = engine.extend(kids[:1], greedy(12))
     assert step.token_ids == hf_greedy(model, root.token_ids, 12)
-    with pytest.raises(RuntimeError, match="free blocks"):
+    with pytest.raises(CacheFull, match="free blocks"):
         engine.open_branch(random_prompts([30])[0])
     assert bm.num_used_blocks == len(set(root.block_table) | set(kids[0].block_table))  # the failed prefill kept none
 

@@ -42,6 +42,8 @@ def test_forward_gives_each_resident_sequences_logits_in_order():
     for s in seqs + [kid]:
         engine.release_resident(s)
     assert bm.num_used_blocks == 0 and engine.num_open_branches == 0
+    with pytest.raises(ValueError, match="parent: expected a resident sequence"):
+        engine.fork_resident(kid, 1)  # released
 
 
 def test_forward_holding_the_last_token_and_an_idle_engine():

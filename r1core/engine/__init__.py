@@ -7,7 +7,7 @@ from r1core.engine.branches import Branch, BranchStep
 from r1core.engine.engine import Engine
 from r1core.engine.outputs import CompletionOutput, RequestOutput
 from r1core.engine.sampling_params import SamplingParams
-from r1core.engine.scheduler import Scheduler
+from r1core.engine.scheduler import CacheFull, Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup
 
-__all__ = ["BlockManager", "Branch", "BranchStep", "CompletionOutput", "Engine", "RequestOutput", "SamplingParams", "Scheduler", "Sequence", "SequenceGroup"]
+__all__ = ["BlockManager", "Branch", "BranchStep", "CacheFull", "CompletionOutput", "Engine", "RequestOutput", "SamplingParams", "Scheduler", "Sequence", "SequenceGroup"]

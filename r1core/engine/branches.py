@@ -23,9 +23,9 @@ Sampling: the branches of one `extend` call given the same SamplingParams object
 names the indices when one request's samples are split over several calls).
 
 Errors: a released branch, a branch of another engine, n < 1, a branch at the model's last
-position: ValueError. The weights changed since a branch was opened (its KV is stale), or the cache
-has too few free blocks for the next token of every branch: RuntimeError; on the second the
-branches are rolled back to where the call found them.
+position: ValueError. The weights changed since a branch was opened (its KV is stale):
+RuntimeError. The cache has too few free blocks for the next tokens of the branches: `CacheFull`
+(a RuntimeError), and the branches are rolled back to where the call found them.
 """
 
 from __future__ import annotations

@@ -282,6 +282,8 @@ class Engine:
         """n pinned sequences sharing every block of the resident `parent` (the partly filled last one
         included, copied on the first write), in its group (not added to `group.seqs`: the caller
         says which sequences a search keeps)."""
+        if not parent.pinned:
+            raise ValueError(f"parent: expected a resident sequence (add_resident, fork_resident), got {parent!r}")
         kids = []
         for _ in range(n):
             child = Sequence(next(self._seq_ids), parent.group, parent.index, parent.token_ids)
@@ -322,7 +324,7 @@ class Engine:
                 for s, t in zip(seqs, held):
                     s.token_ids.append(t)
         if hold_last or not seqs:
-            return torch.empty(0, self.model_runner.lm_head.out_features)
+            return torch.empty(0, self.model_runner.lm_head.out_features, device=self.model_runner.device)
         return torch.stack([rows[id(s)] for s in seqs])
 
     def decode(self, seqs: list[Sequence]) -> None:

@@ -363,10 +363,12 @@ class BranchStepGenerator(EngineStepGenerator):
     def _extend(self, branches: list, params: list, indices: list[int]) -> list:
         """engine.extend, in halves while the free blocks are too few for all at once; the branches
         of a finished half are released to make room for the next (their steps are kept)."""
+        from r1core.engine import CacheFull
+
         try:
             return self.engine.extend(branches, params, indices)
-        except RuntimeError as e:
-            if "free blocks" not in str(e) or len(branches) < 2:
+        except CacheFull:
+            if len(branches) < 2:
                 raise
         half = len(branches) // 2
         first = self._extend(branches[:half], params[:half], indices[:half])
