@@ -156,4 +156,4 @@ TRAINING_RULES: dict[str, Rule] = {
     "output_dir": NOT_EMPTY,
 }
 
-__all__ = ["Rule", "TRAINING_RULES", "TrainerConfig", "above", "at_least", "one_of", "within"]
+__all__ = ["NONE_EMPTY", "NOT_EMPTY", "Rule", "TRAINING_RULES", "TrainerConfig", "above", "at_least", "one_of", "type_check", "within"]
