@@ -115,6 +115,8 @@ class Scheduler:
             i += 1
 
         # 2. Waiting sequences, while the budget, the seats and the free blocks allow.
+        if not self.waiting:  # a decode step: no seats to count
+            return batch
         seats = sum(self._seats(s) for s in self.running)
         while self.waiting and budget > 0:
             seq = self.waiting[0]
@@ -175,8 +177,11 @@ class Scheduler:
 
     def park(self, seqs: list[Sequence]) -> None:
         """Pinned sequences leave the running queue keeping their blocks (those not in it are skipped)."""
-        gone = {id(s) for s in seqs}
-        self.running = [s for s in self.running if id(s) not in gone]
+        if seqs == self.running:  # all of them (identity: sequences define no __eq__)
+            self.running = []
+        else:
+            gone = set(map(id, seqs))
+            self.running = [s for s in self.running if id(s) not in gone]
         for seq in seqs:
             seq.status = SequenceStatus.RESIDENT
 
