@@ -29,7 +29,7 @@ from r1core.engine import Engine, SamplingParams  # noqa: E402
 from r1core.recipes.base_model import build_tokenizer  # noqa: E402
 from r1core.search import ArithmeticVerifier, select  # noqa: E402
 from r1core.tasks import generate  # noqa: E402
-from r1core.trainers.optim import encode_prompt  # noqa: E402
+from r1core.tasks.tokenizer import encode_prompt  # noqa: E402
 
 MODELS = {
     "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
