@@ -69,7 +69,8 @@ def test_generate_never_preempts_resident_sequences():
     seq = engine.add_resident(random_prompts([13])[0])
     engine.forward([seq], hold_last=True)
     table, held = list(seq.block_table), bm.num_used_blocks
-    outs = engine.generate(random_prompts([5, 5]), SamplingParams(n=2, temperature=0, max_new_tokens=14, ignore_eos=True))
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=14, ignore_eos=True)
+    outs = engine.generate(random_prompts([5, 5]), params)
     assert engine.scheduler.num_preemptions > 0  # the blocks left were too few for all the samples at once
     assert all(len(c.token_ids) == 14 for o in outs for c in o.outputs)
     assert seq.block_table == table and bm.num_used_blocks == held and seq.pinned
@@ -105,6 +106,8 @@ def test_no_policy_touches_the_engines_private_state():
 
 
 def test_the_layering_check_catches_a_reach_in():
-    bad = ast.parse("def f(engine):\n    engine.block_manager._release(3)\n    return self.engine._seq_ids, self._seq_ids\n")
+    bad = ast.parse("def f(engine):\n"
+                    "    engine.block_manager._release(3)\n"
+                    "    return self.engine._seq_ids, self._seq_ids\n")
     assert [ast.unparse(n) for n in _reach_ins(bad, _private_names())] == [
         "engine.block_manager._release", "self.engine._seq_ids"]
