@@ -37,6 +37,10 @@ from r1core.engine.scheduler import Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
+# the params of a resident sequence until a step gives it its own (`forward` samples nothing)
+_RESIDENT_PARAMS = SamplingParams(n=1, max_new_tokens=1)
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = set()
     for src in (getattr(model, "generation_config", None), model.config, tokenizer):
@@ -470,7 +474,3 @@ class Engine:
             for s in sorted(group.seqs, key=lambda s: s.index)
         ]
         return RequestOutput(group.request_id, group.prompt, group.prompt_token_ids, outs)
-
-
-# the params of a resident sequence until a step gives it its own (only forward runs it before)
-_RESIDENT_PARAMS = SamplingParams(n=1, max_new_tokens=1)
