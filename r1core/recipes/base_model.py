@@ -4,11 +4,14 @@ tied embeddings) over the character tokenizer of `r1core.tasks`, pretrained by S
 until its greedy held-out accuracy reaches a target (0.30, checked every 10 steps: the accuracy
 jumps suddenly, so checking often keeps the base weak, as an R1-Zero base should be).
 
+`load_model` is every command's loader: "tiny" (this architecture, random weights) or a saved folder.
+
     python -m r1core.recipes.cli sft --help
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -53,3 +56,18 @@ def build_model(tokenizer, spec: BaseModelSpec | None = None, seed: int = 0, dty
 
 def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_model(path: str, seed: int = 0):
+    """(model, tokenizer): "tiny" is this architecture with random weights (seeded); a folder is loaded
+    with from_pretrained, with its tokenizer if one was saved there, else the task tokenizer."""
+    if path == "tiny":
+        tok = build_tokenizer()
+        return build_model(tok, seed=seed), tok
+    if not os.path.isdir(path):
+        raise ValueError(f"model {path!r} is not a folder (write one with `r1core sft --save DIR`; 'tiny' for random weights)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")  # in eval mode
+    has_tok = any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer_config.json"))
+    return model, (AutoTokenizer.from_pretrained(path) if has_tok else build_tokenizer())

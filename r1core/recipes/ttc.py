@@ -170,23 +170,6 @@ def _resolve_model(cfg: TTCConfig) -> str:
                      f"first, or pass --model DIR (or --model tiny for random weights)")
 
 
-def load_model(path: str, seed: int = 0):
-    """(model, tokenizer): "tiny" is the default run's architecture with random weights; a folder is
-    loaded with from_pretrained (its tokenizer if saved, else the task tokenizer)."""
-    from r1core.recipes.base_model import build_model, build_tokenizer
-
-    if path == "tiny":
-        tok = build_tokenizer()
-        return build_model(tok, seed=seed), tok
-    if not os.path.isdir(path):
-        raise ValueError(f"TTCConfig.model: {path!r} is not a folder")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
-    has_tok = any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer_config.json"))
-    return model.eval(), (AutoTokenizer.from_pretrained(path) if has_tok else build_tokenizer())
-
-
 def _train_prm(cfg: TTCConfig, generator, encode, correct, tok, log):
     from r1core.search.reward_models import ProcessRewardModel, build_reward_model, shepherd_examples, train_reward_model
     from r1core.tasks import generate
@@ -268,6 +251,7 @@ def run_ttc(cfg: TTCConfig) -> dict:
     import torch
 
     from r1core.engine import Engine
+    from r1core.recipes.base_model import load_model
     from r1core.search.scoring import verifier_scorer
     from r1core.search.step_generator import BranchStepGenerator
     from r1core.tasks import generate
@@ -278,7 +262,10 @@ def run_ttc(cfg: TTCConfig) -> dict:
     torch.manual_seed(cfg.seed)
     log = print if cfg.progress else (lambda s: None)
     model_path = _resolve_model(cfg)
-    model, tok = load_model(model_path, cfg.seed)
+    try:
+        model, tok = load_model(model_path, cfg.seed)
+    except ValueError as e:
+        raise ValueError(f"TTCConfig.model: {e}") from None
     engine = Engine(model, tokenizer=tok)
     generator = BranchStepGenerator(engine, ",", end_marker=";A", temperature=cfg.temperature, seed=cfg.seed)
     kwargs = {"digits": cfg.digits} if cfg.task != "countdown" else {}
