@@ -1,6 +1,7 @@
 """The r1core command line: --help for every command, config files and flags, the whole default
 pipeline shrunk by flags, and sft -> grpo -> eval through saved model folders."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,24 +10,71 @@ import sys
 import pytest
 import torch
 
-from r1core.recipes.cli import build_parser, main
+from r1core.recipes.cli import build_parser, main, parse
 from r1core.recipes.r1_zero import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("cmd", ["run", "grpo", "sft", "eval"])
+def _build_all(argv):
+    """Every flat config of the command `argv` names, built as the command builds them."""
+    given = parse(argv)
+    return {s.cls.__name__: given.build(s.cls) for s in given.command.sections if not s.prefix}
+
+
+@pytest.mark.parametrize("cmd", ["run", "grpo", "sft", "eval", "ttc"])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--config" in out
+    assert "--config" in out and "YAML" in out
     if cmd == "run":  # the SFT stopping rule the description states is the default's
         text = " ".join(out.split())
         assert f"until greedy accuracy {RunConfig().sft_target_accuracy:.2f} " in text and "--base-model shipped" in text
-        assert f"then GRPO on {RunConfig().digits}-digit addition" in " ".join(build_parser().format_help().split())
-    assert {"run": "--max-seconds", "grpo": "--num-generations", "sft": "--packing", "eval": "--samples"}[cmd] in out
+        assert f"then GRPO on {RunConfig().digits}-digit addition" in " ".join(build_parser()[0].format_help().split())
+    assert {"run": "--grpo.max-seconds", "grpo": "--num-generations", "sft": "--packing", "eval": "--samples",
+            "ttc": "--budgets"}[cmd] in out
+
+
+def test_run_help_lists_every_field_nested_and_the_older_flat_flags(capsys):
+    from r1core.recipes.cli import RUN_GRPO_ALIASES, RUN_SFT_ALIASES
+    from r1core.recipes.r1_zero import GRPO_DEFAULTS, GRPO_OWNED, SFT_OWNED
+    from r1core.trainers import GRPOConfig, SFTConfig
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    lines = {line.split()[0].rstrip(","): line for line in out.splitlines() if line.strip().startswith("--")}
+    flags = {o.rstrip(",") for line in out.splitlines() if line.strip().startswith("--") for o in line.split() if o.startswith("--")}
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in ("grpo", "sft"):
+            assert "--" + f.name.replace("_", "-") in flags, f.name
+    for prefix, cls, owned, aliases in (("grpo", GRPOConfig, GRPO_OWNED, RUN_GRPO_ALIASES), ("sft", SFTConfig, SFT_OWNED, RUN_SFT_ALIASES)):
+        for f in dataclasses.fields(cls):
+            nested = f"--{prefix}.{f.name.replace('_', '-')}"
+            assert (nested in flags) == (f.name not in owned), nested  # the fields the run sets are no flags
+            for old in aliases.get(f.name, ()):  # the flat flag of before, on the nested flag's line
+                assert "--" + old.replace("_", "-") in lines[nested], (nested, old)
+    assert "--resume" in flags and "--no-progress" in flags and "--grpo.no-bf16" in flags and "--grpo.learning_rate" in flags
+    # the recipe's defaults, not GRPOConfig's, are the ones shown
+    assert f"(default: {GRPO_DEFAULTS['learning_rate']})" in out.split("\n  --grpo.learning-rate", 1)[1].split("\n  --", 1)[0]
+
+
+def test_default_run_trains_with_the_recipes_trainer_configs():
+    # what `make run` trains with, as the run's config held it field by field before it held the configs
+    from r1core.trainers import GRPOConfig, SFTConfig
+
+    cfg = parse(["run"]).build(RunConfig)
+    assert cfg.grpo == GRPOConfig(
+        num_generations=8, max_completion_length=48, temperature=1.0, beta=0.0, epsilon=0.2, loss_type="dapo", learning_rate=1.5e-4,
+        per_device_train_batch_size=16 * 8, lr_scheduler_type="linear", warmup_steps=10, max_steps=10000, max_seconds=430.0,
+        save_steps=None, output_dir=os.path.join("runs", "r1-zero"), seed=0, logging_steps=1, max_grad_norm=1.0)
+    assert cfg.sft == SFTConfig(
+        learning_rate=2e-3, per_device_train_batch_size=64, max_steps=3000, max_seconds=240.0, completion_field="solution",
+        logging_steps=10, save_steps=50, output_dir=os.path.join("runs", "r1-zero", "sft"), seed=0)
+    assert (cfg.seed, cfg.base_model, cfg.num_prompts, cfg.total_seconds, cfg.sft_target_accuracy) == (0, "shipped", 16, 450.0, 0.40)
+    assert cfg == RunConfig()
 
 
 def test_module_entry_point_sets_omp_wait_policy():
@@ -39,17 +87,122 @@ def test_module_entry_point_sets_omp_wait_policy():
 
 def test_config_file_then_flags(tmp_path):
     p = tmp_path / "run.json"
-    p.write_text(json.dumps({"seed": 7, "learning_rate": 5e-5, "name": "from-file"}))
-    args = build_parser().parse_args(["run", "--config", str(p), "--seed", "3", "--no-progress", "--save-steps", "none"])
-    from r1core.recipes.cli import build_config
-
-    cfg = build_config(RunConfig, args)
-    assert (cfg.seed, cfg.learning_rate, cfg.name, cfg.progress, cfg.save_steps) == (3, 5e-5, "from-file", False, None)
+    p.write_text(json.dumps({"seed": 7, "learning_rate": 5e-5, "name": "from-file"}))  # a flat key of before: grpo.learning_rate
+    cfg = parse(["run", "--config", str(p), "--seed", "3", "--no-progress", "--save-steps", "none"]).build(RunConfig)
+    assert (cfg.seed, cfg.grpo.learning_rate, cfg.name, cfg.progress, cfg.grpo.save_steps) == (3, 5e-5, "from-file", False, None)
+    assert (cfg.grpo.seed, cfg.sft.seed, cfg.grpo.output_dir) == (3, 3, os.path.join("runs", "from-file"))  # the run's
     p.write_text(json.dumps({"sead": 1}))
-    with pytest.raises(SystemExit, match="no field"):
-        build_config(RunConfig, build_parser().parse_args(["run", "--config", str(p)]))
-    with pytest.raises(SystemExit, match="GRPOConfig.temperature"):
+    with pytest.raises(SystemExit, match="unknown key\\(s\\) \\['sead'\\] for `r1core run` \\('sead': did you mean 'seed'\\?\\)"):
+        parse(["run", "--config", str(p)])
+    with pytest.raises(SystemExit, match="error: --temperature: GRPOConfig.temperature"):
         main(["grpo", "--model", str(tmp_path), "--temperature", "-1"])
+
+
+def test_nested_flags_and_their_older_flat_names(tmp_path):
+    cfg = parse(["run", "--grpo.learning-rate", "1e-4", "--grpo.max_steps", "7", "--sft.max-steps", "5", "--sft.packing",
+                 "--grpo.bf16", "false", "--grpo.stop", "a,b", "--grpo.reward-weights", "1", "2", "--sft-batch-size", "8",
+                 "--grpo.num-generations", "4", "--num-prompts", "3"]).build(RunConfig)
+    assert (cfg.grpo.learning_rate, cfg.grpo.max_steps, cfg.sft.max_steps, cfg.sft.packing, cfg.grpo.bf16) == (1e-4, 7, 5, True, False)
+    assert (cfg.grpo.stop, cfg.grpo.reward_weights, cfg.sft.per_device_train_batch_size) == (["a", "b"], [1.0, 2.0], 8)
+    assert cfg.grpo.per_device_train_batch_size == 3 * 4  # num_prompts groups of num_generations
+    # an older flat flag and its nested flag are one field: the later on the command line wins
+    for argv, want in ((["--learning-rate", "2e-4"], 2e-4), (["--learning-rate", "2e-4", "--grpo.learning-rate", "3e-4"], 3e-4),
+                       (["--grpo.learning-rate", "3e-4", "--learning-rate", "2e-4"], 2e-4)):
+        assert parse(["run", *argv]).build(RunConfig).grpo.learning_rate == want
+    for old, nested, value in (("--sft-learning-rate", "learning_rate", 1e-3), ("--sft-check-every", "logging_steps", 4),
+                               ("--sft-max-steps", "max_steps", 9), ("--sft-max-seconds", "max_seconds", 12.0), ("--sft-save-steps", "save_steps", None)):
+        assert getattr(parse(["run", old, str(value)]).build(RunConfig).sft, nested) == value, old
+    cfg = parse(["run", "--grpo.bf16", "--grpo.no-bf16", "--sft.no-add-eos", "--grpo.stop", "none"]).build(RunConfig)
+    assert (cfg.grpo.bf16, cfg.sft.add_eos, cfg.grpo.stop) == (False, False, None)
+    # the fields the run sets are no flags
+    for flag in ("--grpo.seed", "--grpo.output-dir", "--grpo.per-device-train-batch-size", "--sft.completion-field"):
+        with pytest.raises(SystemExit) as e:
+            parse(["run", flag, "1"])
+        assert e.value.code == 2
+
+
+def test_yaml_config_file_nests_sections_and_flags_win(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("# a run\nseed: 1\nname: y\nnum_prompts: 4\ngrpo:\n  learning_rate: 1e-4\n  max_steps: 20\n  stop: [';', '.']\n"
+                 "sft:\n  max_steps: 5\n  max_seconds: 1.5e+1\nsft_target_accuracy: 0.5\ngrpo.beta: 0.01\nresume: true\n")
+    given = parse(["run", "--config", str(p), "--grpo.max-steps", "30", "--sft-max-steps", "6"])
+    cfg = given.build(RunConfig)
+    assert (cfg.seed, cfg.name, cfg.num_prompts, cfg.sft_target_accuracy) == (1, "y", 4, 0.5)
+    assert (cfg.grpo.learning_rate, cfg.grpo.max_steps, cfg.grpo.stop, cfg.grpo.beta) == (1e-4, 30, [";", "."], 0.01)  # 1e-4 a number
+    assert (cfg.sft.max_steps, cfg.sft.max_seconds, cfg.sft.learning_rate) == (6, 15.0, 2e-3)
+    from r1core.recipes.cli import RunOptions
+
+    assert given.build(RunOptions).resume is True
+    # a flat command's file: its trainer config's fields and its options side by side, in YAML too
+    q = tmp_path / "sft.yml"
+    q.write_text("max_steps: 4\ntask: multiplication\nlearning_rate: 3e-3\npacking: true\n")
+    built = _build_all(["sft", "--config", str(q), "--no-packing"])
+    assert (built["SFTConfig"].max_steps, built["SFTConfig"].learning_rate, built["SFTConfig"].packing) == (4, 3e-3, False)
+    assert built["SFTOptions"].task == "multiplication" and built["SFTConfig"].completion_field == "solution"
+
+
+@pytest.mark.parametrize("text,pat", [
+    ("grpo:\n  learning_rat: 1\n", "unknown key\\(s\\) \\['grpo.learning_rat'\\] .*did you mean 'grpo.learning_rate'"),
+    ("grpo:\n  seed: 3\n", "'grpo.seed' is set by `r1core run` \\(the run's seed\\)"),
+    ("sft:\n  output_dir: x\n", "'sft.output_dir' is set by `r1core run`"),
+    ("grpo: 3\n", "'grpo' must be a mapping of grpo's fields, got 3"),
+    ("learning_rate: 1e-4\ngrpo:\n  learning_rate: 2e-4\n", "'grpo.learning_rate' is given twice"),
+    ("grpo:\n  temperature: -1\n", "--config .*run.yaml: grpo.temperature: GRPOConfig.temperature must be"),
+    ("grpo:\n  max_steps: ten\n", "--config .*run.yaml: grpo.max_steps: GRPOConfig.max_steps must be an int"),
+    ("eval_samples: -1\n", "--config .*run.yaml: eval_samples: RunConfig.eval_samples must be >= 0"),
+    ("seed: [1\n", "--config .*run.yaml: not valid YAML"),
+    ("- 1\n- 2\n", "expected a mapping of names to values"),
+])
+def test_bad_config_files_are_named(tmp_path, text, pat):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    with pytest.raises(SystemExit, match=pat) as e:
+        parse(["run", "--config", str(p)]).build(RunConfig)
+    assert "\n" not in str(e.value.code)
+
+
+def test_bad_values_are_one_line_that_names_the_flag(tmp_path, capsys):
+    for argv, pat in ((["--grpo.temperature", "-1"], "error: --grpo.temperature: GRPOConfig.temperature must be a number > 0"),
+                      (["--temperature", "-1"], "error: --grpo.temperature: GRPOConfig.temperature"),
+                      (["--sft-batch-size", "0"], "error: --sft.per-device-train-batch-size: SFTConfig.per_device_train_batch_size"),
+                      (["--eval-samples", "-2"], "error: --eval-samples: RunConfig.eval_samples must be >= 0"),
+                      (["--grpo.loss-type", "ppo"], "error: --grpo.loss-type: GRPOConfig.loss_type must be")):
+        with pytest.raises(SystemExit, match=pat) as e:
+            parse(["run", *argv]).build(RunConfig)
+        assert "\n" not in str(e.value.code)
+    for argv, flag in ((["--seed", "x"], "--seed"), (["--grpo.max-steps", "1.5"], "--grpo.max-steps"), (["--sead", "1"], "--sead"),
+                       (["--grpo.bf16", "maybe"], "--grpo.bf16")):
+        with pytest.raises(SystemExit) as e:
+            parse(["run", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and flag in err, err
+
+
+def test_run_config_holds_the_trainer_configs():
+    from r1core.trainers import GRPOConfig, SFTConfig
+
+    cfg = RunConfig(seed=4, num_prompts=2, grpo={"num_generations": 3, "learning_rate": 1e-4}, sft=SFTConfig(max_steps=7))
+    assert (cfg.grpo.num_generations, cfg.grpo.per_device_train_batch_size, cfg.grpo.learning_rate, cfg.grpo.seed) == (3, 6, 1e-4, 4)
+    assert cfg.grpo.max_completion_length == 48  # a dict is over the recipe's defaults ...
+    assert (cfg.sft.max_steps, cfg.sft.learning_rate, cfg.sft.completion_field) == (7, SFTConfig().learning_rate, "solution")  # ... a config is whole
+    assert json.loads(json.dumps(dataclasses.asdict(cfg)))["grpo"]["learning_rate"] == 1e-4
+    other = dataclasses.replace(cfg, seed=2, name="b")  # the trainers' seed and folders follow the run's
+    assert (other.grpo.seed, other.sft.seed, other.grpo.output_dir, other.sft.output_dir) == (
+        2, 2, os.path.join("runs", "b"), os.path.join("runs", "b", "sft"))
+    assert (other.grpo.learning_rate, other.sft.max_steps) == (1e-4, 7)
+    assert RunConfig(seed=4, grpo=GRPOConfig(seed=5, num_generations=4, max_seconds=60.0)).grpo.seed == 4
+    with pytest.raises(ValueError, match="RunConfig.grpo.max_seconds must be a number > 0, got None"):  # the run needs GRPO's cap
+        RunConfig(grpo=GRPOConfig())
+    with pytest.raises(ValueError, match="RunConfig.grpo.seed is set by the run to 4 \\(the run's seed\\), got 5"):
+        RunConfig(seed=4, grpo={"seed": 5})
+    with pytest.raises(ValueError, match="RunConfig.grpo.per_device_train_batch_size is set by the run to 128"):
+        RunConfig(grpo={"per_device_train_batch_size": 64})
+    with pytest.raises(ValueError, match="RunConfig.sft: SFTConfig has no field\\(s\\) \\['sead'\\]"):
+        RunConfig(sft={"sead": 1})
+    with pytest.raises(ValueError, match="RunConfig.grpo must be a GRPOConfig or a dict of its fields, got SFTConfig"):
+        RunConfig(grpo=SFTConfig())
+    with pytest.raises(ValueError, match="GRPOConfig.temperature"):
+        RunConfig(grpo={"temperature": 0})
 
 
 def test_config_file_sets_command_options_and_flags_win(tmp_path, monkeypatch):
@@ -58,13 +211,10 @@ def test_config_file_sets_command_options_and_flags_win(tmp_path, monkeypatch):
     p = tmp_path / "grpo.json"
     p.write_text(json.dumps({"task": "multiplication", "digits": 2, "train_size": 30, "model": "tiny", "rewards": ["accuracy", "format"],
                              "threads": 1, "num_generations": 2, "per_device_train_batch_size": 4}))
-    args = build_parser().parse_args(["grpo", "--config", str(p), "--digits", "4", "--rewards", "accuracy"])
-    assert (args.task, args.digits, args.train_size, args.model, args.rewards, args.threads) == \
-        ("multiplication", 4, 30, "tiny", ["accuracy"], 1)
-    from r1core.recipes.cli import build_config
-    from r1core.trainers import GRPOConfig, SFTConfig
-
-    assert build_config(GRPOConfig, args).num_generations == 2
+    built = _build_all(["grpo", "--config", str(p), "--digits", "4", "--rewards", "accuracy"])
+    o = built["GRPOOptions"]
+    assert (o.task, o.digits, o.train_size, o.model, o.rewards, o.threads) == ("multiplication", 4, 30, "tiny", ["accuracy"], 1)
+    assert built["GRPOConfig"].num_generations == 2
     # the command uses them: the rows it generates and the rewards it asks for come from the file
     seen = {}
     rows = cli._rows
@@ -86,7 +236,7 @@ def test_config_file_sets_command_options_and_flags_win(tmp_path, monkeypatch):
         main(["grpo", "--config", str(p), "--output-dir", str(tmp_path / "g")])
     assert seen == {"rows": ("multiplication", "train", 30, 2), "rewards": ["accuracy", "format"]}
     monkeypatch.undo()
-    # eval reads its options from a file too (it has no config class); the flag wins
+    # eval reads its options from a file too (it has no trainer config); the flag wins
     e = tmp_path / "eval.json"
     res = tmp_path / "res.json"
     e.write_text(json.dumps({"model": "tiny", "task": "multiplication", "digits": 2, "n": 5, "samples": 1, "max_new_tokens": 6,
@@ -96,46 +246,53 @@ def test_config_file_sets_command_options_and_flags_win(tmp_path, monkeypatch):
     assert seen["rows"] == ("multiplication", "test", 2, 2)
     assert json.loads(res.read_text())["eval_prompts"] == 2
     p.write_text(json.dumps({"task": "countdown", "train_size": 30, "model": "runs/sft/model", "save": "x", "max_steps": 5}))
-    sft = build_parser().parse_args(["sft", "--config", str(p), "--task", "addition"])
-    assert (sft.task, sft.digits, sft.train_size, sft.model, sft.save) == ("addition", 3, 30, "runs/sft/model", "x")
-    assert build_config(SFTConfig, sft).max_steps == 5
+    built = _build_all(["sft", "--config", str(p), "--task", "addition"])
+    o = built["SFTOptions"]
+    assert (o.task, o.digits, o.train_size, o.model, o.save) == ("addition", 3, 30, "runs/sft/model", "x")
+    assert built["SFTConfig"].max_steps == 5
+    p.write_text(json.dumps({"model": "tiny", "rewards": "accuracy,format"}))  # a list as one comma-separated string, as on the command line
+    assert _build_all(["grpo", "--config", str(p)])["GRPOOptions"].rewards == ["accuracy", "format"]
 
 
 @pytest.mark.parametrize("cmd,key,value,pat", [
-    ("grpo", "digits", "4", "'digits' \\(the command's --digits option\\) must be an int, got '4'"),
-    ("grpo", "task", "subtraction", "'task' .* must be one of \\['addition', 'countdown', 'multiplication'\\]"),
-    ("grpo", "rewards", 3, "'rewards' .* must be a list of names"),
-    ("eval", "temperature", "hot", "'temperature' .* must be a number"),
-    ("eval", "num_generations", 4, "\\['num_generations'\\] are not options of `r1core eval` \\(its options: digits, max_new_tokens, model"),
-    ("grpo", "sead", 1, "GRPOConfig has no field\\(s\\) \\['sead'\\], and they are not options of `r1core grpo`"),
-    ("sft", "resume", "yes", "'resume' .* must be true or false"),
+    ("grpo", "digits", "4", "--config .*c.json: digits: GRPOOptions.digits must be an int >= 1, got '4'"),
+    ("grpo", "task", "subtraction", "task: GRPOOptions.task must be one of \\['addition', 'countdown', 'multiplication'\\]"),
+    ("grpo", "rewards", 3, "rewards: GRPOOptions.rewards must be none or a list of names"),
+    ("grpo", "rewards", ["accuracy", "speed"], "rewards: GRPOOptions.rewards must be none or a list of names"),
+    ("eval", "temperature", "hot", "temperature: EvalOptions.temperature must be a number"),
+    ("eval", "num_generations", 4, "unknown key\\(s\\) \\['num_generations'\\] for `r1core eval`"),
+    ("grpo", "sead", 1, "unknown key\\(s\\) \\['sead'\\] for `r1core grpo` \\('sead': did you mean 'seed'\\?\\)"),
+    ("sft", "resume", "yes", "resume: SFTOptions.resume must be true or false"),
+    ("sft", "max_steps", 0, "max_steps: SFTConfig.max_steps must be"),
 ])
 def test_config_file_bad_command_options_are_named(tmp_path, cmd, key, value, pat):
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"model": "tiny", key: value}))
     with pytest.raises(SystemExit, match=pat):
-        build_parser().parse_args([cmd, "--config", str(p)])
+        _build_all([cmd, "--config", str(p)])
 
 
 def test_config_file_keys_the_command_lacks_are_rejected(tmp_path, capsys):
-    from r1core.recipes.cli import build_config
-
     p = tmp_path / "run.json"
     for key, value in (("task", "countdown"), ("model", "x"), ("rewards", ["format"])):  # `run` has none of these
         p.write_text(json.dumps({key: value}))
-        with pytest.raises(SystemExit, match=f"RunConfig has no field\\(s\\) \\['{key}'\\]"):
-            build_config(RunConfig, build_parser().parse_args(["run", "--config", str(p)]))
+        with pytest.raises(SystemExit, match=f"unknown key\\(s\\) \\['{key}'\\] for `r1core run`"):
+            parse(["run", "--config", str(p)])
     p.write_text(json.dumps({"digits": 2, "train_size": 40, "resume": True}))  # RunConfig's fields and run's own --resume
-    args = build_parser().parse_args(["run", "--config", str(p), "--train-size", "50"])
-    cfg = build_config(RunConfig, args)
-    assert (cfg.digits, cfg.train_size, args.resume) == (2, 50, True)
+    built = _build_all(["run", "--config", str(p), "--train-size", "50"])
+    assert (built["RunConfig"].digits, built["RunConfig"].train_size, built["RunOptions"].resume) == (2, 50, True)
     for cmd in ("grpo", "eval"):
         with pytest.raises(SystemExit) as e:
-            build_parser().parse_args([cmd])
+            parse([cmd])
         assert e.value.code == 2 and "required: --model (on the command line or in --config)" in capsys.readouterr().err
     p.write_text("[1, 2]")
-    with pytest.raises(SystemExit, match="expected a JSON object"):
-        build_parser().parse_args(["eval", "--config", str(p)])
+    with pytest.raises(SystemExit, match="expected a mapping of names to values \\(a JSON object\\), got list"):
+        parse(["eval", "--config", str(p)])
+    p.write_text("{\"seed\": ")
+    with pytest.raises(SystemExit, match="not valid JSON"):
+        parse(["eval", "--config", str(p)])
+    with pytest.raises(SystemExit, match="--config .*missing.yaml: No such file"):
+        parse(["eval", "--config", str(tmp_path / "missing.yaml")])
 
 
 SHRUNK = ["--train-size", "300", "--val-size", "8", "--eval-size", "8", "--eval-samples", "2", "--sft-check-every", "4",
@@ -202,9 +359,13 @@ def test_run_with_the_shipped_base(tmp_path):
     # the default: no SFT, the repository's base model, all of the budget for GRPO
     from r1core.recipes.r1_zero import SHIPPED_BASE
 
-    shrunk = [a for a in SHRUNK if a not in ("--base-model", "train")]
+    # and the nested flags and a YAML file in place of the older flat flags
     assert RunConfig().base_model == "shipped"
-    assert main(["run", "--runs-dir", str(tmp_path), "--name", "s", "--seed", "2", *shrunk]) == 0
+    config = tmp_path / "s.yaml"
+    config.write_text("name: s\nseed: 2\nnum_prompts: 2\neval_size: 8\neval_samples: 2\nprogress: false\n"
+                      "grpo:\n  num_generations: 4\n  max_completion_length: 40\n  max_steps: 3\n")
+    assert main(["run", "--config", str(config), "--runs-dir", str(tmp_path), "--train-size", "300", "--val-size", "8",
+                 "--grpo.max-steps", "2", "--grpo.save-steps", "1"]) == 0
     d = tmp_path / "s"
     s = json.loads((d / "summary.json").read_text())
     assert (s["sft_steps"], s["sft_seconds"]) == (0, 0.0) and s["base_model"] == SHIPPED_BASE and s["grpo_steps"] == 2
@@ -258,5 +419,9 @@ def test_sft_grpo_eval_commands(tmp_path):
     assert "rewards/accuracy_reward" in rec and "rewards/scratchpad_format_reward" in rec
     res = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out / "final"), "--n", "4", "--samples", "2", "--output", str(res)]) == 0
+    missing = ["--model", str(tmp_path / "missing")]  # one loader for every command: a folder or 'tiny'
+    for argv in (["eval", *missing], ["grpo", *missing, "--output-dir", str(tmp_path / "o")], ["sft", *missing, "--output-dir", str(tmp_path / "o")]):
+        with pytest.raises(SystemExit, match="--model: model '.*missing' is not a folder \\(write one with `r1core sft --save DIR`"):
+            main(argv)
     r = json.loads(res.read_text())
     assert 0 <= r["accuracy"] <= 1 and 0 <= r["greedy_accuracy"] <= 1 and r["eval_prompts"] == 4
