@@ -25,17 +25,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from typing import Literal  # noqa: E402
 
-from r1core.recipes.flags import Command, Given, Parser, Section  # noqa: E402
+from r1core.recipes.flags import Command, Given, Parser, Section, option  # noqa: E402
 
 TASK_REWARDS = {"addition": "accuracy", "multiplication": "accuracy", "countdown": "countdown"}
 REWARDS = ("accuracy", "format", "countdown", "scratchpad_format")
-
-
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 def _expect(obj, name: str, ok: bool, expected: str) -> None:
@@ -51,9 +47,9 @@ def _count(v, low: int = 1) -> bool:
 class TaskOptions:
     """The generated task a command trains or evaluates on, and its threads."""
 
-    task: Literal["addition", "countdown", "multiplication"] = _opt("addition", "generated task")
-    digits: int = _opt(3, "operand digits for arithmetic tasks")
-    threads: int = _opt(2, "torch threads")
+    task: Literal["addition", "countdown", "multiplication"] = option("addition", "generated task")
+    digits: int = option(3, "operand digits for arithmetic tasks")
+    threads: int = option(2, "torch threads")
 
     def __post_init__(self):
         _expect(self, "task", self.task in TASK_REWARDS, f"one of {sorted(TASK_REWARDS)}")
@@ -63,8 +59,8 @@ class TaskOptions:
 
 @dataclass
 class TrainOptions(TaskOptions):
-    train_size: int = _opt(20000, "generated training rows")
-    resume: bool = _opt(False, "continue from the last checkpoint in --output-dir (written every --save-steps)")
+    train_size: int = option(20000, "generated training rows")
+    resume: bool = option(False, "continue from the last checkpoint in --output-dir (written every --save-steps)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -74,8 +70,8 @@ class TrainOptions(TaskOptions):
 
 @dataclass
 class SFTOptions(TrainOptions):
-    model: str = _opt("tiny", "a model folder (save_pretrained) or 'tiny' for a fresh ~1M-parameter Qwen2")
-    save: str | None = _opt(None, "where to save the trained model; none: <output_dir>/model")
+    model: str = option("tiny", "a model folder (save_pretrained) or 'tiny' for a fresh ~1M-parameter Qwen2")
+    save: str | None = option(None, "where to save the trained model; none: <output_dir>/model")
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,8 +81,8 @@ class SFTOptions(TrainOptions):
 
 @dataclass
 class GRPOOptions(TrainOptions):
-    model: str | None = _opt(None, "a model folder (save_pretrained), e.g. from `r1core sft` (required, here or in --config)")
-    rewards: list[str] | None = _opt(None, f"reward names ({', '.join(REWARDS)}), comma-separated; none: the task's")
+    model: str | None = option(None, "a model folder (save_pretrained), e.g. from `r1core sft` (required, here or in --config)")
+    rewards: list[str] | None = option(None, f"reward names ({', '.join(REWARDS)}), comma-separated; none: the task's")
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,14 +93,14 @@ class GRPOOptions(TrainOptions):
 
 @dataclass
 class EvalOptions(TaskOptions):
-    model: str | None = _opt(None, "a model folder (save_pretrained) or 'tiny' (required, here or in --config)")
-    split: Literal["train", "test"] = _opt("test", "the task split the prompts come from")
-    n: int = _opt(256, "prompts")
-    samples: int = _opt(4, "samples per prompt at --temperature")
-    temperature: float = _opt(1.0, "sampling temperature")
-    max_new_tokens: int = _opt(48, "tokens per completion at most")
-    seed: int = _opt(0, "the prompts' and samples' seed")
-    output: str | None = _opt(None, "also write the JSON result here")
+    model: str | None = option(None, "a model folder (save_pretrained) or 'tiny' (required, here or in --config)")
+    split: Literal["train", "test"] = option("test", "the task split the prompts come from")
+    n: int = option(256, "prompts")
+    samples: int = option(4, "samples per prompt at --temperature")
+    temperature: float = option(1.0, "sampling temperature")
+    max_new_tokens: int = option(48, "tokens per completion at most")
+    seed: int = option(0, "the prompts' and samples' seed")
+    output: str | None = option(None, "also write the JSON result here")
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,7 +117,7 @@ class EvalOptions(TaskOptions):
 
 @dataclass
 class RunOptions:
-    resume: bool = _opt(False, "reuse runs/<name>/base and continue GRPO from the last checkpoint")
+    resume: bool = option(False, "reuse runs/<name>/base and continue GRPO from the last checkpoint")
 
     def __post_init__(self):
         _expect(self, "resume", isinstance(self.resume, bool), "true or false")

@@ -27,6 +27,11 @@ from dataclasses import dataclass, field
 import yaml
 
 
+def option(default, help: str):
+    """A dataclass field with its --help text (HfArgumentParser reads it from the metadata, as TRL's configs write it)."""
+    return field(default=default, metadata={"help": help})
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line that names the flag (the usage block is in --help)."""
 

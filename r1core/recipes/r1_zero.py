@@ -59,6 +59,7 @@ from typing import Callable
 
 import torch
 
+from r1core.recipes.flags import option
 from r1core.trainers import GRPOConfig, SFTConfig
 
 
@@ -85,20 +86,20 @@ SFT_OWNED = {"output_dir": "runs_dir/name/sft", "seed": "the run's seed", "compl
 
 @dataclass
 class RunConfig:
-    name: str = "r1-zero"
-    runs_dir: str = "runs"
-    seed: int = 0
-    digits: int = 3
-    train_size: int = 20000
-    val_size: int = 128  # validation prompts for the SFT stopping rule (disjoint from eval)
-    eval_size: int = 256  # held-out prompts for base and final accuracy
-    eval_samples: int = 4  # samples per held-out prompt for pass@1 at temperature 1
-    base_model: str = "shipped"  # "shipped" (SHIPPED_BASE), "train" (SFT at the start) or a saved model folder
-    sft_target_accuracy: float = 0.40  # SFT of the base stops at this greedy accuracy on the validation prompts
-    num_prompts: int = 16  # prompts per GRPO step (each sampled grpo.num_generations times)
-    total_seconds: float | None = 450.0  # the whole run's budget: GRPO stops early enough for the final evaluation
-    threads: int = 2
-    progress: bool = True
+    name: str = option("r1-zero", "the run's folder under runs_dir")
+    runs_dir: str = option("runs", "where run folders go")
+    seed: int = option(0, "training and held-out problems, samples, and with base_model train the base's initialisation and SFT")
+    digits: int = option(3, "operand digits of the addition problems")
+    train_size: int = option(20000, "training problems")
+    val_size: int = option(128, "validation prompts for the SFT stopping rule (disjoint from the held-out ones)")
+    eval_size: int = option(256, "held-out prompts for base and final accuracy")
+    eval_samples: int = option(4, "samples per held-out prompt for pass@1 at temperature 1")
+    base_model: str = option("shipped", "'shipped' (the repository's), 'train' (SFT at the start, with sft) or a saved model folder")
+    sft_target_accuracy: float = option(0.40, "SFT of the base stops at this greedy accuracy on the validation prompts")
+    num_prompts: int = option(16, "prompts per GRPO step, each sampled grpo.num_generations times")
+    total_seconds: float | None = option(450.0, "the whole run's budget: GRPO stops early enough for the final evaluation")
+    threads: int = option(2, "torch threads")
+    progress: bool = option(True, "progress bars and the table at the end")
     # the trainers' configs: a GRPOConfig / SFTConfig, or a dict of their fields over GRPO_DEFAULTS / SFT_DEFAULTS;
     # the fields in GRPO_OWNED / SFT_OWNED are always the run's
     grpo: GRPOConfig = field(default_factory=dict)
