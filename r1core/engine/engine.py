@@ -35,6 +35,7 @@ from r1core.engine.sampler import Sampler, StopChecker
 from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.scheduler import Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus
+from r1core.tasks.tokenizer import encode_prompt
 
 
 # the params of a resident sequence until a step gives it its own (`forward` samples nothing)
@@ -121,7 +122,11 @@ class Engine:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError(f"request {i}: prompt is a string but the Engine has no tokenizer")
-            ids = self.tokenizer(prompt)["input_ids"]  # with the tokenizer's special tokens (BOS), as generate
+            # the one prompt encoding (bos, no other special tokens) the trainers and eval use too
+            try:
+                ids = encode_prompt(self.tokenizer, prompt)
+            except ValueError as e:
+                raise ValueError(f"request {i}: {e}") from None
             text = prompt
         else:
             try:

@@ -57,8 +57,25 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Prompt token ids: no special tokens but a leading bos where the tokenizer defines one; the SFT
-    and GRPO trainers and the evaluation all encode prompts through here, so they agree."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Prompt token ids: no special tokens but a leading bos where the tokenizer defines one. The
+    engine (string prompts of generate, beam_search and branches), the SFT and GRPO trainers and
+    the evaluation all encode prompts through here, so they agree. Characters the tokenizer cannot
+    represent (they would silently become its unknown token) are a ValueError naming them."""
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a string prompt, got {type(text).__name__}")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    check_no_unknown(tokenizer, text, ids)
     bos = getattr(tokenizer, "bos_token_id", None)
-    return ([bos] if bos is not None else []) + list(ids)
+    return ([bos] if bos is not None else []) + ids
+
+
+def check_no_unknown(tokenizer, text: str, ids: list[int], what: str = "prompt") -> None:
+    """ValueError when `ids` (text's encoding) hold the unknown token that `text` does not spell out."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk not in ids or tokenizer.unk_token in text:
+        return
+    vocab = tokenizer.get_vocab()
+    # a character-level check is exact for the character tokenizer and a good pointer elsewhere
+    missing = sorted({c for c in text if c not in vocab} or {"?"})
+    raise ValueError(f"{what}: {text[:60]!r} has characters the tokenizer does not know ({''.join(missing[:10])!r}); "
+                     f"they would all become {tokenizer.unk_token!r}")
