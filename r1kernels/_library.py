@@ -1,8 +1,14 @@
-"""Loads r1kernels._C (the C++ CPU ops, and the CUDA ops where built) and, where it is missing,
-defines the same `r1kernels::` schemas in Python with plain-PyTorch kernels, so every op exists
-either way. Fake (meta) implementations for torch.compile live beside each public op.
+"""The dispatch layer of r1kernels: the one place where every `r1kernels::` schema is written
+(SCHEMAS) and where each op gets its kernels.
 
-SCHEMAS must match the TORCH_LIBRARY block in csrc/registration.cpp; a test checks that.
+  1. r1kernels._C is loaded where built: its TORCH_LIBRARY_IMPL blocks register the C++ kernels for
+     the CPU key (and the CUDA C++ kernels for the CUDA key where built with nvcc). The extension
+     defines no schema, so the ops exist the same way whether or not it is built.
+  2. Every schema is defined here, with the plain-PyTorch kernel of r1kernels._torch as its
+     CompositeExplicitAutograd default: it runs where no backend kernel is registered.
+  3. `register_triton_kernels` gives the CUDA key the Triton kernel of each op that has no CUDA C++
+     kernel (r1kernels/__init__.py calls it where triton is installed).
+Fake (meta) implementations for torch.compile and the autograd formulas live beside each public op.
 """
 
 from __future__ import annotations
@@ -55,13 +61,19 @@ HAS_TRITON = _has_triton()
 # Every schema gets the plain-PyTorch kernel as its CompositeExplicitAutograd default: the backend
 # kernels (C++ for CPU, CUDA or Triton for CUDA) take precedence where they are registered, so an op
 # whose fast path is not built yet still runs, and the tests say which ops lack one.
-_lib = torch.library.Library("r1kernels", "FRAGMENT" if HAS_C else "DEF")
+_lib = torch.library.Library("r1kernels", "DEF")
 from r1kernels._torch import KERNELS as _TORCH_KERNELS  # noqa: E402
 
 for _name, _schema in SCHEMAS.items():
-    if not torch._C._dispatch_has_kernel(f"r1kernels::{_name}") and not hasattr(torch.ops.r1kernels, _name):
-        _lib.define(_schema)
+    _lib.define(_schema)
     _lib.impl(_name, _TORCH_KERNELS[_name], "CompositeExplicitAutograd")
+
+# what r1kernels._C registered, taken before Triton's CUDA kernels are added
+# (the CompositeExplicitAutograd defaults above are under their own key, not CPU or CUDA)
+_CPP_KERNELS = {
+    key: {name for name in SCHEMAS if torch._C._dispatch_has_kernel_for_dispatch_key(f"r1kernels::{name}", key)}
+    for key in ("CPU", "CUDA")
+}
 
 
 def op(name: str):
@@ -69,5 +81,21 @@ def op(name: str):
 
 
 def has_cpp_kernel(name: str, device_type: str = "cpu") -> bool:
+    """Whether r1kernels._C registered a kernel of op `name` for the device ("cpu" or "cuda")."""
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return HAS_C and torch._C._dispatch_has_kernel_for_dispatch_key(f"r1kernels::{name}", key)
+    return HAS_C and name in _CPP_KERNELS[key]
+
+
+# the ops whose CUDA kernel is Triton's in this process (the rest run CUDA C++ kernels), filled by
+# register_triton_kernels
+TRITON_REGISTERED: list[str] = []
+
+
+def register_triton_kernels(kernels: dict) -> None:
+    """Registers each Triton kernel (op name -> launcher) for the CUDA key, except where r1kernels._C
+    has a CUDA C++ kernel for the op: that one is kept."""
+    for name, fn in kernels.items():
+        if has_cpp_kernel(name, "cuda") or name in TRITON_REGISTERED:
+            continue
+        _lib.impl(name, fn, "CUDA")
+        TRITON_REGISTERED.append(name)

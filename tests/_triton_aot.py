@@ -22,7 +22,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from r1kernels.triton import copy_blocks as cb  # noqa: E402
 from r1kernels.triton import group_advantages as ga  # noqa: E402
-from r1kernels.triton import grpo_loss as gl  # noqa: E402
+from r1kernels.triton import grpo_rows as gl  # noqa: E402
 from r1kernels.triton import merge_attention_states as ma  # noqa: E402
 from r1kernels.triton import paged_attention as pa  # noqa: E402
 from r1kernels.triton import reshape_and_cache as rc  # noqa: E402

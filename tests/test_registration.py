@@ -1,5 +1,7 @@
-"""The C++ TORCH_LIBRARY block agrees with r1kernels._library.SCHEMAS, and every op with a C++ CPU
-source has its CPU kernel registered (so the fast path, not the plain-PyTorch fallback, runs)."""
+"""The schemas are written once (r1kernels._library.SCHEMAS; csrc only registers kernels), every op
+with a C++ CPU source has its CPU kernel registered (so the fast path, not the plain-PyTorch kernel,
+runs), and the layers import what they should: no production module the reference, no Triton module
+the dispatcher."""
 
 import pathlib
 import re
@@ -24,10 +26,14 @@ def _cpu_impls():
     return impls
 
 
-@requires_c
-def test_registration_source_defs_match_schemas():
-    defs = re.findall(r'm\.def\("([^"]+)"\)', (CSRC / "registration.cpp").read_text())
-    assert sorted(defs) == sorted(SCHEMAS.values())
+def test_csrc_defines_no_schema():
+    # one source of schemas: C++ and CUDA sources only register kernels (TORCH_LIBRARY_IMPL)
+    sources = sorted(CSRC.rglob("*.cpp")) + sorted(CSRC.rglob("*.cu")) + sorted(CSRC.rglob("*.h"))
+    assert sources
+    for path in sources:
+        text = path.read_text()
+        assert not re.search(r"TORCH_LIBRARY(_FRAGMENT)?\(", text), f"{path.name} defines a library"
+        assert "m.def(" not in text, f"{path.name} defines a schema"
 
 
 @pytest.mark.parametrize("name", list(SCHEMAS))
@@ -86,3 +92,10 @@ def test_the_plain_pytorch_kernels_are_every_ops_default():
     assert set(KERNELS) == set(SCHEMAS)
     for name in SCHEMAS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"r1kernels::{name}", "CompositeExplicitAutograd"), name
+
+
+def test_triton_modules_know_nothing_of_dispatch():
+    # which kernel serves the CUDA key is decided in r1kernels._library, not by the Triton package
+    for path in sorted((PACKAGE / "triton").glob("*.py")):
+        ours = {n for n in _imports(path) if n.startswith("r1kernels") and not n.startswith("r1kernels.triton")}
+        assert ours == set(), f"triton/{path.name} imports {ours}"

@@ -227,10 +227,7 @@ def _cuda_cpp_kernel():
         pytest.skip("r1kernels._C was built without the CUDA ops (no nvcc or a CPU torch at install time)")
     from r1kernels import _library
 
-    if _library.HAS_TRITON:
-        from r1kernels import triton as r1_triton
-
-        assert "tree_attention" not in r1_triton.REGISTERED
+    assert "tree_attention" not in _library.TRITON_REGISTERED
     return torch.ops.r1kernels.tree_attention.default
 
 

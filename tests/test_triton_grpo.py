@@ -24,9 +24,10 @@ from r1kernels._torch import grpo_loss as torch_grpo_loss
 from r1kernels._torch import grpo_token_loss as torch_token_loss
 from r1kernels._torch import token_logprobs as torch_token_logprobs
 from r1kernels._grpo_args import LOSS_KIND, token_scale
-from r1kernels.triton import KERNELS, REGISTERED
+from r1kernels._library import TRITON_REGISTERED as REGISTERED
+from r1kernels.triton import KERNELS
 from r1kernels.triton import group_advantages as tga
-from r1kernels.triton import grpo_loss as tgl
+from r1kernels.triton import grpo_loss, grpo_loss_from_logits, grpo_token_loss, token_logprobs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,7 +153,7 @@ def test_fused_grpo_loss(dtype, atol, rtol, B, T, loss_type, beta, delta, temper
         advantages.repeat_interleave(T), None if old is None else old.reshape(-1), None if ref is None else ref.reshape(-1),
         beta, 0.2, eps_high, delta, temperature, LOSS_KIND[loss_type], 1.0, 1.05,
     )
-    loss, logp, entropy, gh, gw, gb = tgl.fused_grpo_loss(*args, True, chunk_size=CHUNK, block_v=BLOCK_V)
+    loss, logp, entropy, gh, gw, gb = grpo_loss.fused_grpo_loss(*args, True, chunk_size=CHUNK, block_v=BLOCK_V)
 
     # the oracle: full logits and autograd
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
@@ -188,7 +189,7 @@ def test_fused_grpo_loss_without_grad(dtype, atol, rtol):
     N = 5
     args = (hidden.reshape(N, 8), weight, bias, targets.reshape(-1), torch.full((N,), 1.0 / N, device=DEVICE),
             torch.randn(N, device=DEVICE), None, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, False)
-    loss, logp, entropy, gh, gw, gb = tgl.fused_grpo_loss(*args, block_v=16)
+    loss, logp, entropy, gh, gw, gb = grpo_loss.fused_grpo_loss(*args, block_v=16)
     eloss, elogp, eent, *_ = torch_grpo_loss.fused_grpo_loss(*args)
     _close(loss, eloss, atol, rtol, "loss")
     _close(logp, elogp, atol, rtol, "logp")
@@ -203,7 +204,7 @@ def test_fused_grpo_loss_mixed_dtypes():
     hidden, weight = torch.randn(N, H, device=DEVICE), torch.randn(V, H, dtype=torch.float64, device=DEVICE)
     args = (hidden, weight, None, torch.randint(0, V, (N,), device=DEVICE), torch.full((N,), 0.25, device=DEVICE),
             torch.randn(N, device=DEVICE), None, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True)
-    ours, theirs = tgl.fused_grpo_loss(*args, block_v=16, chunk_size=3), torch_grpo_loss.fused_grpo_loss(*args)
+    ours, theirs = grpo_loss.fused_grpo_loss(*args, block_v=16, chunk_size=3), torch_grpo_loss.fused_grpo_loss(*args)
     for name, a, e in zip(("loss", "logp", "entropy", "gh", "gw", "gb"), ours, theirs):
         assert a.dtype == e.dtype and a.shape == e.shape, name
         if e.numel():
@@ -213,7 +214,7 @@ def test_fused_grpo_loss_mixed_dtypes():
 def test_fused_grpo_loss_requires_ref_with_beta():
     hidden, weight, _, targets = _head(1, 2, 4, 10, torch.float32, False)
     with pytest.raises(ValueError, match="ref_logp"):
-        tgl.fused_grpo_loss(hidden.reshape(2, 4), weight, None, targets.reshape(-1), torch.ones(2, device=DEVICE),
+        grpo_loss.fused_grpo_loss(hidden.reshape(2, 4), weight, None, targets.reshape(-1), torch.ones(2, device=DEVICE),
                             torch.ones(2, device=DEVICE), None, None, 0.1, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True)
 
 
@@ -227,7 +228,7 @@ def test_fused_logprobs_forward_backward(dtype, atol, rtol, with_bias, temperatu
     N, H, V = 7, 16, 150
     hidden, weight, bias, targets = _head(1, N, H, V, dtype, with_bias)
     hidden, targets = hidden[0], targets[0]
-    logp, entropy, lse = tgl.fused_logprobs(hidden, weight, bias, targets, temperature, chunk_size=CHUNK, block_v=BLOCK_V)
+    logp, entropy, lse = token_logprobs.fused_logprobs(hidden, weight, bias, targets, temperature, chunk_size=CHUNK, block_v=BLOCK_V)
     elogp, eent, else_ = torch_token_logprobs.fused_logprobs(hidden, weight, bias, targets, temperature)
     _close(logp, elogp, atol, rtol, "logp")
     _close(entropy, eent, atol, rtol, "entropy")
@@ -235,7 +236,7 @@ def test_fused_logprobs_forward_backward(dtype, atol, rtol, with_bias, temperatu
 
     g_lp = torch.randn(N, device=DEVICE)
     g_h = torch.randn(N, device=DEVICE) if grad_entropy else None
-    gh, gw, gb = tgl.fused_logprobs_backward(g_lp, g_h, hidden, weight, bias, targets, lse, entropy, temperature,
+    gh, gw, gb = token_logprobs.fused_logprobs_backward(g_lp, g_h, hidden, weight, bias, targets, lse, entropy, temperature,
                                              chunk_size=CHUNK, block_v=BLOCK_V)
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     b = bias.clone().requires_grad_() if with_bias else None
@@ -268,7 +269,7 @@ def test_logits_grpo_loss(dtype, atol, rtol, loss_type, beta, delta, temperature
     ref = cur + 0.5 * torch.randn_like(cur) if beta else None
     N = B * T
     original = logits.clone()
-    loss, logp, entropy, grad = tgl.logits_grpo_loss(
+    loss, logp, entropy, grad = grpo_loss_from_logits.logits_grpo_loss(
         logits.reshape(N, V), targets.reshape(-1), token_scale(mask, loss_type).reshape(-1), advantages.repeat_interleave(T),
         old.reshape(-1), None if ref is None else ref.reshape(-1), beta, 0.2, 0.28, delta, temperature,
         LOSS_KIND[loss_type], 1.0, 1.05, True, block_v=BLOCK_V,
@@ -295,7 +296,7 @@ def test_grpo_token_loss(dtype, atol, rtol, loss_kind, beta, delta, with_old):
     old = logp + 0.3 * torch.randn(N, device=DEVICE) if with_old else None
     ref = logp + 0.5 * torch.randn(N, device=DEVICE)
     args = (logp, scale, adv, old, ref, beta, 0.2, 1.2 if loss_kind == 1 else 0.28, delta, loss_kind, 1.0, 1.05)
-    loss, grad = tgl.grpo_token_loss(*args, block=16)
+    loss, grad = grpo_token_loss.grpo_token_loss(*args, block=16)
     eloss, egrad = torch_token_loss.grpo_token_loss(*args)
     _close(loss, eloss, atol, rtol, "loss")
     _close(grad, egrad, atol, rtol, "grad")

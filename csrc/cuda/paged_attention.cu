@@ -1,6 +1,5 @@
-// Paged KV cache ops on the GPU, for the CUDA dispatch key: r1kernels::reshape_and_cache,
-// r1kernels::copy_blocks, r1kernels::paged_attention (decode, prefill and chunked prefill, one
-// kernel) and r1kernels::merge_attention_states.
+// r1kernels::paged_attention on the GPU, for the CUDA dispatch key: decode, prefill and chunked
+// prefill, one kernel.
 //
 // paged_attention: one thread block per (query row, kv head), serving the Hq / Hkv query heads of
 // that kv head. Keys go through an fp32 online softmax CHUNK at a time: threads compute the
@@ -27,58 +26,6 @@ namespace r1kernels {
 namespace {
 
 using namespace softmax_chunk;
-
-// ---- cache writes -----------------------------------------------------------------------------
-
-template <typename T>
-__global__ void reshape_and_cache_kernel(const T* __restrict__ key, const T* __restrict__ value, T* __restrict__ k_cache,
-                                         T* __restrict__ v_cache, const int64_t* __restrict__ slots, int64_t row) {
-  const int64_t i = blockIdx.x;
-  const int64_t slot = slots[i];
-  if (slot < 0) return;  // padding token
-  for (int64_t e = threadIdx.x; e < row; e += blockDim.x) {
-    k_cache[slot * row + e] = key[i * row + e];
-    v_cache[slot * row + e] = value[i * row + e];
-  }
-}
-
-template <typename T>
-__global__ void copy_blocks_kernel(T* __restrict__ k_cache, T* __restrict__ v_cache, const int64_t* __restrict__ mapping, int64_t block_numel) {
-  const int64_t src = mapping[2 * blockIdx.x], dst = mapping[2 * blockIdx.x + 1];
-  for (int64_t e = threadIdx.x; e < block_numel; e += blockDim.x) {
-    k_cache[dst * block_numel + e] = k_cache[src * block_numel + e];
-    v_cache[dst * block_numel + e] = v_cache[src * block_numel + e];
-  }
-}
-
-void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slot_mapping) {
-  TORCH_CHECK_VALUE(k_cache.is_contiguous() && v_cache.is_contiguous() && key.is_contiguous() && value.is_contiguous(), "key, value and the caches must be contiguous");
-  TORCH_CHECK_VALUE(slot_mapping.scalar_type() == at::kLong, "slot_mapping must be int64");
-  const int64_t n = slot_mapping.numel();
-  if (n == 0) return;
-  const int64_t row = k_cache.size(2) * k_cache.size(3);
-  const c10::cuda::CUDAGuard guard(key.device());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(), "reshape_and_cache", [&] {
-    reshape_and_cache_kernel<scalar_t><<<n, kThreads, 0, stream>>>(key.data_ptr<scalar_t>(), value.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(),
-                                                                   v_cache.data_ptr<scalar_t>(), slot_mapping.data_ptr<int64_t>(), row);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void copy_blocks_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& block_mapping) {
-  TORCH_CHECK_VALUE(k_cache.is_contiguous() && v_cache.is_contiguous(), "the caches must be contiguous");
-  TORCH_CHECK_VALUE(block_mapping.scalar_type() == at::kLong && block_mapping.dim() == 2 && block_mapping.size(1) == 2, "block_mapping must be int64 [M, 2]");
-  const int64_t m = block_mapping.size(0);
-  if (m == 0) return;
-  auto mapping = block_mapping.contiguous();
-  const c10::cuda::CUDAGuard guard(k_cache.device());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(), "copy_blocks", [&] {
-    copy_blocks_kernel<scalar_t><<<m, 256, 0, stream>>>(k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(), mapping.data_ptr<int64_t>(), k_cache.stride(0));
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
 
 // ---- attention --------------------------------------------------------------------------------
 
@@ -191,53 +138,9 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(const at::Tensor& q, con
   return {out, lse};
 }
 
-template <typename T>
-__global__ void merge_kernel(const T* __restrict__ oa, const float* __restrict__ la, const T* __restrict__ ob, const float* __restrict__ lb, T* __restrict__ out,
-                             float* __restrict__ lse, int64_t rows, int64_t d) {
-  const int64_t r = blockIdx.x;
-  // an empty side's lse is -inf here and +inf in vLLM's convention: either way it has no weight
-  const float a = isinf(la[r]) ? -INFINITY : la[r];
-  const float b = isinf(lb[r]) ? -INFINITY : lb[r];
-  const float mx = fmaxf(a, b);
-  float wa = 0.f, wb = 0.f;
-  if (mx != -INFINITY) {
-    wa = a == -INFINITY ? 0.f : expf(a - mx);
-    wb = b == -INFINITY ? 0.f : expf(b - mx);
-  }
-  const float tot = wa + wb;
-  if (tot > 0.f) {
-    wa /= tot;
-    wb /= tot;
-  }
-  for (int64_t e = threadIdx.x; e < d; e += blockDim.x)
-    out[r * d + e] = static_cast<T>(wa * static_cast<float>(oa[r * d + e]) + wb * static_cast<float>(ob[r * d + e]));
-  if (threadIdx.x == 0) lse[r] = tot > 0.f ? mx + logf(tot) : -INFINITY;
-}
-
-std::tuple<at::Tensor, at::Tensor> merge_attention_states_cuda(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b, const at::Tensor& lse_b) {
-  TORCH_CHECK_VALUE(out_a.dim() == 3 && out_b.sizes() == out_a.sizes() && lse_a.scalar_type() == at::kFloat && lse_b.scalar_type() == at::kFloat,
-                    "out_a, out_b must be [N, H, D] and lse_a, lse_b float32 [N, H]");
-  auto oa = out_a.contiguous(), ob = out_b.contiguous(), la = lse_a.contiguous(), lb = lse_b.contiguous();
-  auto out = at::empty_like(oa);
-  auto lse = at::empty_like(la);
-  const int64_t rows = oa.size(0) * oa.size(1), d = oa.size(2);
-  if (rows == 0) return {out, lse};
-  const c10::cuda::CUDAGuard guard(oa.device());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, oa.scalar_type(), "merge_attention_states", [&] {
-    merge_kernel<scalar_t><<<rows, 64, 0, stream>>>(oa.data_ptr<scalar_t>(), la.data_ptr<float>(), ob.data_ptr<scalar_t>(), lb.data_ptr<float>(),
-                                                    out.data_ptr<scalar_t>(), lse.data_ptr<float>(), rows, d);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {out, lse};
-}
-
 }  // namespace
 }  // namespace r1kernels
 
 TORCH_LIBRARY_IMPL(r1kernels, CUDA, m) {
-  m.impl("reshape_and_cache", &r1kernels::reshape_and_cache_cuda);
-  m.impl("copy_blocks", &r1kernels::copy_blocks_cuda);
   m.impl("paged_attention", &r1kernels::paged_attention_cuda);
-  m.impl("merge_attention_states", &r1kernels::merge_attention_states_cuda);
 }
