@@ -149,7 +149,11 @@ def test_yaml_config_file_nests_sections_and_flags_win(tmp_path):
     ("learning_rate: 1e-4\ngrpo:\n  learning_rate: 2e-4\n", "'grpo.learning_rate' is given twice"),
     ("grpo:\n  temperature: -1\n", "--config .*run.yaml: grpo.temperature: GRPOConfig.temperature must be"),
     ("grpo:\n  max_steps: ten\n", "--config .*run.yaml: grpo.max_steps: GRPOConfig.max_steps must be an int"),
-    ("eval_samples: -1\n", "--config .*run.yaml: eval_samples: RunConfig.eval_samples must be >= 0"),
+    ("eval_samples: -1\n", "--config .*run.yaml: eval_samples: RunConfig.eval_samples must be an int >= 0, got -1"),
+    ("seed: x\n", "--config .*run.yaml: seed: RunConfig.seed must be an int, got 'x'"),
+    ("progress: 'no'\n", "--config .*run.yaml: progress: RunConfig.progress must be True or False, got 'no'"),
+    ("total_seconds: 0\n", "--config .*run.yaml: total_seconds: RunConfig.total_seconds must be None or a number > 0, got 0"),
+    ("name: a/b\n", "--config .*run.yaml: name: RunConfig.name must be a string that names a folder"),
     ("seed: [1\n", "--config .*run.yaml: not valid YAML"),
     ("- 1\n- 2\n", "expected a mapping of names to values"),
 ])
@@ -165,7 +169,7 @@ def test_bad_values_are_one_line_that_names_the_flag(tmp_path, capsys):
     for argv, pat in ((["--grpo.temperature", "-1"], "error: --grpo.temperature: GRPOConfig.temperature must be a number > 0"),
                       (["--temperature", "-1"], "error: --grpo.temperature: GRPOConfig.temperature"),
                       (["--sft-batch-size", "0"], "error: --sft.per-device-train-batch-size: SFTConfig.per_device_train_batch_size"),
-                      (["--eval-samples", "-2"], "error: --eval-samples: RunConfig.eval_samples must be >= 0"),
+                      (["--eval-samples", "-2"], "error: --eval-samples: RunConfig.eval_samples must be an int >= 0"),
                       (["--grpo.loss-type", "ppo"], "error: --grpo.loss-type: GRPOConfig.loss_type must be")):
         with pytest.raises(SystemExit, match=pat) as e:
             parse(["run", *argv]).build(RunConfig)

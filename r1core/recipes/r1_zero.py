@@ -54,6 +54,7 @@ import json
 import os
 import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -61,6 +62,7 @@ import torch
 
 from r1core.recipes.flags import option
 from r1core.trainers import GRPOConfig, SFTConfig
+from r1core.trainers.config import NOT_EMPTY, Rule, above, at_least, type_check, within
 
 
 SHIPPED_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "addition3-base")
@@ -82,6 +84,15 @@ SFT_DEFAULTS = dict(
 GRPO_OWNED = {"per_device_train_batch_size": "num_prompts * grpo.num_generations: one optimizer step of num_prompts groups",
               "output_dir": "the run's folder, runs_dir/name", "seed": "the run's seed"}
 SFT_OWNED = {"output_dir": "runs_dir/name/sft", "seed": "the run's seed", "completion_field": "the task rows' 'solution'"}
+
+
+ANY = Rule(lambda v: True, "")
+RUN_RULES = {  # RunConfig's own fields: each is its annotation's type and passes its rule
+    **{name: at_least(1) for name in ("digits", "train_size", "val_size", "eval_size", "num_prompts", "threads")},
+    "name": Rule(lambda v: v != "" and "/" not in v, "that names a folder (not empty, no '/')"), "runs_dir": NOT_EMPTY,
+    "seed": ANY, "eval_samples": at_least(0), "base_model": NOT_EMPTY, "sft_target_accuracy": within(0, 1),
+    "total_seconds": above(0), "progress": ANY,
+}
 
 
 @dataclass
@@ -106,22 +117,16 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=dict)  # the base model's SFT (--base-model train)
 
     def __post_init__(self):
-        for name in ("digits", "train_size", "val_size", "eval_size", "num_prompts", "threads"):
+        # the run's own fields by the trainers' configs' rule: the annotation's type, then RUN_RULES
+        hints = typing.get_type_hints(RunConfig)
+        for name, rule in RUN_RULES.items():
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"RunConfig.{name} must be an int >= 1, got {v!r}")
-        if not 0 <= self.sft_target_accuracy <= 1:
-            raise ValueError(f"RunConfig.sft_target_accuracy must be in [0, 1], got {self.sft_target_accuracy!r}")
-        if self.eval_samples < 0:
-            raise ValueError(f"RunConfig.eval_samples must be >= 0, got {self.eval_samples!r}")
-        if self.total_seconds is not None and not self.total_seconds > 0:
-            raise ValueError(f"RunConfig.total_seconds must be None or > 0, got {self.total_seconds!r}")
-        if not isinstance(self.base_model, str) or not self.base_model:
-            raise ValueError(f"RunConfig.base_model must be 'shipped', 'train' or a model folder, got {self.base_model!r}")
+            test, phrase, optional = type_check(hints[name])
+            if not (optional and v is None) and not (test(v) and rule.test(v)):
+                expected = " ".join(w for w in ("None or" if optional else "", phrase, rule.says) if w)
+                raise ValueError(f"RunConfig.{name} must be {expected}, got {v!r}")
         if self.base_model not in ("shipped", "train") and not os.path.isdir(self.base_model):
             raise ValueError(f"RunConfig.base_model must be 'shipped', 'train' or a model folder, got {self.base_model!r} (no such folder)")
-        if not self.name or "/" in self.name:
-            raise ValueError(f"RunConfig.name must be a non-empty folder name, got {self.name!r}")
         self.grpo = _trainer_config("grpo", GRPOConfig, self.grpo, GRPO_DEFAULTS, lambda g: {
             "per_device_train_batch_size": self.num_prompts * g["num_generations"], "output_dir": self.run_dir, "seed": self.seed},
             GRPO_OWNED)
