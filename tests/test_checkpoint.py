@@ -40,7 +40,7 @@ def test_round_trip(tmp_path):
     np.random.seed(6)
     path = ckpt.save_checkpoint(str(tmp_path), 3, model, opt, sched, {"consumed": 48})
     expect = (torch.rand(3), random.random(), np.random.rand())
-    assert sorted(os.listdir(path)) == ["model.safetensors", "trainer_state.json", "trainer_state.safetensors"]
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "trainer_state.json", "trainer_state.safetensors"]
     with open(os.path.join(path, "trainer_state.json")) as f:
         json.load(f)  # plain JSON
 

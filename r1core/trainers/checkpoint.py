@@ -6,6 +6,9 @@ tensors in a second safetensors file, written atomically.
         trainer_state.json          step, data position, scheduler, optimizer hyper-parameters and
                                     per-parameter scalars, Python/NumPy RNG, config, anything else
         trainer_state.safetensors   optimizer moment tensors and torch RNG states
+        config.json, tokenizer*     the model's config and its tokenizer (when the trainer has them),
+                                    so `from_pretrained` and `r1core eval` load a checkpoint as they
+                                    load a saved model
 
 Each file is written under a temporary name and moved into place with os.replace, inside a
 temporary directory that is renamed to `checkpoint-<step>` only when every file is complete: a
@@ -110,13 +113,19 @@ def _join_optimizer(js: dict, tensors: dict) -> dict:
 
 
 def save_checkpoint(output_dir: str, step: int, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    state: dict | None = None, save_total_limit: int | None = None) -> str:
-    """Writes <output_dir>/checkpoint-<step> atomically and returns its path."""
+                    state: dict | None = None, save_total_limit: int | None = None, tokenizer=None) -> str:
+    """Writes <output_dir>/checkpoint-<step> atomically and returns its path; with the model's
+    config.json and `tokenizer`'s files beside the weights, so the folder loads as a model."""
     os.makedirs(output_dir, exist_ok=True)
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp_dir = tempfile.mkdtemp(dir=output_dir, prefix=f".checkpoint-{step}.tmp-")
     try:
         _atomic_write(os.path.join(tmp_dir, MODEL_FILE), lambda p: save_model(unwrap(model), p))
+        config = getattr(unwrap(model), "config", None)
+        if hasattr(config, "to_json_file"):
+            config.to_json_file(os.path.join(tmp_dir, "config.json"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp_dir)
         rng_js, tensors = rng_state()
         js = {"step": step, "rng": rng_js, **(state or {})}
         if optimizer is not None:
@@ -126,6 +135,8 @@ def save_checkpoint(output_dir: str, step: int, model: torch.nn.Module, optimize
         if scheduler is not None:
             js["scheduler"] = scheduler.state_dict()
         _atomic_write(os.path.join(tmp_dir, TENSOR_FILE), lambda p: save_file(tensors, p))
+        # the JSON is written last: the sizes it records let a load tell a truncated file
+        js["file_sizes"] = {n: os.path.getsize(os.path.join(tmp_dir, n)) for n in (MODEL_FILE, TENSOR_FILE)}
 
         def write_json(p):
             with open(p, "w") as f:
@@ -166,12 +177,63 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def load_checkpoint(path: str, model: torch.nn.Module, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
-    """Loads weights (and optimizer, scheduler, RNG states) in place; returns the JSON state."""
-    if not os.path.exists(os.path.join(path, STATE_FILE)):
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that is missing, truncated or unreadable; the message names the file."""
+
+
+def _corrupt(path: str, name: str, why: str) -> CorruptCheckpoint:
+    return CorruptCheckpoint(f"checkpoint file {os.path.join(path, name)!r} is {why}; resume from an earlier "
+                             f"checkpoint (resume_from_checkpoint=True falls back to the last complete one)")
+
+
+def _check_safetensors(path: str, name: str, size: int | None) -> None:
+    """The file's header parses and its data ends where the header says (cheap: reads the header
+    only); `size` is the size the checkpoint's JSON recorded, when it did."""
+    import struct
+
+    file = os.path.join(path, name)
+    if not os.path.exists(file):
+        raise _corrupt(path, name, "missing")
+    actual = os.path.getsize(file)
+    if size is not None and actual != size:
+        raise _corrupt(path, name, f"truncated or altered ({actual} bytes, {size} written)")
+    try:
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > actual - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as e:
+        raise _corrupt(path, name, f"not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if 8 + n + end != actual:
+        raise _corrupt(path, name, f"truncated ({actual} bytes, its header describes {8 + n + end})")
+
+
+def read_state(path: str) -> dict:
+    """The checkpoint's JSON state, after checking that every file of it is whole (before anything is
+    loaded, so a failed check leaves the model and optimizer untouched); `CorruptCheckpoint` naming
+    the file otherwise."""
+    if not os.path.isdir(path) or not os.path.exists(os.path.join(path, STATE_FILE)):
         raise ValueError(f"resume_from_checkpoint: {path!r} is not a checkpoint (no {STATE_FILE})")
-    with open(os.path.join(path, STATE_FILE)) as f:
-        js = json.load(f)
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            js = json.load(f)
+        if not isinstance(js, dict):
+            raise ValueError(f"expected a JSON object, got {type(js).__name__}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _corrupt(path, STATE_FILE, f"truncated or not JSON ({e})") from None
+    sizes = js.get("file_sizes", {})
+    for name in (MODEL_FILE, TENSOR_FILE):
+        _check_safetensors(path, name, sizes.get(name))
+    return js
+
+
+def load_checkpoint(path: str, model: torch.nn.Module, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
+    """Loads weights (and optimizer, scheduler, RNG states) in place; returns the JSON state.
+    Every file is checked first (`read_state`): a truncated or corrupt one is a `CorruptCheckpoint`
+    naming it, raised before anything changed."""
+    js = read_state(path)
     missing, unexpected = load_model(unwrap(model), os.path.join(path, MODEL_FILE), strict=False)
     if unexpected or missing:
         raise ValueError(f"checkpoint {path!r} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")

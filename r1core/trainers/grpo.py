@@ -127,6 +127,7 @@ class GRPOTrainer(Trainer):
     name = "grpo"
     progress_keys = ("reward", "accuracy", "completion_length")
     summed_metrics = SUMMED_METRICS
+    resume_fixed = ("num_generations", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "shuffle_dataset")
 
     def __init__(self, model, tokenizer, reward_funcs, train_dataset, config: GRPOConfig | None = None, ref_model=None,
                  engine=None, accuracy_func: int | str = 0):

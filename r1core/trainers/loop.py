@@ -34,13 +34,18 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Callable, Iterable
 
 import torch
 
 from r1core.trainers import distributed as dist
-from r1core.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1core.trainers.checkpoint import CorruptCheckpoint, list_checkpoints, load_checkpoint, read_state, save_checkpoint
 from r1core.trainers.metrics import MetricsLogger
+
+
+# settings a resumed run may change without a word: how long it runs and what it writes where
+RESUME_FREE = frozenset({"max_steps", "max_seconds", "logging_steps", "save_steps", "save_total_limit", "output_dir"})
 
 
 class Trainer:
@@ -49,6 +54,10 @@ class Trainer:
     progress_keys: tuple[str, ...] = ("loss",)  # metrics shown beside the progress bar
     summed_metrics: frozenset[str] = frozenset()  # logged counts that add up over ranks (the rest are averaged)
     global_metrics: frozenset[str] = frozenset({"loss", "grad_norm", "lr"})  # the same on every rank already
+    # config fields a resumed run must keep (they shape the data stream or the batch: a change would
+    # silently train on something else than the checkpoint's run); a change of any other field but
+    # RESUME_FREE is allowed with a warning that names it
+    resume_fixed: tuple[str, ...] = ()
 
     def __init__(self, model: torch.nn.Module, tokenizer, config):
         self.model = model
@@ -123,11 +132,10 @@ class Trainer:
         resume_from_checkpoint: a checkpoint folder, or True for the last one in output_dir.
         callback(step) -> dict of extra metrics (e.g. held-out accuracy), every `every` steps."""
         cfg = self.config
-        if resume_from_checkpoint:
-            path = latest_checkpoint(cfg.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            if path is None:
-                raise ValueError(f"resume_from_checkpoint=True but {cfg.output_dir!r} holds no checkpoint")
-            self.load_state(path)
+        if resume_from_checkpoint is True:
+            self._resume_latest()
+        elif resume_from_checkpoint:
+            self.load_state(resume_from_checkpoint)
         log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), filename=self.metrics_file, total=cfg.max_steps, desc=self.name,
                             initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds)
         self._clock_start = time.perf_counter() - self.elapsed
@@ -190,11 +198,45 @@ class Trainer:
             state = {"global_step": self.global_step, **self.trainer_state(), "elapsed": self.elapsed, "config": cfg.to_dict(),
                      "world_size": self.world_size}
             path = save_checkpoint(cfg.output_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,
-                                   cfg.save_total_limit)
+                                   cfg.save_total_limit, tokenizer=self.tokenizer)
         dist.barrier()
         return path
 
+    def _resume_latest(self) -> None:
+        """Load the newest checkpoint of output_dir whose files are whole; a corrupt one (a disk that
+        filled up, a copy cut short) is skipped with a warning naming the file."""
+        ckpts = list_checkpoints(self.config.output_dir)
+        if not ckpts:
+            raise ValueError(f"resume_from_checkpoint=True but {self.config.output_dir!r} holds no checkpoint")
+        for step, path in reversed(ckpts):
+            try:
+                self.load_state(path)
+                return
+            except CorruptCheckpoint as e:
+                warnings.warn(f"{e}: falling back to the checkpoint before it", RuntimeWarning, stacklevel=3)
+        raise ValueError(f"resume_from_checkpoint=True but no checkpoint in {self.config.output_dir!r} is complete "
+                         f"(tried steps {[s for s, _ in ckpts]}; the warnings name the broken files)")
+
+    def _check_resume_config(self, js: dict, path: str) -> None:
+        """Refuse a resume whose resume_fixed fields changed; warn about any other change."""
+        old = js.get("config")
+        if not isinstance(old, dict):
+            return
+        new = self.config.to_dict()
+        changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k] and k not in RESUME_FREE}
+        fixed = {k: v for k, v in changed.items() if k in self.resume_fixed}
+        if fixed:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
+            raise ValueError(f"checkpoint {path!r} was written with other settings: {what}; resume with the "
+                             f"checkpoint's values, or start a new run (another output_dir)")
+        if changed:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            warnings.warn(f"resuming {path!r} with changed settings: {what}", RuntimeWarning, stacklevel=4)
+
     def load_state(self, path: str) -> None:
+        """Restore everything `save_state` wrote; the files are checked before anything is loaded
+        (`CorruptCheckpoint` names a broken one), then the settings (`resume_fixed`)."""
+        self._check_resume_config(read_state(path), path)
         js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.restore_trainer_state(js, path)
         if js.get("world_size", 1) != self.world_size:
@@ -211,7 +253,8 @@ class Trainer:
             os.makedirs(path, exist_ok=True)
             save_model(self.model, os.path.join(path, "model.safetensors"))
             self.model.config.to_json_file(os.path.join(path, "config.json"))
-            self.tokenizer.save_pretrained(path)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(path)
 
 
 __all__ = ["Trainer"]

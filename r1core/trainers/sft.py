@@ -122,6 +122,7 @@ class SFTTrainer(Trainer):
 
     name = "sft"
     metrics_file = "sft_metrics.jsonl"
+    resume_fixed = ("per_device_train_batch_size", "packing", "max_seq_length", "seed", "add_eos", "prompt_field", "completion_field")
 
     def __init__(self, model, tokenizer, train_dataset, config: SFTConfig | None = None):
         super().__init__(model, tokenizer, config or SFTConfig())
