@@ -51,3 +51,7 @@ def accuracy_reward(prompts: Sequence | None, completions: Sequence, answer: Seq
         else:
             out.append(1.0 if answers_match(gold, extract_answer(completion)) else 0.0)
     return out
+
+
+# the dataset columns the reward reads: GRPOTrainer checks them before the first step
+accuracy_reward.required_columns = ("answer",)

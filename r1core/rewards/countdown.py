@@ -84,3 +84,7 @@ def countdown_reward(prompts: Sequence | None, completions: Sequence, numbers: S
         return [None] * n
     return [None if nums is None or tgt is None else score_expression(countdown_answer(c), nums, int(tgt))
             for c, nums, tgt in zip(completions, numbers, target)]
+
+
+# the dataset columns the reward reads: GRPOTrainer checks them before the first step
+countdown_reward.required_columns = ("numbers", "target")

@@ -23,6 +23,7 @@ dapo normaliser is the token count summed over ranks; gradients are averaged by 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import random
 import time
@@ -119,6 +120,18 @@ def policy_logprobs(model, b: RolloutBatch, temperature: float, bf16: bool = Fal
         return r1kernels.token_logprobs(hidden[:, P - 1:P - 1 + C], weight, b.completion_ids, bias=bias, temperature=temperature)
 
 
+def _required_keywords(f) -> list[str]:
+    """The parameters of reward function f with no default beyond the two positional ones
+    (prompts, completions) and completion_ids: the dataset columns it cannot run without."""
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: the first step will tell
+        return []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
+    return [p.name for p in params if p.default is inspect.Parameter.empty and p not in positional
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "completion_ids"]
+
+
 def _func_name(f) -> str:
     return getattr(f, "__name__", None) or type(f).__name__
 
@@ -172,6 +185,7 @@ class GRPOTrainer(Trainer):
             if cfg.max_prompt_length is not None and len(ids) > cfg.max_prompt_length:
                 raise ValueError(f"train_dataset row {i}: the prompt has {len(ids)} tokens, more than max_prompt_length={cfg.max_prompt_length}")
             self.prompt_ids.append(ids)
+        self._check_reward_columns(columns)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
         if cfg.beta > 0:
@@ -197,6 +211,22 @@ class GRPOTrainer(Trainer):
         self.best_reward = -math.inf
         self.low_reward_steps = 0
         self.collapsed = False
+        self.unscorable_steps = 0  # steps in a row in which no sample could be scored
+        self._silent_rewards: list[str] = []  # the last step's reward functions that scored no sample
+
+    def _check_reward_columns(self, columns: set) -> None:
+        """Every reward function's dataset columns exist, before the first step: a missing one would
+        make every sample unscorable (loss 0, nothing learnt) without an error. A function declares
+        its columns as `required_columns` (accuracy_reward: answer); otherwise its parameters
+        without a default are the columns it needs."""
+        for name, f in zip(self.reward_names, self.reward_funcs):
+            needs = getattr(f, "required_columns", None)
+            if needs is None:
+                needs = _required_keywords(f)
+            missing = [c for c in needs if c not in columns]
+            if missing:
+                raise ValueError(f"reward function {name!r} reads the column(s) {missing}, which train_dataset lacks "
+                                 f"(columns: {sorted(columns)}): every sample would be unscorable and nothing learnt")
 
     # ---- data --------------------------------------------------------------------------------
     def _prompt_index(self, k: int) -> int:
@@ -324,6 +354,7 @@ class GRPOTrainer(Trainer):
         adv, gstats = r1kernels.group_advantages(total, G, scale=cfg.scale_rewards, return_stats=True)
         batch = self._build_batch(idx, comps, adv, gstats.zero_std)
         acc = rewards[:, self.accuracy_index]
+        self._silent_rewards = [n for j, n in enumerate(self.reward_names) if bool(torch.isnan(rewards[:, j]).all())]
         info = {
             "reward": torch.nanmean(total).item(),
             "reward_std": float(torch.nan_to_num(gstats.std).mean()),
@@ -405,14 +436,37 @@ class GRPOTrainer(Trainer):
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             log.write("!" * 20 + " " + msg)
 
+    def _check_unscorable(self, record: dict, log: MetricsLogger) -> bool:
+        """Warn when a reward function scored no sample of the step; True (stop) after
+        collapse_patience steps in a row in which no sample could be scored at all: every advantage
+        is 0, so the run learns nothing."""
+        cfg = self.config
+        some_scored = len(self._silent_rewards) < len(self.reward_names)
+        for name in self._silent_rewards if some_scored else ():
+            msg = (f"step {self.global_step}: reward function {name!r} scored none of the step's samples (all None/NaN): "
+                   f"check the dataset columns it reads")
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        self.unscorable_steps = self.unscorable_steps + 1 if record.get("unscorable", 0.0) >= 1.0 else 0
+        if not self.unscorable_steps:
+            return False
+        msg = (f"NOTHING TO LEARN at step {self.global_step}: no sample could be scored by any reward function "
+               f"({self.unscorable_steps} step(s) in a row; every advantage is 0)")
+        stop = self.unscorable_steps >= cfg.collapse_patience
+        if stop:
+            msg += f"; stopping after collapse_patience={cfg.collapse_patience} such steps"
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        log.write("!" * 20 + " " + msg)
+        return stop
+
     def end_of_step(self, record: dict, log: MetricsLogger) -> bool:
         self._check_collapse(record["reward"], log)
-        return self.collapsed and self.config.stop_on_collapse
+        stop_unscorable = self._check_unscorable(record, log)
+        return (self.collapsed and self.config.stop_on_collapse) or stop_unscorable
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def trainer_state(self) -> dict:
         return {"consumed": self.consumed, "best_reward": self.best_reward if math.isfinite(self.best_reward) else None,
-                "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed}
+                "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed, "unscorable_steps": self.unscorable_steps}
 
     def restore_trainer_state(self, js: dict, path: str) -> None:
         if "consumed" not in js:
@@ -421,5 +475,6 @@ class GRPOTrainer(Trainer):
         self.best_reward = -math.inf if js["best_reward"] is None else js["best_reward"]
         self.low_reward_steps = js["low_reward_steps"]
         self.collapsed = js["collapsed"]
+        self.unscorable_steps = js.get("unscorable_steps", 0)  # absent from checkpoints written before it was counted
         if hasattr(self.engine, "weights_updated"):
             self.engine.weights_updated()
