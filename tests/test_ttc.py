@@ -74,6 +74,15 @@ def test_ttc_cli(tiny_run, tmp_path):
     assert {(r["method"], r["budget"]) for r in saved["rows"]} == {("majority", 1), ("beam_search", 1)}
     with pytest.raises(SystemExit, match="no model"):
         main(["ttc", "--runs-dir", str(tmp_path), "--name", "missing", "--no-progress"])
+    with pytest.raises(SystemExit, match="TTCConfig.model: model '.*nowhere' is not a folder"):  # the commands' one loader
+        main(["ttc", "--model", str(tmp_path / "nowhere"), "--no-progress"])
+    # a YAML config file, a list in it as a list or as the flag's comma-separated string; flags win
+    config = tmp_path / "ttc.yaml"
+    config.write_text(f"model: tiny\nruns_dir: {tmp_path}\nname: yaml\nnum_problems: 1\nbudgets: [1, 2]\nmethods: majority,best_of_n\n"
+                      "max_new_tokens: 16\nprogress: false\n")
+    assert main(["ttc", "--config", str(config), "--budgets", "1"]) == 0
+    saved = json.load(open(tmp_path / "yaml" / "ttc.json"))
+    assert {(r["method"], r["budget"]) for r in saved["rows"]} == {("majority", 1), ("best_of_n", 1)}
 
 
 @pytest.mark.parametrize("kwargs, match", [
