@@ -5,7 +5,8 @@ transformers' HfArgumentParser turns each field into its flag, with the conventi
 r1core's own spellings are kept beside them (`--no-bf16`, `none` for an optional field, a
 comma-separated list: `--budgets 1,2,4`). A command of one trainer has its config's fields as flat
 flags; a recipe whose config holds several configs nests each under the field that holds it
-(`--grpo.learning-rate`, and `grpo: {learning_rate: ...}` in a file), and may keep older flat names
+(`--grpo.learning-rate`, and `grpo: {learning_rate: ...}` or `grpo.learning_rate: ...` in a file), and may
+keep older flat names
 of nested fields as aliases.
 
 Every command takes `--config FILE`: JSON (.json) or YAML of the same names. Flags on the command
@@ -105,7 +106,7 @@ def read_config_file(path: str) -> dict:
     kind = "JSON" if path.endswith(".json") else "YAML"
     try:
         with open(path) as fh:
-            values = json.load(fh) if kind == "JSON" else yaml.load(fh, Loader=_YamlLoader)  # noqa: S506 (a safe loader)
+            values = json.load(fh) if kind == "JSON" else yaml.load(fh, Loader=_YamlLoader)  # a SafeLoader
     except OSError as e:
         raise SystemExit(f"error: --config {path}: {e.strerror or e}") from None
     except (ValueError, yaml.YAMLError) as e:
