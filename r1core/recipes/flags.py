@@ -5,9 +5,8 @@ transformers' HfArgumentParser turns each field into its flag, with the conventi
 r1core's own spellings are kept beside them (`--no-bf16`, `none` for an optional field, a
 comma-separated list: `--budgets 1,2,4`). A command of one trainer has its config's fields as flat
 flags; a recipe whose config holds several configs nests each under the field that holds it
-(`--grpo.learning-rate`, and `grpo: {learning_rate: ...}` or `grpo.learning_rate: ...` in a file), and may
-keep older flat names
-of nested fields as aliases.
+(`--grpo.learning-rate`; `grpo: {learning_rate: ...}` or `grpo.learning_rate: ...` in a file), and
+may keep older flat names of nested fields as aliases.
 
 Every command takes `--config FILE`: JSON (.json) or YAML of the same names. Flags on the command
 line win over the file, the file over the defaults. A key no section has, a flag's bad value, or a
