@@ -21,8 +21,8 @@ imports. docs/ops.md has this table with the full schemas.
     merge_attention_states  merge_attention_states         merge_attention_states  merge_attention_states.py  merge_attention_states.cpp  merge_attention_states.cu  test_merge_attention_states.py
     tree_attention          tree_attention                 tree_attention          tree_attention.py          tree_attention.cpp          tree_attention.cu          test_tree_attention.py
     skinny_linear           skinny_linear                  skinny_linear           -                          skinny_linear.cpp           -                          test_skinny_linear.py
-    rmsnorm_qkv_rope        rmsnorm_qkv_rope               rmsnorm_qkv_rope        -                          rmsnorm_qkv_rope.cpp        -                          test_rmsnorm_qkv_rope.py
-    oproj_mlp               oproj_mlp                      oproj_mlp               -                          oproj_mlp.cpp               -                          test_oproj_mlp.py
+    rmsnorm_qkv_rope        rmsnorm_qkv_rope               rmsnorm_qkv_rope        -                          rmsnorm_qkv_rope.cpp        -                          test_decoder_layer.py
+    oproj_mlp               oproj_mlp                      oproj_mlp               -                          oproj_mlp.cpp               -                          test_decoder_layer.py
 
 (grpo_token_loss has no public function: the GRPO loss from given log-probs, a building block.)
 """

@@ -3,7 +3,7 @@ no GPU present: the interpreter the CPU tests run is lenient where the compiler 
 types, pointer dtypes, fp64 math, constexpr branches, non-constexpr globals), so this catches what
 only a GPU run would otherwise find.
 
-Run by tests/test_triton_grpo.py in a subprocess without TRITON_INTERPRET (with it set, @triton.jit
+Run by tests/kernels/test_triton_compiles.py in a subprocess without TRITON_INTERPRET (with it set, @triton.jit
 gives interpreted functions that cannot be compiled). Prints one line per compiled specialisation.
 """
 

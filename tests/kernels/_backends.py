@@ -73,3 +73,23 @@ def backend_fixture(*names, backends=BACKENDS):
             yield request.param
 
     return backend
+
+
+class _Absent:
+    """Stands for a Triton module where triton is not installed: using it skips the test."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        pytest.skip(f"triton is not installed (r1kernels.triton.{self._name})")
+
+
+def triton_module(name):
+    """r1kernels.triton.<name> (the launchers, callable on CPU tensors under TRITON_INTERPRET=1), or
+    a stand-in that skips the test which uses it where triton is not installed."""
+    if not _library.HAS_TRITON:
+        return _Absent(name)
+    import importlib
+
+    return importlib.import_module(f"r1kernels.triton.{name}")

@@ -1,17 +1,37 @@
-"""r1kernels.grpo_loss_from_logits (the C++ logits_grpo_loss on the CPU) against
-reference.grpo_loss_from_logits: loss, stats and the gradient of the logits."""
+"""r1kernels.grpo_loss_from_logits (the logits_grpo_loss op) against reference.grpo_loss_from_logits:
+loss, stats and the gradient of the logits; and the statistics' meanings (TRL's GRPOTrainer,
+Liger's clip metrics) through both GRPO losses.
+
+The tests named with a `backend` run the public function on each backend present (tests/kernels/
+_backends.py): the C++ kernel, the plain-PyTorch kernel of r1kernels._torch and, where the shapes are
+small enough for the interpreter, the Triton kernel under TRITON_INTERPRET=1. The test_triton_*
+tests drive the Triton launchers directly on interpreter-sized shapes (chunk and block loops that
+run more than once); the *_cuda tests run on a GPU and skip without one.
+"""
+
+from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from _backends import backend_fixture, triton_module
+from _gpu_cases import GPU_FP32
 from _grpo_inputs import assert_stats_close, make_inputs
+from _triton_cases import BLOCK_V, DEVICE, FP32, _close, _mask
+from conftest import requires_cuda
 
 import r1kernels
 from r1kernels import reference
+from r1kernels._grpo_args import LOSS_KIND, token_scale
 from r1kernels._library import has_cpp_kernel, op
 
+backend = backend_fixture("logits_grpo_loss", backends=("cpp", "torch"))
+both_losses = backend_fixture("logits_grpo_loss", "fused_grpo_loss", "fused_logprobs", "fused_logprobs_backward")
+tgll = triton_module("grpo_loss_from_logits")
+
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"]
+
 DTYPES = [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 1e-4, 2e-2)]
 
 
@@ -37,7 +57,7 @@ def test_cpu_kernel_is_the_fast_path():
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("importance_sampling", ["token", "sequence"])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_matches_reference(loss_type, importance_sampling, dtype, atol, rtol):
+def test_matches_reference(backend, loss_type, importance_sampling, dtype, atol, rtol):
     inp = make_inputs(3, 6, 16, 257, bias=True, temperature=0.8)
     opt = dict(beta=0.04, temperature=0.8, loss_type=loss_type, importance_sampling=importance_sampling,
                epsilon_high=5.0 if loss_type == "cispo" else 0.28, delta=1.2 if loss_type == "grpo" else None,
@@ -50,7 +70,7 @@ def test_matches_reference(loss_type, importance_sampling, dtype, atol, rtol):
 
 
 @pytest.mark.parametrize("T", [1, 4])
-def test_plain_on_policy_and_masked(T, monkeypatch):
+def test_plain_on_policy_and_masked(backend, T, monkeypatch):
     monkeypatch.setenv("R1_GRPO_CHUNK_BYTES", str(2 * 99 * 4))  # 2 rows per chunk
     inp = make_inputs(3, T, 8, 99, bias=True, mask="random")
     inp["old"], inp["ref"] = None, None
@@ -89,7 +109,9 @@ def test_opcheck(compute_grad):
     torch.library.opcheck(op("logits_grpo_loss"), args)
 
 
-# --- the statistics' meanings (TRL's GRPOTrainer, Liger's clip metrics) -------------------------
+# ---------------------------------------------------------------------------------------------
+# the statistics' meanings (TRL's GRPOTrainer, Liger's clip metrics), on every backend
+
 
 def _known_ratio_inputs(ratios, mask=None):
     """Uniform logits over V = 4 (logp = -log 4 for every target) and old log-probs chosen so that
@@ -120,32 +142,94 @@ def _assert_clip(stats, low, high, region):
 RATIOS = [[1.1, 1.5, 5.5], [0.5, 1.0, 7.0]]
 
 
-def test_clip_stats_grpo_are_the_ppo_region():
+def test_clip_stats_grpo_are_the_ppo_region(both_losses):
     for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="grpo", epsilon_high=0.2):
         # high: 1.5 and 5.5 with A > 0; low: 0.5 with A < 0 (7.0 with A < 0 is not clipped)
         _assert_clip(stats, 1 / 6, 2 / 6, 3 / 6)
 
 
-def test_clip_stats_grpo_take_the_ratio_after_the_dual_clip():
+def test_clip_stats_grpo_take_the_ratio_after_the_dual_clip(both_losses):
     # TRL clamps the ratio at delta before it counts: min(1.5, 1.1) and min(5.5, 1.1) are inside 1 + 0.2
     for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="grpo", epsilon_high=0.2, delta=1.1):
         _assert_clip(stats, 1 / 6, 0.0, 1 / 6)
 
 
-def test_clip_stats_cispo_count_the_cap_itself():
+def test_clip_stats_cispo_count_the_cap_itself(both_losses):
     # the cap is epsilon_high itself: only 5.5 (A > 0) exceeds 5; nothing is clipped low (0.5 is not)
     for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="cispo", epsilon_high=5.0):
         _assert_clip(stats, 0.0, 1 / 6, 1 / 6)
 
 
-def test_clip_stats_sapo_are_zero():
+def test_clip_stats_sapo_are_zero(both_losses):
     for stats in _stats_of_both(_known_ratio_inputs(RATIOS), loss_type="sapo", epsilon_high=0.2):
         _assert_clip(stats, 0.0, 0.0, 0.0)
 
 
-def test_clip_stats_sequence_level_are_per_sequence():
+def test_clip_stats_sequence_level_are_per_sequence(both_losses):
     # sequence 0 keeps one token (ratio 1.5: clipped high), sequence 1 three (geometric mean 1.0):
     # one of the two sequences is clipped, though only one of the four tokens is
     inp = _known_ratio_inputs([[1.5, 3.0, 3.0], [0.5, 1.0, 2.0]], mask=[[True, False, False], [True, True, True]])
     for stats in _stats_of_both(inp, loss_type="grpo", epsilon_high=0.2, importance_sampling="sequence"):
         _assert_clip(stats, 0.0, 0.5, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton launcher
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", FP32)
+@pytest.mark.parametrize("loss_type, beta, delta, temperature", [("grpo", 0.04, 1.5, 0.7), ("dapo", 0.0, None, 1.0), ("sapo", 0.04, None, 1.2)])
+def test_triton_launcher(dtype, atol, rtol, loss_type, beta, delta, temperature):
+    B, T, V = 2, 3, 150
+    logits = (torch.randn(B, T, V, device=DEVICE) * 2).to(dtype)
+    targets = torch.randint(0, V, (B, T), device=DEVICE)
+    advantages = torch.randn(B, device=DEVICE)
+    mask = _mask(B, T, "ragged")
+    with torch.no_grad():
+        cur = (logits.float() / temperature).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    old = cur + 0.3 * torch.randn_like(cur)
+    ref = cur + 0.5 * torch.randn_like(cur) if beta else None
+    N = B * T
+    original = logits.clone()
+    loss, logp, entropy, grad = tgll.logits_grpo_loss(
+        logits.reshape(N, V), targets.reshape(-1), token_scale(mask, loss_type).reshape(-1), advantages.repeat_interleave(T),
+        old.reshape(-1), None if ref is None else ref.reshape(-1), beta, 0.2, 0.28, delta, temperature,
+        LOSS_KIND[loss_type], 1.0, 1.05, True, block_v=BLOCK_V,
+    )
+    assert torch.equal(logits, original), "the logits must be read, never written"
+    z = logits.clone().requires_grad_()
+    rloss, _ = reference.grpo_loss_from_logits(z, targets, advantages, mask, old, ref, beta=beta, epsilon_low=0.2,
+                                               epsilon_high=0.28, delta=delta, temperature=temperature, loss_type=loss_type)
+    rloss.backward()
+    _close(loss, rloss.detach(), atol, rtol, "loss")
+    _close(logp, cur.reshape(-1), atol, rtol, "logp")
+    _close(grad, z.grad.reshape(N, V), atol, rtol, "grad logits")
+    assert grad.dtype == logits.dtype and entropy.shape == (N,)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype, atol, rtol", [GPU_FP32])
+@pytest.mark.parametrize("loss_type", ["grpo", "cispo", "sapo"])
+def test_grpo_loss_from_logits_cuda(dtype, atol, rtol, loss_type):
+    B, T, V = 3, 17, 5001
+    logits = torch.randn(B, T, V) * 3
+    targets = torch.randint(0, V, (B, T))
+    adv = torch.randn(B)
+    mask = torch.rand(B, T) > 0.3
+    cur = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    old, ref = cur + 0.3 * torch.randn(B, T), cur + 0.5 * torch.randn(B, T)
+    kw = dict(beta=0.04, loss_type=loss_type, temperature=1.1, epsilon_high=5.0 if loss_type == "cispo" else 0.28)
+    z = logits.cuda().requires_grad_()
+    loss, stats = r1kernels.grpo_loss_from_logits(z, targets.cuda(), adv.cuda(), mask=mask.cuda(), old_logprobs=old.cuda(), ref_logprobs=ref.cuda(), **kw)
+    loss.backward()
+    zr = logits.detach().clone().requires_grad_()
+    rloss, rstats = reference.grpo_loss_from_logits(zr, targets, adv, mask, old, ref, **kw)
+    rloss.backward()
+    _close(loss, rloss, atol, rtol, "loss")
+    _close(z.grad, zr.grad, atol, rtol, "grad logits")
+    for k in rstats:
+        _close(stats[k], rstats[k], atol, rtol, f"stats[{k}]")

@@ -12,7 +12,7 @@ import torch
 import r1kernels  # noqa: F401  loads the ops
 from r1kernels._library import HAS_C, SCHEMAS
 
-CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
 requires_c = pytest.mark.skipif(not HAS_C, reason="r1kernels._C is not built")
 
 
@@ -57,7 +57,7 @@ def test_grpo_ops_have_cpu_kernels():
     assert grpo <= set(_cpu_impls())
 
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "r1kernels"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "r1kernels"
 
 
 def _imports(path):

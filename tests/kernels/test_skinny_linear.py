@@ -1,7 +1,14 @@
 """r1kernels.skinny_linear against F.linear: fresh random shapes around the tile sizes (4 rows, 4
 outputs, 16 / 8 floats of K), empty and 1-row inputs, bias or none, batched leading dims, the
 routes to F.linear (gradients, other dtypes), bad input; and the AVX2 and no-vector paths through
-R1KERNELS_ISA in a subprocess."""
+R1KERNELS_ISA in a subprocess.
+
+The tests named with a `backend` run the public function on each backend present (tests/kernels/
+_backends.py): the C++ kernel, the plain-PyTorch kernel of r1kernels._torch and, where the shapes are
+small enough for the interpreter, the Triton kernel under TRITON_INTERPRET=1. (No Triton kernel: CUDA runs the plain-PyTorch one.)
+"""
+
+from __future__ import annotations
 
 import os
 import subprocess
@@ -10,11 +17,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from _backends import backend_fixture
 
 from r1kernels import reference, skinny_linear
 from r1kernels._library import HAS_C, has_cpp_kernel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+backend = backend_fixture("skinny_linear", backends=("cpp", "torch"))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _check(M, K, N, bias=True, scale=1.0):
@@ -34,11 +44,11 @@ def test_cpp_kernel_is_registered():
 
 @pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 8, 13, 16, 33])
 @pytest.mark.parametrize("K,N", [(1, 1), (15, 3), (16, 4), (17, 5), (64, 9), (100, 37), (256, 1024), (1000, 7)])
-def test_matches_reference(M, K, N):
+def test_matches_reference(backend, M, K, N):
     _check(M, K, N, bias=bool(torch.randint(0, 2, ())))
 
 
-def test_edges_and_leading_dims():
+def test_edges_and_leading_dims(backend):
     assert skinny_linear(torch.randn(0, 8), torch.randn(5, 8)).shape == (0, 5)
     b = torch.randn(3)
     torch.testing.assert_close(skinny_linear(torch.randn(4, 0), torch.randn(3, 0), b), b.expand(4, 3))  # K = 0: the bias

@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 CACHE_DIR = os.path.join(ROOT, "build", "nvcc-check")
 ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]

@@ -1,15 +1,29 @@
-"""Tree attention against dense attention with the ancestor mask: random trees (chains, stars,
-forests), paged prefixes of random length, several trees packed, GQA; a chain equals causal paged
-attention; bad parents; opcheck; on a GPU, the CUDA C++ kernel against the reference."""
+"""r1kernels.tree_attention (every node of one or more token trees attending to its tree's paged prefix,
+its ancestors and itself) against reference.tree_attention; the C++ fused path's own cases; bad
+input, opcheck, torch.compile; the Triton launcher and the CUDA kernels.
+
+The tests named with a `backend` run the public function on each backend present (tests/kernels/
+_backends.py): the C++ kernel, the plain-PyTorch kernel of r1kernels._torch and, where the shapes are
+small enough for the interpreter, the Triton kernel under TRITON_INTERPRET=1. The test_triton_*
+tests drive the Triton launchers directly on interpreter-sized shapes (chunk and block loops that
+run more than once); the *_cuda tests run on a GPU and skip without one.
+The long-prefix cases are too large for the interpreter: Triton runs the launcher test.
+"""
+
+from __future__ import annotations
 
 import pytest
 import torch
+from _backends import backend_fixture
+from _paged_inputs import DTYPES, cu, make_cache
+from conftest import requires_cuda
 
 import r1kernels
 from r1kernels import reference
 from r1kernels._library import has_cpp_kernel
-from conftest import requires_cuda
-from test_paged_attention import DTYPES, cu, make_cache
+
+backend = backend_fixture("tree_attention", backends=("cpp", "torch"))
+chain_backend = backend_fixture("tree_attention", "paged_attention", backends=("cpp", "torch"))
 
 
 def random_parents(n, kind="random"):
@@ -31,7 +45,7 @@ def make_trees(sizes, kinds=None):
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 @pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (2, 2, 24)])
-def test_tree_attention_with_prefix(dtype, atol, rtol, hq, hkv, d):
+def test_tree_attention_with_prefix(backend, dtype, atol, rtol, hq, hkv, d):
     sizes = [1, 17, 9, 33]
     parents, cu_nodes = make_trees(sizes, ["random", "chain", "star", "random"])
     prefix_lens = [0, 1, 16, 45]
@@ -46,7 +60,7 @@ def test_tree_attention_with_prefix(dtype, atol, rtol, hq, hkv, d):
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 @pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (6, 2, 40), (3, 1, 64), (2, 2, 20)])
-def test_long_prefix_many_nodes(dtype, atol, rtol, hq, hkv, d):
+def test_long_prefix_many_nodes(backend, dtype, atol, rtol, hq, hkv, d):
     # prefixes of 64+ tokens under 16+ rows per work item take the C++ kernel's fused path (prefix
     # and ancestors as register-blocked matrix products in strips of 6 rows, an exact softmax);
     # short prefixes and small trees take the per-row loops throughout. Odd prefix lengths, trees
@@ -66,7 +80,7 @@ def test_long_prefix_many_nodes(dtype, atol, rtol, hq, hkv, d):
     torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
 
 
-def test_fused_path_ignores_keys_of_other_branches():
+def test_fused_path_ignores_keys_of_other_branches(backend):
     # every key of branch b leans along its own direction u_b, and each node's query points along the
     # next branch's: a non-ancestor then holds the row's largest score by far. Attending to it (a
     # wrong mask), or letting it set the softmax's max (every real term then underflows to the same
@@ -94,7 +108,7 @@ def test_fused_path_ignores_keys_of_other_branches():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("sizes,prefix_lens,hkv", [([150, 90], [96, 130], 2), ([150], [96], 1)])
-def test_gathered_prefix_is_not_reused_across_calls(threads, sizes, prefix_lens, hkv):
+def test_gathered_prefix_is_not_reused_across_calls(backend, threads, sizes, prefix_lens, hkv):
     # the C++ GEMM prefix gathers a (tree, kv head)'s prefix once per thread and reuses it for that
     # thread's next node tile of the same (tree, head) within the call: a second call on the same
     # shapes, after the cache was rewritten in place and the block table permuted, must see the new K/V
@@ -117,8 +131,9 @@ def test_gathered_prefix_is_not_reused_across_calls(threads, sizes, prefix_lens,
     finally:
         torch.set_num_threads(old)
 
+
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
-def test_tree_attention_no_cache_one_tree(dtype, atol, rtol):
+def test_tree_attention_no_cache_one_tree(backend, dtype, atol, rtol):
     n, hq, hkv, d = 40, 4, 1, 16
     parents, _ = make_trees([n])
     q, k, v = torch.randn(n, hq, d).to(dtype), torch.randn(n, hkv, d).to(dtype), torch.randn(n, hkv, d).to(dtype)
@@ -139,7 +154,7 @@ def test_reference_ancestor_mask_against_dense():
         assert set(mask[i].nonzero().flatten().tolist()) == anc
 
 
-def test_chain_equals_causal_paged_attention():
+def test_chain_equals_causal_paged_attention(chain_backend):
     """A chain after a prefix is an ordinary sequence: tree attention = causal paged attention with
     the chain's K/V written after the prefix."""
     P, n, hq, hkv, d, bs = 21, 12, 4, 2, 16, 8
@@ -191,6 +206,28 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.r1kernels.tree_attention.default, (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], None, None, None, None, 0.35))
 
 
+def test_public_ops_trace_under_torch_compile():
+    # fullgraph: the wrappers' checks trace (data checks skip while compiling) and the fakes give shapes
+    a = _tree_args()
+    kc, vc, table, pl = make_cache([7, 12], 4, 2, 8, torch.float32)
+    q, cq = torch.randn(3, 4, 8), cu([1, 2])
+
+    def f(q, kc, vc, table, pl, cq, tq, tk, tv, parents, cu_nodes):
+        o1, l1 = r1kernels.paged_attention(q, kc, vc, table, pl, cq, return_lse=True)
+        o2 = r1kernels.tree_attention(tq, tk, tv, parents, cu_nodes=cu_nodes)
+        return r1kernels.merge_attention_states(o1, l1, o1, l1)[0], o2
+
+    args = (q, kc, vc, table, pl, cq, a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"])
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
+    want = f(*args)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton launcher
+
+
 @pytest.mark.parametrize("with_prefix", [True, False])
 def test_triton_tree_attention(with_prefix):
     from r1kernels.triton.tree_attention import tree_attention as triton_tree_attention
@@ -206,6 +243,10 @@ def test_triton_tree_attention(with_prefix):
     ref, ref_lse = reference.tree_attention(*args, 0.3)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
 
 
 @requires_cuda
@@ -273,21 +314,3 @@ def test_cuda_cpp_tree_attention_refuses_too_many_heads_per_kv_head():
     parents, cu_nodes = torch.tensor([-1, 0], dtype=torch.int32, device="cuda"), torch.tensor([0, 2], dtype=torch.int32, device="cuda")
     with pytest.raises(ValueError, match="shared memory"):
         kernel(q, k, k, parents, cu_nodes, None, None, None, None, 0.1)
-
-
-def test_public_ops_trace_under_torch_compile():
-    # fullgraph: the wrappers' checks trace (data checks skip while compiling) and the fakes give shapes
-    a = _tree_args()
-    kc, vc, table, pl = make_cache([7, 12], 4, 2, 8, torch.float32)
-    q, cq = torch.randn(3, 4, 8), cu([1, 2])
-
-    def f(q, kc, vc, table, pl, cq, tq, tk, tv, parents, cu_nodes):
-        o1, l1 = r1kernels.paged_attention(q, kc, vc, table, pl, cq, return_lse=True)
-        o2 = r1kernels.tree_attention(tq, tk, tv, parents, cu_nodes=cu_nodes)
-        return r1kernels.merge_attention_states(o1, l1, o1, l1)[0], o2
-
-    args = (q, kc, vc, table, pl, cq, a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"])
-    got = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
-    want = f(*args)
-    torch.testing.assert_close(got[0], want[0])
-    torch.testing.assert_close(got[1], want[1])

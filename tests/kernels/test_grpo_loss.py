@@ -1,15 +1,46 @@
-"""r1kernels.grpo_loss (the C++ fused_grpo_loss on the CPU) against reference.grpo_loss: loss,
-stats and the gradients of hidden, weight and bias, over every loss_type x importance_sampling."""
+"""r1kernels.grpo_loss (the fused_grpo_loss op; sequence-level importance sampling through
+token_logprobs) against reference.grpo_loss: loss, stats and the gradients of hidden, weight and
+bias, over every loss_type x importance_sampling.
+
+The tests named with a `backend` run the public function on each backend present (tests/kernels/
+_backends.py): the C++ kernel, the plain-PyTorch kernel of r1kernels._torch and, where the shapes are
+small enough for the interpreter, the Triton kernel under TRITON_INTERPRET=1. The test_triton_*
+tests drive the Triton launchers directly on interpreter-sized shapes (chunk and block loops that
+run more than once); the *_cuda tests run on a GPU and skip without one.
+The realistic-scale cases here are too large for the interpreter: Triton runs the launcher tests.
+"""
+
+from __future__ import annotations
 
 import pytest
 import torch
+from _backends import backend_fixture, triton_module
+from _gpu_cases import GPU_FP32, _gpu_inputs, _run_public, _within_torch_error
 from _grpo_inputs import assert_stats_close, leaves, make_inputs
+from _triton_cases import (
+    BLOCK_V,
+    CHUNK,
+    DEVICE,
+    FP32,
+    GRPO_CASES,
+    _close,
+    _head,
+    _mask,
+    _policy_logprobs,
+)
+from conftest import requires_cuda
 
 import r1kernels
 from r1kernels import reference
+from r1kernels._grpo_args import LOSS_KIND, token_scale
 from r1kernels._library import has_cpp_kernel, op
+from r1kernels._torch import grpo_loss as torch_grpo_loss
+
+backend = backend_fixture("fused_grpo_loss", "fused_logprobs", "fused_logprobs_backward", backends=("cpp", "torch"))
+tgl = triton_module("grpo_loss")
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"]
+
 DTYPES = [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 1e-4, 2e-2)]
 
 
@@ -52,7 +83,7 @@ def test_cpu_kernel_is_the_fast_path():
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("importance_sampling", ["token", "sequence"])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_matches_reference_all_options(loss_type, importance_sampling, dtype, atol, rtol):
+def test_matches_reference_all_options(backend, loss_type, importance_sampling, dtype, atol, rtol):
     # beta, temperature != 1, bias, delta (grpo, dapo), num_items (dapo), a fully masked sequence
     inp = make_inputs(3, 7, 24, 301, dtype=dtype, bias=True, temperature=0.7)
     check(*run_both(inp, **options(loss_type, importance_sampling=importance_sampling)), atol, rtol)
@@ -60,7 +91,7 @@ def test_matches_reference_all_options(loss_type, importance_sampling, dtype, at
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES[:1])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_matches_reference_plain(loss_type, dtype, atol, rtol):
+def test_matches_reference_plain(backend, loss_type, dtype, atol, rtol):
     # beta 0, no bias, temperature 1, no delta, on-policy (old = detached current log-probs)
     inp = make_inputs(2, 9, 16, 123, dtype=dtype)
     inp["old"] = None
@@ -69,14 +100,14 @@ def test_matches_reference_plain(loss_type, dtype, atol, rtol):
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES[:1])
 @pytest.mark.parametrize("B", [1, 3])
-def test_single_token_per_sequence(B, dtype, atol, rtol):
+def test_single_token_per_sequence(backend, B, dtype, atol, rtol):
     inp = make_inputs(B, 1, 8, 50, dtype=dtype, bias=True, mask="all")
     check(*run_both(inp, **options("grpo")), atol, rtol)
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("importance_sampling", ["token", "sequence"])
-def test_chunks_and_masked_rows(monkeypatch, importance_sampling, dtype, atol, rtol):
+def test_chunks_and_masked_rows(backend, monkeypatch, importance_sampling, dtype, atol, rtol):
     # 3 rows per chunk over the compacted unmasked rows (the last chunk short); the vocabulary is not
     # a multiple of fused_logprobs' 8192-wide chunks
     V = 8192 + 77
@@ -86,7 +117,7 @@ def test_chunks_and_masked_rows(monkeypatch, importance_sampling, dtype, atol, r
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
-def test_fully_masked_batch(loss_type):
+def test_fully_masked_batch(backend, loss_type):
     inp = make_inputs(2, 4, 8, 40, bias=True, mask="none")
     (l1, s1, g1), (l2, s2, g2) = run_both(inp, **options(loss_type))
     assert float(l1.detach()) == 0.0 and float(l2.detach()) == 0.0
@@ -94,7 +125,7 @@ def test_fully_masked_batch(loss_type):
     assert all(torch.isfinite(v).all() for v in s1.values())
 
 
-def test_masked_tokens_add_nothing_even_if_not_finite():
+def test_masked_tokens_add_nothing_even_if_not_finite(backend):
     inp = make_inputs(2, 6, 8, 40, bias=True)
     ours = run_both(inp, **options("grpo"))[0]
     bad = dict(inp)
@@ -110,12 +141,12 @@ def test_masked_tokens_add_nothing_even_if_not_finite():
 
 
 @pytest.mark.parametrize("num_items", [None, 5, 1000.0])
-def test_num_items(num_items):
+def test_num_items(backend, num_items):
     inp = make_inputs(2, 5, 8, 60)
     check(*run_both(inp, loss_type="dapo", num_items=num_items), 1e-5, 1e-4)
 
 
-def test_clipping_happens_in_these_tests():
+def test_clipping_happens_in_these_tests(backend):
     # the realistic-scale inputs must exercise both clip sides, or the tests above could not fail there
     inp = make_inputs(8, 32, 16, 200, noise=0.15)
     _, stats = r1kernels.grpo_loss(inp["hidden"], inp["weight"], inp["targets"], inp["advantages"], mask=inp["mask"],
@@ -123,7 +154,7 @@ def test_clipping_happens_in_these_tests():
     assert 0 < float(stats["clip_region"]) < 0.5
 
 
-def test_no_grad_forward_matches():
+def test_no_grad_forward_matches(backend):
     inp = make_inputs(2, 5, 8, 60, bias=True)
     with torch.no_grad():
         loss, stats = r1kernels.grpo_loss(inp["hidden"], inp["weight"], inp["targets"], inp["advantages"], mask=inp["mask"],
@@ -139,7 +170,6 @@ def _bad(inp, **changes):
                 mask=inp["mask"], old_logprobs=inp["old"], ref_logprobs=inp["ref"], bias=None)
     args.update(changes)
     return args
-
 
 BAD = {
     "targets out of vocab": (lambda i: _bad(i, targets=i["targets"].clone().fill_(40)), "targets must lie in"),
@@ -201,26 +231,6 @@ def test_opcheck_fused_grpo_loss(compute_grad, bias, old, ref, delta):
     torch.library.opcheck(op("fused_grpo_loss"), tuple(args))
 
 
-def test_opcheck_grpo_token_loss():
-    logp = -torch.rand(12) * 3
-    scale = (torch.rand(12) < 0.7).float() / 5
-    args = (logp.requires_grad_(), scale, torch.randn(12), logp.detach() + 0.1 * torch.randn(12), logp.detach() + 0.1 * torch.randn(12),
-            0.04, 0.2, 0.28, 1.5, 0, 1.0, 1.05)
-    torch.library.opcheck(op("grpo_token_loss"), args)
-
-
-@pytest.mark.parametrize("loss_kind", [0, 1, 2])
-def test_grpo_token_loss_matches_torch_kernel(loss_kind):
-    from r1kernels._torch import grpo_token_loss as torch_token_loss
-
-    logp = -torch.rand(50) * 3
-    scale = (torch.rand(50) < 0.7).float() / 7
-    args = (logp, scale, torch.randn(50), logp + 0.2 * torch.randn(50), logp + 0.2 * torch.randn(50), 0.04, 0.2, 0.28 if loss_kind != 1 else 4.0,
-            1.3 if loss_kind == 0 else None, loss_kind, 1.0, 1.05)
-    for a, b in zip(op("grpo_token_loss")(*args), torch_token_loss.grpo_token_loss(*args)):
-        torch.testing.assert_close(a, b)
-
-
 def test_compile_fullgraph_forward_and_backward():
     inp = make_inputs(4, 5, 8, 40, bias=True)
     rewards = torch.randn(4)
@@ -261,3 +271,148 @@ def test_torch_compile_inductor_all_four_ops():
     torch.testing.assert_close(a1, a2)
     for g1, g2 in zip(torch.autograd.grad(l1, xs), torch.autograd.grad(l2, ys)):
         torch.testing.assert_close(g1, g2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton launcher
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", FP32)
+@pytest.mark.parametrize("B, T, loss_type, beta, delta, temperature, with_bias, off_policy, mask_kind", GRPO_CASES)
+def test_triton_launcher(dtype, atol, rtol, B, T, loss_type, beta, delta, temperature, with_bias, off_policy, mask_kind):
+    H, V = 16, 150
+    hidden, weight, bias, targets = _head(B, T, H, V, dtype, with_bias)
+    advantages = torch.randn(B, device=DEVICE)
+    mask = _mask(B, T, mask_kind)
+    old = _policy_logprobs(hidden, weight, bias, targets, temperature, 0.3) if off_policy else None
+    ref = _policy_logprobs(hidden, weight, bias, targets, temperature, 0.5) if beta else None
+    eps_high = 1.2 if loss_type == "cispo" else 0.28  # cispo: an absolute cap on the ratio
+    N = B * T
+    scale = token_scale(mask, loss_type)
+    args = (
+        hidden.reshape(N, H), weight, bias, targets.reshape(-1), scale.reshape(-1),
+        advantages.repeat_interleave(T), None if old is None else old.reshape(-1), None if ref is None else ref.reshape(-1),
+        beta, 0.2, eps_high, delta, temperature, LOSS_KIND[loss_type], 1.0, 1.05,
+    )
+    loss, logp, entropy, gh, gw, gb = tgl.fused_grpo_loss(*args, True, chunk_size=CHUNK, block_v=BLOCK_V)
+
+    # the oracle: full logits and autograd
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    b = bias.clone().requires_grad_() if with_bias else None
+    rloss, _ = reference.grpo_loss(h, w, targets, advantages, mask, old, ref, b, beta=beta, epsilon_low=0.2,
+                                   epsilon_high=eps_high, delta=delta, temperature=temperature, loss_type=loss_type)
+    rloss.backward()
+    rlogp, rent = reference.token_logprobs(hidden, weight, targets, bias, temperature, return_entropy=True)
+    _close(loss, rloss.detach(), atol, rtol, "loss")
+    _close(logp, rlogp.reshape(-1), atol, rtol, "logp")
+    _close(entropy, rent.reshape(-1), atol, rtol, "entropy")
+    _close(gh, h.grad.reshape(N, H), atol, rtol, "grad hidden")
+    _close(gw, w.grad, atol, rtol, "grad weight")
+    if with_bias:
+        _close(gb, b.grad, atol, rtol, "grad bias")
+    else:
+        assert gb.numel() == 0
+    assert loss.dtype == logp.dtype == entropy.dtype == torch.float32 and loss.dim() == 0
+    assert gh.dtype == hidden.dtype and gw.dtype == weight.dtype
+    if mask_kind == "dead_row":  # masked tokens contribute no gradient at all
+        dead = ~mask.reshape(-1)
+        assert (gh[dead] == 0).all()
+
+    # the fallback defines the op's contract: same outputs
+    for name, ours, theirs in zip(("loss", "logp", "entropy", "gh", "gw", "gb"), (loss, logp, entropy, gh, gw, gb),
+                                  torch_grpo_loss.fused_grpo_loss(*args, True)):
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, name
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", FP32)
+def test_triton_without_grad(dtype, atol, rtol):
+    hidden, weight, bias, targets = _head(1, 5, 8, 37, dtype, True)
+    N = 5
+    args = (hidden.reshape(N, 8), weight, bias, targets.reshape(-1), torch.full((N,), 1.0 / N, device=DEVICE),
+            torch.randn(N, device=DEVICE), None, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, False)
+    loss, logp, entropy, gh, gw, gb = tgl.fused_grpo_loss(*args, block_v=16)
+    eloss, elogp, eent, *_ = torch_grpo_loss.fused_grpo_loss(*args)
+    _close(loss, eloss, atol, rtol, "loss")
+    _close(logp, elogp, atol, rtol, "logp")
+    _close(entropy, eent, atol, rtol, "entropy")
+    assert gh.numel() == gw.numel() == gb.numel() == 0
+
+
+def test_triton_mixed_dtypes():
+    # an fp32 hidden state with an fp64 head: the GEMMs run in the promoted dtype, and each gradient
+    # comes back in its own input's dtype, as the fallback returns them
+    N, H, V = 4, 8, 40
+    hidden, weight = torch.randn(N, H, device=DEVICE), torch.randn(V, H, dtype=torch.float64, device=DEVICE)
+    args = (hidden, weight, None, torch.randint(0, V, (N,), device=DEVICE), torch.full((N,), 0.25, device=DEVICE),
+            torch.randn(N, device=DEVICE), None, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True)
+    ours, theirs = tgl.fused_grpo_loss(*args, block_v=16, chunk_size=3), torch_grpo_loss.fused_grpo_loss(*args)
+    for name, a, e in zip(("loss", "logp", "entropy", "gh", "gw", "gb"), ours, theirs):
+        assert a.dtype == e.dtype and a.shape == e.shape, name
+        if e.numel():
+            _close(a, e, 5e-5, 1e-4, name)
+
+
+def test_triton_requires_ref_with_beta():
+    hidden, weight, _, targets = _head(1, 2, 4, 10, torch.float32, False)
+    with pytest.raises(ValueError, match="ref_logp"):
+        tgl.fused_grpo_loss(hidden.reshape(2, 4), weight, None, targets.reshape(-1), torch.ones(2, device=DEVICE),
+                            torch.ones(2, device=DEVICE), None, None, 0.1, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA (the public API on CUDA tensors, whatever kernel the CUDA key runs)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype, atol, rtol", [GPU_FP32])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("importance_sampling", ["token", "sequence"])
+@pytest.mark.parametrize("beta, delta, temperature, with_bias", [(0.0, None, 1.0, False), (0.04, 1.5, 0.7, True)])
+def test_grpo_loss_cuda(dtype, atol, rtol, loss_type, importance_sampling, beta, delta, temperature, with_bias):
+    B, T, H, V = 4, 33, 64, 5003  # V spans two 4096-wide vocabulary blocks, the second partial
+    hidden, weight, bias, targets, adv, mask, old, ref = _gpu_inputs(B, T, H, V, dtype, with_bias, temperature, beta)
+    kw = dict(beta=beta, delta=delta, temperature=temperature, loss_type=loss_type, importance_sampling=importance_sampling,
+              epsilon_high=5.0 if loss_type == "cispo" else 0.28)
+    ours = _run_public(hidden.cuda(), weight.cuda(), None if bias is None else bias.cuda(), targets.cuda(), adv.cuda(),
+                       mask.cuda(), old.cuda(), None if ref is None else ref.cuda(), kw)
+    exact = _run_public(hidden, weight, bias, targets, adv, mask, old, ref, kw, use_reference=True)
+    for name, a, e in zip(("loss", "grad hidden", "grad weight", "grad bias"), ours[:4], exact[:4]):
+        if e is not None:
+            _close(a, e, atol, rtol, name)
+    for k in exact[4]:
+        _close(ours[4][k], exact[4][k], atol, rtol, f"stats[{k}]")
+
+
+@requires_cuda
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_grpo_loss_cuda_bf16(loss_type):
+    B, T, H, V = 4, 64, 128, 8011
+    hidden, weight, bias, targets, adv, mask, old, ref = _gpu_inputs(B, T, H, V, torch.bfloat16, True, 1.0, 0.04)
+    kw = dict(beta=0.04, loss_type=loss_type)
+    ours = _run_public(hidden.cuda(), weight.cuda(), bias.cuda(), targets.cuda(), adv.cuda(), mask.cuda(), old.cuda(), ref.cuda(), kw)
+    exact = _run_public(hidden.float(), weight.float(), bias.float(), targets, adv, mask, old, ref, kw, use_reference=True)
+
+    # plain PyTorch in bf16 on the GPU: bf16 logits, then the reference's math
+    def torch_bf16(h, w, b):
+        return reference.grpo_loss_from_logits(h @ w.T + b, targets.cuda(), adv.cuda(), mask.cuda(), old.cuda(), ref.cuda(), **kw)[0]
+
+    h, w, b = (t.cuda().clone().requires_grad_() for t in (hidden, weight, bias))
+    lowp = torch_bf16(h, w, b)
+    lowp.backward()
+    for name, a, lp_, e in zip(("loss", "grad hidden", "grad weight", "grad bias"), ours[:4], (lowp, h.grad, w.grad, b.grad), exact[:4]):
+        _within_torch_error(a, lp_, e, 1e-3 if name == "loss" else 1e-4, name)
+
+
+@requires_cuda
+def test_opcheck_cuda():
+    N, H, V = 6, 16, 300
+    h, w, b = torch.randn(N, H, device="cuda"), torch.randn(V, H, device="cuda"), torch.randn(V, device="cuda")
+    t = torch.randint(0, V, (N,), device="cuda")
+    s, a = torch.full((N,), 1.0 / N, device="cuda"), torch.randn(N, device="cuda")
+    old = torch.randn(N, device="cuda") - 3
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(op("group_advantages"), (torch.randn(12, device="cuda"), 4, 0, False, 1e-4), test_utils=checks)
+    torch.library.opcheck(op("fused_logprobs"), (h, w, b, t, 0.9), test_utils=checks)
+    torch.library.opcheck(op("fused_grpo_loss"), (h, w, b, t, s, a, old, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True), test_utils=checks)
+    torch.library.opcheck(op("logits_grpo_loss"), (h @ w.T, t, s, a, old, None, 0.0, 0.2, 0.2, 2.0, 1.0, 0, 1.0, 1.05, True), test_utils=checks)
+    torch.library.opcheck(op("grpo_token_loss"), (old, s, a, None, None, 0.0, 0.2, 0.2, None, 0, 1.0, 1.05), test_utils=checks)

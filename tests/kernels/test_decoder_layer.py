@@ -1,13 +1,24 @@
 """r1kernels.rmsnorm_qkv_rope and r1kernels.oproj_mlp (the two halves of a decode step's decoder
 layer) against r1kernels.reference on fresh random inputs: 1 to 16 tokens, odd hidden sizes,
 grouped-query heads, biases (Qwen2) or none, the per-head q/k norms of Qwen3; and against the
-modules of real transformers layers; bad input."""
+modules of real transformers layers; bad input.
+The two halves are one layer's and are tested together (test_matches_transformers_layer runs both).
+
+The tests named with a `backend` run the public function on each backend present (tests/kernels/
+_backends.py): the C++ kernel, the plain-PyTorch kernel of r1kernels._torch and, where the shapes are
+small enough for the interpreter, the Triton kernel under TRITON_INTERPRET=1. (No Triton kernel: CUDA runs the plain-PyTorch ones.)
+"""
+
+from __future__ import annotations
 
 import pytest
 import torch
+from _backends import backend_fixture
 
 from r1kernels import oproj_mlp, reference, rmsnorm_qkv_rope
 from r1kernels._library import HAS_C, has_cpp_kernel
+
+backend = backend_fixture("rmsnorm_qkv_rope", "oproj_mlp", backends=("cpp", "torch"))
 
 
 def _qkv_inputs(T, H, Hq, Hkv, D, bias, qk_norm):
@@ -27,7 +38,7 @@ def test_cpp_kernels_are_registered():
 @pytest.mark.parametrize("T", [1, 3, 8, 16, 40])  # 40: BLAS inside (past 16 rows)
 @pytest.mark.parametrize("H,Hq,Hkv,D", [(32, 4, 4, 8), (48, 6, 2, 8), (70, 2, 1, 34), (256, 4, 2, 64)])
 @pytest.mark.parametrize("bias,qk_norm", [(False, False), (True, False), (False, True)])
-def test_rmsnorm_qkv_rope_matches_reference(T, H, Hq, Hkv, D, bias, qk_norm):
+def test_rmsnorm_qkv_rope_matches_reference(backend, T, H, Hq, Hkv, D, bias, qk_norm):
     args, kw = _qkv_inputs(T, H, Hq, Hkv, D, bias, qk_norm)
     got = rmsnorm_qkv_rope(**args, **kw)
     a = args
@@ -41,7 +52,7 @@ def test_rmsnorm_qkv_rope_matches_reference(T, H, Hq, Hkv, D, bias, qk_norm):
 @pytest.mark.parametrize("T", [1, 5, 16, 33])
 @pytest.mark.parametrize("H,A,I", [(32, 32, 64), (48, 64, 100), (256, 256, 1024)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_oproj_mlp_matches_reference(T, H, A, I, bias):
+def test_oproj_mlp_matches_reference(backend, T, H, A, I, bias):
     f = torch.randn
     h, attn = f(T, H) * 2, f(T, A)
     wo, wg, wu, wd = f(H, A) / A**0.5, f(I, H) / H**0.5, f(I, H) / H**0.5, f(H, I) / I**0.5
@@ -63,7 +74,7 @@ def test_rows_are_independent_of_the_batch():
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
-def test_matches_transformers_layer(family):
+def test_matches_transformers_layer(backend, family):
     # the same numbers as a real decoder layer's modules (attention replaced by given outputs)
     import transformers
 
