@@ -40,6 +40,8 @@ from r1core.trainers.grpo_normaliser import Normaliser, step_normaliser
 from r1core.trainers.loop import Trainer
 from r1core.trainers.metrics import MetricsLogger
 from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
+from r1core.trainers.scoring import func_name as _func_name
+from r1core.trainers.scoring import score_completions, total_reward
 
 # logged counts that add up over ranks (the rest are rates or means, averaged)
 SUMMED_METRICS = frozenset({"gen_tokens", "trained_samples", "dynamic_sampling_short", "tokens_per_second"})
@@ -130,10 +132,6 @@ def _required_keywords(f) -> list[str]:
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
     return [p.name for p in params if p.default is inspect.Parameter.empty and p not in positional
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "completion_ids"]
-
-
-def _func_name(f) -> str:
-    return getattr(f, "__name__", None) or type(f).__name__
 
 
 class GRPOTrainer(Trainer):
@@ -267,35 +265,13 @@ class GRPOTrainer(Trainer):
         """Rewards [B, F] float32; None -> NaN (not scorable)."""
         G = self.config.num_generations
         prompts = [self.rows[i]["prompt"] for i in idx for _ in range(G)]
-        texts = [c.text for c in completions]
         columns = {k: [self.rows[i][k] for i in idx for _ in range(G)] for k in self.rows[0] if k != "prompt"}
-        out = torch.empty(len(texts), len(self.reward_funcs), dtype=torch.float32)
-        for j, (f, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
-            try:
-                vals = f(prompts, texts, completion_ids=[c.token_ids for c in completions], **columns)
-            except Exception as e:
-                raise RuntimeError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
-            try:
-                n = len(vals)
-            except TypeError:
-                n = None
-            if n != len(texts):
-                got = f"{n} rewards" if n is not None else repr(vals)
-                raise ValueError(f"reward function {name!r} returned {got} for {len(texts)} completions: expected a list of {len(texts)} numbers or None")
-            for i, v in enumerate(vals):
-                if v is not None and not isinstance(v, (int, float)) and not (hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1):
-                    raise ValueError(f"reward function {name!r} returned {v!r} for completion {i}: expected a number or None")
-                x = math.nan if v is None else float(v)
-                if math.isinf(x):  # would turn the whole group's advantages into NaN
-                    raise ValueError(f"reward function {name!r} returned {x} for completion {i}: expected a finite number or None (NaN: not scorable)")
-                out[i, j] = x
-        return out
+        return score_completions(self.reward_funcs, prompts, [c.text for c in completions], [c.token_ids for c in completions],
+                                 columns, self.reward_names)
 
     def _total_reward(self, rewards: torch.Tensor) -> torch.Tensor:
         """Weighted sum over functions, NaN only where no function could score the sample."""
-        weighted = rewards * self.reward_weights
-        total = torch.nansum(weighted, dim=1)
-        return torch.where(torch.isnan(rewards).all(1), torch.full_like(total, math.nan), total)
+        return total_reward(rewards, self.reward_weights)
 
     def _build_batch(self, idx, completions, advantages, zero_std) -> RolloutBatch:
         cfg, G = self.config, self.config.num_generations
