@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
@@ -24,9 +23,19 @@ def completion_text(completion: Any) -> str:
 
 
 def tagged_answer(text: str) -> str | None:
-    """Content of the last <answer>...</answer>, stripped."""
-    found = _ANSWER_RE.findall(text)
-    return found[-1].strip() if found else None
+    """Content of the last <answer>...</answer> (pairs taken left to right, as re.findall would),
+    stripped. A scan with str.find: the lazy regex took quadratic time (26 s on 20000 unclosed
+    <answer> tags)."""
+    found, i = None, 0
+    while True:
+        start = text.find("<answer>", i)
+        if start < 0:
+            break
+        end = text.find("</answer>", start + 8)
+        if end < 0:
+            break
+        found, i = text[start + 8:end], end + 9
+    return found.strip() if found is not None else None
 
 
 def scratchpad_answer(text: str) -> str | None:

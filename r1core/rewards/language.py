@@ -9,10 +9,17 @@ from typing import Any, Sequence
 from .completions import completion_text
 
 LANGUAGES = ("en", "zh")
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.S)
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD_RE = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]+")
 _IS_TARGET = {"en": re.compile(r"^[A-Za-z]+$").match, "zh": re.compile(rf"^[{_CJK}]$").match}
+
+
+def _reasoning(text: str) -> str:
+    """The text inside the first <think>...</think>, else all of it (str.find: linear, where the
+    lazy regex took quadratic time on many unclosed <think> tags)."""
+    start = text.find("<think>")
+    end = text.find("</think>", start + 7) if start >= 0 else -1
+    return text[start + 7:end] if end >= 0 else text
 
 
 def language_share(text: str, language: str = "en") -> float | None:
@@ -35,6 +42,5 @@ def language_consistency_reward(prompts: Sequence | None, completions: Sequence,
     out = []
     for c in completions:
         text = completion_text(c)
-        m = _THINK_RE.search(text)
-        out.append(language_share(m.group(1) if m else text, language))
+        out.append(language_share(_reasoning(text), language))
     return out
