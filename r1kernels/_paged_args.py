@@ -27,7 +27,7 @@ def python_checks_data(op_name: str, device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _python_checks_data(op_name: str, device_type: str) -> bool:
-    # only the C++ CPU kernels repeat the data checks; CUDA kernels and the fallback do not.
+    # only the C++ CPU kernels repeat the data checks; CUDA kernels and the plain-PyTorch ones do not.
     # Cached: the dispatcher lookup costs ~9 us, a third of a decode-sized call.
     return not (device_type == "cpu" and has_cpp_kernel(op_name, "cpu"))
 
