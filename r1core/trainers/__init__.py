@@ -5,7 +5,8 @@ mechanism (`TrainerConfig`), checkpoints, metrics, several processes."""
 from r1core.trainers.config import TrainerConfig
 from r1core.trainers.grpo import GRPOTrainer, RolloutBatch
 from r1core.trainers.grpo_config import GRPOConfig
-from r1core.trainers.loop import Trainer
+from r1core.trainers.checkpoint import CorruptCheckpoint
+from r1core.trainers.loop import NumericalFault, Trainer
 from r1core.trainers.sft import SFTConfig, SFTTrainer
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "RolloutBatch", "SFTConfig", "SFTTrainer", "Trainer", "TrainerConfig"]
+__all__ = ["CorruptCheckpoint", "GRPOConfig", "GRPOTrainer", "NumericalFault", "RolloutBatch", "SFTConfig", "SFTTrainer", "Trainer", "TrainerConfig"]

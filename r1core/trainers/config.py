@@ -154,6 +154,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "save_steps": at_least(1),
     "save_total_limit": at_least(1),
     "output_dir": NOT_EMPTY,
+    "max_bad_steps": at_least(1),
 }
 
 __all__ = ["NONE_EMPTY", "NOT_EMPTY", "Rule", "TRAINING_RULES", "TrainerConfig", "above", "at_least", "one_of", "type_check", "within"]

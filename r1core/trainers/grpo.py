@@ -371,7 +371,7 @@ class GRPOTrainer(Trainer):
     def optimize(self, batch: RolloutBatch) -> dict:
         """One optimizer step over batch: gradients, clipping, AdamW, the scheduler."""
         out = self.accumulate_gradients(batch)
-        opt = self.optimizer_step()
+        opt = self.optimizer_step(out["loss"])
         if hasattr(self.engine, "weights_updated"):
             self.engine.weights_updated()
         return {**out, **opt}

@@ -74,6 +74,9 @@ class GRPOConfig(TrainerConfig):
     collapse_patience: int = 5
     collapse_threshold: float = 0.02
     stop_on_collapse: bool = False
+    # a step whose loss or gradient is NaN or inf is skipped (no update) with a warning; this many in
+    # a row stop the run (NumericalFault) before any checkpoint of the bad state is written
+    max_bad_steps: int = 3
 
     rules = {
         **TRAINING_RULES,

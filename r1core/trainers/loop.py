@@ -32,6 +32,7 @@ agree), only rank 0 logs and writes checkpoints, and the logged metrics are the 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -46,6 +47,10 @@ from r1core.trainers.metrics import MetricsLogger
 
 # settings a resumed run may change without a word: how long it runs and what it writes where
 RESUME_FREE = frozenset({"max_steps", "max_seconds", "logging_steps", "save_steps", "save_total_limit", "output_dir"})
+
+
+class NumericalFault(RuntimeError):
+    """max_bad_steps optimizer steps in a row had a NaN or inf loss or gradient."""
 
 
 class Trainer:
@@ -68,6 +73,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.global_step = 0  # optimizer steps
+        self.bad_steps = 0  # optimizer steps skipped for a NaN/inf loss or gradient, in the whole run
+        self.bad_in_a_row = 0  # ... since the last good one
         self.elapsed = 0.0  # seconds of training so far, resumed runs included: the time budget's clock
 
     # ---- what a trainer supplies ---------------------------------------------------------------
@@ -110,13 +117,30 @@ class Trainer:
         loss_global = dist.all_reduce_sum(loss_t) if mean_over is None else dist.all_reduce_mean(loss_t)
         return loss_global.item(), {k: v / passes for k, v in stats_sum.items()}
 
-    def optimizer_step(self) -> dict:
-        """Clips the gradients, steps AdamW and the scheduler: one more optimizer step."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
+    def optimizer_step(self, loss: float | None = None) -> dict:
+        """Clips the gradients, steps AdamW and the scheduler: one more optimizer step. When the
+        gradient norm (or the step's `loss`) is NaN or inf the update is skipped, with a warning:
+        the weights and AdamW's moments stay as they were, the step and the schedule still advance,
+        and the record gets `skipped_steps: 1`; `max_bad_steps` of them in a row stop the run."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf")).item()
+        bad = not math.isfinite(grad_norm) or (loss is not None and not math.isfinite(loss))
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            self.bad_in_a_row += 1
+            warnings.warn(f"step {self.global_step + 1}: {'loss' if loss is not None and not math.isfinite(loss) else 'gradient norm'} "
+                          f"is {loss if loss is not None and not math.isfinite(loss) else grad_norm}: update skipped "
+                          f"({self.bad_in_a_row} in a row, {self.bad_steps} in the run)", RuntimeWarning, stacklevel=2)
+        else:
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+        with warnings.catch_warnings():
+            # torch warns when the schedule steps before any optimizer step: a skipped first update is one
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before", category=UserWarning)
+            self.scheduler.step()
         self.global_step += 1
-        return {"grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0]}
+        out = {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        return {**out, "skipped_steps": 1} if bad else out
 
     def budget_spent(self) -> float:
         """The share of max_seconds spent so far (a scheduler may decay with it)."""
@@ -156,6 +180,7 @@ class Trainer:
         cfg = self.config
         before = self.global_step
         info = self._reduce_info(self.training_step())
+        self._check_bad_steps()
         self.elapsed = self._clock()
         record = {"step": self.global_step, **info, "elapsed": self.elapsed}
         extra = callback(self.global_step) if callback is not None and self.global_step % every == 0 else None
@@ -165,12 +190,22 @@ class Trainer:
             log.log(record, postfix={k: record[k] for k in (*self.progress_keys, *(extra or ())) if k in record})
         log.advance(self.global_step - before, elapsed=record["elapsed"])
         halt = self.end_of_step(record, log)
-        if cfg.save_steps and self.global_step % cfg.save_steps == 0:
+        # no checkpoint right after a skipped update: what the checkpoints hold is always a good step's
+        if cfg.save_steps and self.global_step % cfg.save_steps == 0 and not self.bad_in_a_row:
             self.elapsed = self._clock()  # the callback's evaluation counts too
             self.save_state()
         if halt or (extra and stop is not None and stop(record)):
             return True
         return cfg.max_seconds is not None and record["elapsed"] >= cfg.max_seconds
+
+    def _check_bad_steps(self) -> None:
+        limit = getattr(self.config, "max_bad_steps", 3)  # a trainer's own config may not have the field
+        if self.bad_in_a_row >= limit:
+            last = list_checkpoints(self.config.output_dir)
+            where = f"the last good checkpoint is {last[-1][1]!r}" if last else "no checkpoint was written"
+            raise NumericalFault(f"{self.bad_in_a_row} optimizer steps in a row (up to step {self.global_step}) had a NaN or inf "
+                                 f"loss or gradient (max_bad_steps={limit}); {where}. Try a lower learning_rate, "
+                                 f"max_grad_norm, or bf16=False")
 
     def _reduce_info(self, info: dict) -> dict:
         """The logged metrics of the whole step: counts (summed_metrics) summed over ranks, rates and
@@ -196,7 +231,7 @@ class Trainer:
         path = None
         if dist.is_main():
             state = {"global_step": self.global_step, **self.trainer_state(), "elapsed": self.elapsed, "config": cfg.to_dict(),
-                     "world_size": self.world_size}
+                     "world_size": self.world_size, "bad_steps": self.bad_steps}
             path = save_checkpoint(cfg.output_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,
                                    cfg.save_total_limit, tokenizer=self.tokenizer)
         dist.barrier()
@@ -243,6 +278,7 @@ class Trainer:
             raise ValueError(f"checkpoint {path!r} was written by {js.get('world_size')} processes; this run has {self.world_size}")
         self.global_step = js["global_step"]
         self.elapsed = js.get("elapsed", 0.0)
+        self.bad_steps, self.bad_in_a_row = js.get("bad_steps", 0), 0  # a checkpoint follows a good step
 
     def save_model(self, path: str) -> None:
         """The weights (model.safetensors), the model's config.json and the tokenizer, from the
@@ -257,4 +293,4 @@ class Trainer:
                 self.tokenizer.save_pretrained(path)
 
 
-__all__ = ["Trainer"]
+__all__ = ["NumericalFault", "Trainer"]

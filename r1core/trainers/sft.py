@@ -54,6 +54,7 @@ class SFTConfig(TrainerConfig):
     save_total_limit: int | None = 2
     output_dir: str = "runs/sft"
     seed: int = 0
+    max_bad_steps: int = 3  # NaN/inf loss or gradient: skipped steps in a row before the run stops (as GRPOConfig)
 
     rules = {**TRAINING_RULES, "max_seq_length": at_least(1), "prompt_field": NOT_EMPTY, "completion_field": NOT_EMPTY}
 
@@ -177,8 +178,8 @@ class SFTTrainer(Trainer):
         loss = -logp.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt = self.optimizer_step()
-        return {"loss": loss.item(), "grad_norm": opt["grad_norm"], "tokens": int(logp.numel()), "lr": opt["lr"]}
+        opt = self.optimizer_step(loss.item())
+        return {"loss": loss.item(), "grad_norm": opt["grad_norm"], "tokens": int(logp.numel()), **opt}
 
     def train(self, callback: Callable[[int], dict | None] | None = None, every: int = 10, progress: bool = True,
               stop: Callable[[dict], bool] | None = None, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
