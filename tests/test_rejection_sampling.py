@@ -56,7 +56,7 @@ def test_keeps_only_passing_samples_shortest_first():
 
 def test_reproducible_with_a_seed():
     tok, model, rows = _setup()
-    kw = dict(n=4, sampling=SAMPLING, keep="all", per_prompt=4, dedupe=False)
+    kw = {"n": 4, "sampling": SAMPLING, "keep": "all", "per_prompt": 4, "dedupe": False}
     a = rejection_sample(model, tok, rows, [odd_digit_sum], seed=11, **kw)
     b = rejection_sample(model, tok, rows, [odd_digit_sum], seed=11, chunk_prompts=2, **kw)  # other batching, same samples
     c = rejection_sample(model, tok, rows, [odd_digit_sum], seed=12, **kw)
@@ -66,7 +66,7 @@ def test_reproducible_with_a_seed():
 
 def test_truncated_and_too_long_are_never_kept():
     tok, model, rows = _setup(4)
-    always = lambda p, c, **k: [1.0] * len(c)  # noqa: E731
+    always = lambda p, c, **k: [1.0] * len(c)
     out = rejection_sample(model, tok, rows, [always], n=4, sampling=SamplingParams(max_new_tokens=2, ignore_eos=True), seed=0)
     assert len(out) == 0 and out.summary["truncated"] == 16 and out.summary["mean_length"] is None
     out = rejection_sample(model, tok, rows, [always], n=4, sampling=SAMPLING, max_tokens=3, per_prompt=4, seed=0)
@@ -76,12 +76,12 @@ def test_truncated_and_too_long_are_never_kept():
 
 def test_rows_round_trip_through_jsonl_into_sft(tmp_path):
     tok, model, rows = _setup(4)
-    always = lambda p, c, **k: [1.0] * len(c)  # noqa: E731
+    always = lambda p, c, **k: [1.0] * len(c)
     out = rejection_sample(model, tok, rows, [always], n=2, sampling=SAMPLING, seed=0)
     path = out.to_jsonl(tmp_path / "d" / "data.jsonl")
     back = read_jsonl(path)
     assert back == list(out)
-    tr = SFTTrainer(model, tok, back, SFTConfig(max_steps=1, per_device_train_batch_size=2, output_dir=str(tmp_path / "sft")))
+    tr = SFTTrainer(model, tok, path, SFTConfig(max_steps=1, per_device_train_batch_size=2, output_dir=str(tmp_path / "sft")))
     tr.train(progress=False)
     assert tr.step == 1
 

@@ -2,9 +2,10 @@
 through the fused `r1kernels.token_logprobs` on the last hidden states and the LM head, so the
 [tokens, vocab] logits never exist in full; optional packing.
 
-Rows are dicts with a prompt and a completion (columns named by `prompt_field`/`completion_field`);
-each example is `encode_prompt(prompt) + completion + eos`. The loss is the mean over the
-completion (and eos) tokens of the batch.
+Rows are dicts with a prompt and a completion (columns named by `prompt_field`/`completion_field`),
+or the path of a JSON Lines file of them (`r1core.data.write_jsonl`); each example is
+`encode_prompt(prompt) + completion + eos`. The loss is the mean over the completion (and eos)
+tokens of the batch.
 
 Packing concatenates examples into rows of `max_seq_length` tokens with position ids restarting
 at each example and no attention mask: transformers then builds a block-diagonal causal mask from
@@ -128,6 +129,10 @@ class SFTTrainer(Trainer):
     def __init__(self, model, tokenizer, train_dataset, config: SFTConfig | None = None):
         super().__init__(model, tokenizer, config or SFTConfig())
         cfg = self.config
+        if isinstance(train_dataset, (str, os.PathLike)):  # a JSON Lines file (`r1core rejection-sample` writes them)
+            from r1core.data.jsonl import read_jsonl
+
+            train_dataset = read_jsonl(train_dataset)
         rows = list(train_dataset)
         if not rows:
             raise ValueError("train_dataset is empty")
