@@ -4,18 +4,22 @@
     ds = make_dataset("addition", "train", n=1000, seed=0, digits=3)   # a datasets.Dataset
 
 Tasks: "addition", "multiplication" (arithmetic.py, scratchpad per column) and "countdown"
-(countdown.py). Every row has `prompt` and `solution` (the gold completion, for SFT) plus the
-columns its reward reads: `answer` for arithmetic, `numbers` and `target` for countdown.
+(countdown.py), the reasoning tasks (TASKS); "code" (code.py, programs scored in the sandbox), the
+programming tasks (CODE_TASKS). Every row has `prompt` and `solution` (the gold completion, for
+SFT) plus the columns its reward reads: `answer` for arithmetic, `numbers` and `target` for
+countdown, `test_cases` for code.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from .arithmetic import ArithmeticProblem, generate_arithmetic
+from .code import CodeProblem, generate_code
 from .countdown import CountdownProblem, generate_countdown
 from .templates import R1_ZERO_TEMPLATE, r1_zero_completion, r1_zero_prompt
 
 TASKS = ("addition", "multiplication", "countdown")
+CODE_TASKS = ("code",)  # not in TASKS: no step-by-step scratchpad for the step verifiers of ttc
 
 
 def generate(name: str, split: str = "train", n: int = 1000, seed: int = 0, **kwargs: Any) -> list[dict]:
@@ -26,7 +30,9 @@ def generate(name: str, split: str = "train", n: int = 1000, seed: int = 0, **kw
         return list(generate_arithmetic(n, split, seed, op="*", **kwargs))
     if name == "countdown":
         return list(generate_countdown(n, split, seed, **kwargs))
-    raise ValueError(f"name: expected one of {TASKS}, got {name!r}")
+    if name == "code":
+        return list(generate_code(n, split, seed, **kwargs))
+    raise ValueError(f"name: expected one of {TASKS + CODE_TASKS}, got {name!r}")
 
 
 def make_dataset(name: str, split: str = "train", n: int = 1000, seed: int = 0, **kwargs: Any):
@@ -37,6 +43,6 @@ def make_dataset(name: str, split: str = "train", n: int = 1000, seed: int = 0, 
 
 
 __all__ = [
-    "TASKS", "generate", "make_dataset", "ArithmeticProblem", "CountdownProblem",
-    "generate_arithmetic", "generate_countdown", "R1_ZERO_TEMPLATE", "r1_zero_prompt", "r1_zero_completion",
+    "TASKS", "CODE_TASKS", "generate", "make_dataset", "ArithmeticProblem", "CountdownProblem", "CodeProblem",
+    "generate_arithmetic", "generate_countdown", "generate_code", "R1_ZERO_TEMPLATE", "r1_zero_prompt", "r1_zero_completion",
 ]
