@@ -234,6 +234,39 @@ def grpo_loss(
     return grpo_loss_from_logits(logits, targets, advantages, mask, old_logprobs, ref_logprobs, **kwargs)
 
 
+def distill_loss_from_logits(student_logits, teacher_logits, labels=None, *, beta=0.5, temperature=1.0, ignore_index=-100,
+                             weight_hard_loss=0.0, weight_soft_loss=1.0, reduction="mean"):
+    """TRL's generalized_jsd_loss per position (+ the student's cross-entropy on labels), materialised."""
+    s = F.log_softmax(student_logits / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    if beta == 0:
+        soft = (t.exp() * (t - s)).sum(-1)  # KL(teacher || student)
+    elif beta == 1:
+        soft = (s.exp() * (s - t)).sum(-1)  # KL(student || teacher)
+    else:
+        m = torch.logsumexp(torch.stack([s + math.log(1 - beta), t + math.log(beta)]), dim=0)
+        soft = beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
+    per = weight_soft_loss * soft
+    counted = torch.ones_like(soft, dtype=torch.bool) if labels is None else labels != ignore_index
+    if weight_hard_loss != 0:
+        logp = F.log_softmax(student_logits, dim=-1)
+        hard = -logp.gather(-1, torch.where(counted, labels, 0).unsqueeze(-1)).squeeze(-1)
+        per = per + weight_hard_loss * hard
+    per = torch.where(counted, per, torch.zeros_like(per))
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    return per.sum() / counted.sum().clamp(min=1)
+
+
+def distill_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, labels=None, *, student_bias=None,
+                 teacher_bias=None, **kwargs):
+    student_logits = F.linear(student_hidden, student_weight, student_bias)
+    teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias)
+    return distill_loss_from_logits(student_logits, teacher_logits, labels, **kwargs)
+
+
 # --- paged KV cache and tree attention -------------------------------------------------------
 
 
