@@ -155,7 +155,7 @@ def test_beams_share_prompt_blocks_and_dropped_beams_free_theirs(monkeypatch):
     (dict(beam_width=0), "beam_width"), (dict(beam_width=2.0), "beam_width"), (dict(beam_width=100), "beam_width"),
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(num_return_sequences=3), "num_return_sequences"),
     (dict(length_penalty=float("nan")), "length_penalty"), (dict(early_stopping="sometimes"), "early_stopping"),
-    (dict(eos_token_id=[999]), "eos_token_id"), (dict(max_new_tokens=400), "max_position_embeddings"),
+    (dict(eos_token_id=[999]), "eos_token_id"),
 ])
 def test_bad_input(kwargs, field):
     engine = Engine(tiny_model("qwen2"), block_size=4, num_blocks=256)
@@ -168,6 +168,17 @@ def test_bad_input(kwargs, field):
     small = Engine(tiny_model("qwen2"), block_size=4, num_blocks=8)
     with pytest.raises(ValueError, match="KV-cache blocks"):
         small.beam_search([[5] * 10], beam_width=4, max_new_tokens=20)
+
+
+def test_length_at_the_models_last_position():
+    # as generate (test_engine.py::test_length_at_the_models_last_position): the hypotheses end at
+    # the model's last position with finish_reason "length" instead of an error
+    engine = Engine(tiny_model("qwen2", eos_token_id=None), block_size=4, num_blocks=256)
+    (out,) = engine.beam_search([[5] * 250], beam_width=2, max_new_tokens=100, num_return_sequences=2)
+    assert [len(h.token_ids) for h in out.hypotheses] == [6, 6]
+    assert {h.finish_reason for h in out.hypotheses} == {"length"}
+    short = engine.beam_search([[5] * 250], beam_width=2, max_new_tokens=6, num_return_sequences=2)[0]
+    assert [h.token_ids for h in short.hypotheses] == [h.token_ids for h in out.hypotheses]
 
 
 def test_prompts_run_in_waves_when_the_cache_is_small():

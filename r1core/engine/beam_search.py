@@ -50,8 +50,9 @@ class BeamSearchOutput:
 class _PromptSearch:
     """The beam state of one prompt: live beams (Sequences, cumulative log-probs) and finished ones."""
 
-    def __init__(self, seq: Sequence, k: int, processors=None):
+    def __init__(self, seq: Sequence, k: int, processors=None, max_new: int = 16):
         self.k = k
+        self.max_new = max_new  # new tokens at most: max_new_tokens, or up to the model's last position
         self.processors = processors or []  # callables (input_ids [n, L], scores [n, V]) -> scores
         self.beams: list[Sequence] = [seq]
         self.scores: list[float] = [0.0]
@@ -134,6 +135,15 @@ def _check_args(engine, beam_width, max_new_tokens, num_return_sequences, length
     return eos, n_keep
 
 
+def _max_new(engine, ids: list[int], max_new_tokens: int) -> int:
+    """The new tokens a prompt's beams may have: max_new_tokens, or fewer where the model's last
+    position (max_position_embeddings) comes first; there the hypotheses end with finish_reason
+    "length", as `Engine.generate`'s samples do (check_prompt leaves room for one)."""
+    if engine.max_positions is None:
+        return max_new_tokens
+    return min(max_new_tokens, engine.max_positions - len(ids))
+
+
 def _check_prompts(engine, prompts, k: int, max_new_tokens: int, avail: int) -> tuple[list, list[int]]:
     """The prompts tokenised and checked by the engine, and the blocks each one's k beams need at
     most (`avail`: the blocks the open branches leave)."""
@@ -143,11 +153,7 @@ def _check_prompts(engine, prompts, k: int, max_new_tokens: int, avail: int) -> 
     checked, needs = [], []
     for i, prompt in enumerate(prompts):
         text, ids = engine.check_prompt(i, prompt)
-        total = len(ids) + max_new_tokens
-        # beams do not stop at the model's last position, as generate's samples do
-        if engine.max_positions is not None and total > engine.max_positions:
-            raise ValueError(f"request {i}: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
-                             f"model's {engine.max_positions} positions (max_position_embeddings)")
+        total = len(ids) + _max_new(engine, ids, max_new_tokens)
         engine.check_request(f"request {i}", len(ids), params, fit=False)  # k beams are checked here
         # the prompt's full blocks once, then every beam's own blocks, the last partial one included
         need = len(ids) // bs + k * (-(-total // bs) - len(ids) // bs)
@@ -213,14 +219,14 @@ def _run_wave(engine, prompts, k: int, max_new: int, lp: float, early_stopping, 
     searches = []
     try:
         for (text, ids), proc in zip(prompts, procs):
-            searches.append(_PromptSearch(engine.add_resident(ids, text), k, proc))
+            searches.append(_PromptSearch(engine.add_resident(ids, text), k, proc, _max_new(engine, ids, max_new)))
         logits = engine.forward([s.beams[0] for s in searches])  # [P, V]
         while True:
             live = [s for s in searches if not s.done]
             rows = 0
             for s in live:
                 n = len(s.beams)
-                _select(engine, s, logits[rows : rows + n], max_new, lp, early_stopping, eos, n_keep)
+                _select(engine, s, logits[rows : rows + n], s.max_new, lp, early_stopping, eos, n_keep)
                 rows += n
             live = [s for s in live if not s.done]
             if not live:

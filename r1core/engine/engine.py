@@ -52,6 +52,15 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def _check_sizes(**sizes) -> None:
+    """Each size an int >= 1 (None allowed for the ones sized from memory)."""
+    for name, v in sizes.items():
+        if v is None and name in ("num_blocks", "memory_budget_bytes"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1{' or None' if name in ('num_blocks', 'memory_budget_bytes') else ''}, got {v!r}")
+
+
 class Engine:
     """Generates from `model` (a transformers causal LM whose attention goes through
     `AttentionInterface`) on a paged KV cache of `num_blocks` blocks of `block_size` tokens. With
@@ -77,6 +86,10 @@ class Engine:
                  cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", fast_forward: bool | str = "auto"):
         if not getattr(model, "_supports_attention_backend", False) and not hasattr(model, "set_attn_implementation"):
             raise ValueError("model must be a transformers model whose attention goes through AttentionInterface")
+        _check_sizes(block_size=block_size, num_blocks=num_blocks, memory_budget_bytes=memory_budget_bytes,
+                     max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
+        if not isinstance(enable_prefix_caching, bool):
+            raise ValueError(f"enable_prefix_caching must be True or False, got {enable_prefix_caching!r}")
         self.model = model
         self.tokenizer = tokenizer
         text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -167,6 +180,10 @@ class Engine:
                              f"({self.sliding_window}); sliding-window attention is not implemented")
         if params.stop_strings and self.tokenizer is None:
             raise ValueError(f"{name}: stop strings need a tokenizer")
+        vocab = self.model_runner.lm_head.out_features
+        outside = [t for t in params.stop_token_ids or () if t >= vocab]
+        if outside:  # the model can never sample them: the request would run to max_new_tokens
+            raise ValueError(f"{name}: stop_token_ids {outside} are outside the model's vocabulary [0, {vocab})")
         if not fit:
             return
         bm = self.block_manager
@@ -199,8 +216,10 @@ class Engine:
         return group.request_id
 
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
-        """One RequestOutput per prompt, in order. prompts: strings (with a tokenizer) or lists of
-        token ids; params: one SamplingParams for all or one per prompt."""
+        """One RequestOutput per prompt, in order. prompts: strings (with a tokenizer, encoded by
+        `encode_prompt`) or lists of token ids; params: one SamplingParams for all or one per prompt.
+        A completion that reaches the model's last position (max_position_embeddings) before
+        max_new_tokens ends there with finish_reason "length" (as beam_search's hypotheses)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = SamplingParams() if params is None else params
@@ -230,7 +249,9 @@ class Engine:
         """Beam search with the results of `model.generate(num_beams=beam_width, do_sample=False, ...)`;
         one `BeamSearchOutput` per prompt (see `r1core.engine.beam_search`). logits_processor: a
         transformers `LogitsProcessorList` or a list of callables `(input_ids, scores) -> scores`;
-        processor_kwargs: repetition_penalty, no_repeat_ngram_size, min_new_tokens."""
+        processor_kwargs: repetition_penalty, no_repeat_ngram_size, min_new_tokens. At the model's last
+        position (max_position_embeddings) the hypotheses end with finish_reason "length", as
+        `generate`'s samples do."""
         from r1core.engine.beam_search import beam_search
 
         return beam_search(self, prompts, beam_width, max_new_tokens, length_penalty, early_stopping, eos_token_id,
