@@ -22,10 +22,10 @@ To the status fd: `unavailable <message>` where the kernel refused a namespace, 
 change, `error <message>` for a failure preparing the program, `exit <wait status> <cpu seconds>`
 for the program's end.
 """
+import _signal  # not signal: its enums cost more than the namespaces
 import ctypes
 import os
 import resource
-import signal
 import sys
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x00020000, 0x02000000, 0x04000000
@@ -205,8 +205,8 @@ def _become_program(cfg, status_fd):
 
 def _init(cfg, status_fd):
     """pid 1 of the namespace: its own /proc, then the program; never returns in init."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0), "prctl(PDEATHSIG)")
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(_signal.SIGKILL), 0, 0, 0), "prctl(PDEATHSIG)")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     program = os.fork()
     if program == 0:
@@ -228,11 +228,11 @@ def _setup(cfg, status_fd):
 
     def kill_init(signum, frame):  # run_python's timeout and output cap land here
         if init_pid:
-            os.kill(init_pid, signal.SIGKILL)  # init's death takes the whole namespace with it
+            os.kill(init_pid, _signal.SIGKILL)  # init's death takes the whole namespace with it
         else:
             os._exit(1)
 
-    signal.signal(signal.SIGTERM, kill_init)
+    _signal.signal(_signal.SIGTERM, kill_init)
     init_pid = os.fork()
     if init_pid == 0:
         return _init(cfg, status_fd)
@@ -251,7 +251,7 @@ def _start(cfg):
     status_fd = cfg["status_fd"]
     try:
         # run_python's thread waits on this process: a dead caller takes the run with it
-        _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0), "prctl(PDEATHSIG)")
+        _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(_signal.SIGKILL), 0, 0, 0), "prctl(PDEATHSIG)")
         os.set_inheritable(status_fd, False)  # no exec follows, but keep it out of the program's children
         if cfg["sandboxed"]:
             return _setup(cfg, status_fd)
@@ -264,14 +264,12 @@ def _start(cfg):
 def _run_main(path, site_packages):
     """Run main.py as `python -I main.py` would (`-S` too unless site_packages), tracebacks from
     main.py on."""
-    import types
-
     if site_packages:
         import site
 
         site.main()
     sys.argv = [path]
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")  # a fresh module; `types` would be one more import
     main.__file__ = path
     main.__builtins__ = __builtins__
     sys.modules["__main__"] = main
