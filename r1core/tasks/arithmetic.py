@@ -19,8 +19,10 @@ problem (see splits.py).
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -148,6 +150,10 @@ def generate_arithmetic(n: int, split: str = "train", seed: int = 0, *, digits: 
     check_split(split)
     _check_format(fmt)
     ArithmeticProblem(0, 0, op, digits)  # validates op and digits before drawing
+    distinct = distinct_problems(split, digits, op, test_fraction) if digits <= 2 else None
+    if distinct is not None and n > distinct:
+        warnings.warn(f"n={n} rows drawn with replacement from the {distinct} distinct {split!r} problems of "
+                      f"digits={digits}: rows repeat (use more digits for more problems)", RuntimeWarning, stacklevel=3)
     rng = random.Random(seed)
     made, tries, max_tries = 0, 0, 1000 * n + 10_000
     while made < n:
@@ -158,6 +164,13 @@ def generate_arithmetic(n: int, split: str = "train", seed: int = 0, *, digits: 
         if problem_split(p.key, test_fraction) == split:
             made += 1
             yield p.row(fmt)
+
+
+@functools.lru_cache(maxsize=None)
+def distinct_problems(split: str, digits: int, op: str = "+", test_fraction: float = TEST_FRACTION) -> int:
+    """How many distinct problems of `digits` digits the split holds (counted: 10**(2*digits) keys)."""
+    return sum(problem_split(ArithmeticProblem(a, b, op, digits).key, test_fraction) == split
+               for a in range(10**digits) for b in range(10**digits))
 
 
 def _check_format(fmt: str) -> None:

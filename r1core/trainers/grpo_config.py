@@ -124,6 +124,11 @@ class GRPOConfig(TrainerConfig):
             self.reward_weights = [float(w) for w in self.reward_weights]
         if self.stop is not None:
             self.stop = list(self.stop)
+        # the clip region [1 - epsilon, 1 + epsilon_high]: DAPO widens its top (clip-higher); a top
+        # narrower than the bottom is a slip (cispo reads only epsilon_high, sapo neither)
+        if self.loss_type not in ("cispo", "sapo"):
+            self._require(self.epsilon_high >= self.epsilon, "epsilon_high",
+                          f">= epsilon ({self.epsilon}) with loss_type {self.loss_type!r}")
         # TRL: the completions of one optimizer step are whole groups
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
         self._require(per_step % self.num_generations == 0, "per_device_train_batch_size",

@@ -140,6 +140,8 @@ class SFTTrainer(Trainer):
             if f not in rows[0]:
                 raise ValueError(f"train_dataset rows have no {f!r} column (columns: {sorted(rows[0])})")
         self.examples = []
+        text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        positions = getattr(text_cfg, "max_position_embeddings", None)
         for i, r in enumerate(rows):
             for f in (cfg.prompt_field, cfg.completion_field):
                 if not isinstance(r.get(f), str):
@@ -147,6 +149,9 @@ class SFTTrainer(Trainer):
             ex = tokenize_example(tokenizer, r[cfg.prompt_field], r[cfg.completion_field], cfg.add_eos)
             if len(ex[0]) > cfg.max_seq_length:
                 raise ValueError(f"train_dataset row {i} has {len(ex[0])} tokens, more than max_seq_length={cfg.max_seq_length}")
+            if positions is not None and len(ex[0]) > positions:  # positions past the model's table: garbage or an index error
+                raise ValueError(f"train_dataset row {i} has {len(ex[0])} tokens, more than the model's {positions} positions "
+                                 f"(max_position_embeddings)")
             if not any(ex[1][1:]):  # the first token is never a target
                 raise ValueError(f"train_dataset row {i}: the completion is empty and add_eos is False: nothing to learn")
             self.examples.append(ex)
