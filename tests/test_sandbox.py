@@ -284,6 +284,26 @@ def test_printing_1_gb_is_cut_at_the_limit_and_stopped():
     assert _sandbox_pids() == []
 
 
+@needs_namespaces
+def test_files_are_held_at_max_file_bytes_and_the_directory_at_disk_mb():
+    res = _run("""
+        try:
+            open("big", "wb").write(b"x" * (2 << 20))
+        except OSError as e:
+            print("file", e.errno)
+        n = 0
+        try:
+            for i in range(100):
+                open(f"f{i}", "wb").write(b"x" * (1 << 20))
+                n += 1
+        except OSError as e:
+            print("disk", e.errno, n)
+    """, limits=SandboxLimits(max_file_bytes=1 << 20, disk_mb=4))
+    out = res.stdout.split()
+    assert res.ok and out[:4] == ["file", str(errno.EFBIG), "disk", str(errno.ENOSPC)], res
+    assert 2 <= int(out[4]) <= 3  # 4 MiB holds main.py, 1 MiB of "big" and 2 or 3 MiB more
+
+
 # ---- the normal cases ---------------------------------------------------------------------------
 
 @needs_namespaces
