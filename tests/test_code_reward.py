@@ -114,5 +114,6 @@ def test_runs_go_in_parallel():
 
 def test_the_code_task_is_trained_with_code_reward_alone():
     assert rewards_for_task("code") == [code_reward]
+    assert code_reward.__name__ == "code_reward" and code_reward.required_columns == ("test_cases",)
     with pytest.raises(ValueError, match="code"):  # the message lists it among the tasks
         rewards_for_task("chess")

@@ -108,6 +108,7 @@ def make_code_reward(limits=None, *, max_workers: int | None = None, stop_on_fir
                     out[i] = sum(f.result() for f in futs) / len(futs)
         return out
 
+    code_reward.required_columns = ("test_cases",)  # GRPOTrainer checks the dataset has it before step 1
     return code_reward
 
 
