@@ -336,6 +336,14 @@ def test_wrong_and_failing_programs():
 
 
 @needs_namespaces
+def test_text_that_is_not_valid_unicode_fails_in_the_program_not_the_call():
+    res = _run("print('\udcff')")
+    assert res.returncode == 1 and "SyntaxError" in res.stderr, res
+    # the three bytes it stands for, read back as Python reads undecodable input (surrogateescape)
+    assert _run("print(len(input()))", stdin="\udcff\n").stdout == "3\n"
+
+
+@needs_namespaces
 def test_site_packages_only_when_asked():
     assert _run("import numpy").returncode == 1
     assert _run("import numpy", site_packages=True).ok

@@ -76,8 +76,10 @@ def _bootstrap_args(cfg: dict, expose: list) -> list[str]:
 
 def _run(code: str, stdin: str, limits: SandboxLimits, sandboxed: bool, workdir: str | None,
          site_packages: bool) -> SandboxResult:
-    code_fd = _memfd("r1core-sandbox-code", code.encode())
-    stdin_fd = _memfd("r1core-sandbox-stdin", stdin.encode())
+    # surrogatepass: a lone surrogate in model text reaches the program as the bytes it stands for
+    # (main.py then fails to compile, as it would from a file), instead of failing the call
+    code_fd = _memfd("r1core-sandbox-code", code.encode("utf-8", "surrogatepass"))
+    stdin_fd = _memfd("r1core-sandbox-stdin", stdin.encode("utf-8", "surrogatepass"))
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     cfg = {"sandboxed": sandboxed, "site_packages": site_packages, "uid": OUTSIDE_UID, "code_fd": code_fd,
            "status_fd": status_w, "workdir": workdir, **limits.for_bootstrap()}
