@@ -1,7 +1,8 @@
-"""The `r1core` command line: run | grpo | sft | eval | ttc, each with --help and `--config FILE`
-(JSON or YAML; flags on the command line win over the file). Flags and file keys are the fields of
-the command's configs (r1core.recipes.flags): `sft` and `grpo` have their trainer config's fields as
-flat flags beside the command's own options (task, digits, model, ...: SFTOptions, GRPOOptions);
+"""The `r1core` command line: run | grpo | sft | eval | ttc | rejection-sample | distill, each with
+--help and `--config FILE` (JSON or YAML; flags on the command line win over the file). Flags and
+file keys are the fields of the command's configs (r1core.recipes.flags): `sft` and `grpo` have
+their trainer config's fields as flat flags beside the command's own options (task, digits, model,
+...: SFTOptions, GRPOOptions); `rejection-sample` and `distill` are r1core.recipes.distill's;
 `run` holds a GRPOConfig and an SFTConfig and nests them (`--grpo.learning-rate`, `--sft.max-steps`),
 its older flat flags (`--learning-rate`, `--sft-max-steps`, ...) still naming the same fields.
 
@@ -248,6 +249,7 @@ RUN_SFT_ALIASES = {"learning_rate": ("sft_learning_rate",), "per_device_train_ba
 
 
 def _commands(sub) -> dict[str, Command]:
+    from r1core.recipes.distill import commands as distill_commands
     from r1core.recipes.r1_zero import GRPO_DEFAULTS, GRPO_OWNED, SFT_DEFAULTS, SFT_OWNED, RunConfig
     from r1core.recipes.ttc import TTCConfig
     from r1core.trainers import GRPOConfig, SFTConfig
@@ -282,6 +284,7 @@ def _commands(sub) -> dict[str, Command]:
                        description="Accuracy against generated tokens for every method on held-out problems with the default run's model "
                                    "(runs/<name>/final) or --model DIR; writes runs/<name>/ttc.json, ttc.md and ttc.png.")
     commands["ttc"] = Command(p, [Section(TTCConfig, title="TTCConfig fields")], func=cmd_ttc)
+    commands.update(distill_commands(sub))  # rejection-sample, distill
     return commands
 
 
