@@ -106,6 +106,29 @@ def test_bad_input_is_one_line_that_names_it(argv, pat, capsys):
     assert pat in msg and "Traceback" not in msg
 
 
+def test_student_from_a_transformers_config(tmp_path):
+    from transformers import Qwen2ForCausalLM
+
+    from r1core.recipes.base_model import build_tokenizer
+    from r1core.recipes.distill import load_student
+
+    tok = build_tokenizer()
+    qwen = {"model_type": "qwen2", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "max_position_embeddings": 64}
+    p = tmp_path / "qwen.yaml"
+    p.write_text(json.dumps(qwen))
+    cfg = parse(["distill", "--teacher", SHIPPED_BASE, "--student-config", str(p)]).build(DistillRunConfig)
+    student, student_tok = load_student(cfg, tok)
+    assert isinstance(student, Qwen2ForCausalLM) and student_tok is tok
+    assert (student.config.vocab_size, student.config.hidden_size, student.config.eos_token_id) == (len(tok), 16, tok.eos_token_id)
+    p.write_text(json.dumps({**qwen, "vocab_size": 1000}))
+    with pytest.raises(ValueError, match="vocab_size 1000 is not the teacher's tokenizer's"):
+        load_student(cfg, tok)
+    p.write_text(json.dumps({"hidden_size": 16, "layers": 1}))
+    with pytest.raises(ValueError, match="unknown key\\(s\\) \\['layers'\\]"):
+        load_student(cfg, tok)
+
+
 def test_owned_fields_in_a_config_file_are_named(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(f"teacher: {SHIPPED_BASE}\nstudent: tiny\ndistill:\n  mode: logit\n")

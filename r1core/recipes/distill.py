@@ -120,7 +120,11 @@ def load_student(cfg: DistillRunConfig, teacher_tokenizer):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        config = AutoConfig.for_model(**spec)
+        ids = {k: getattr(teacher_tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        config = AutoConfig.for_model(**{"vocab_size": len(teacher_tokenizer), **ids, **spec})
+        if config.vocab_size != len(teacher_tokenizer):
+            raise ValueError(f"--student-config {cfg.student_config}: vocab_size {config.vocab_size} is not the teacher's tokenizer's "
+                             f"{len(teacher_tokenizer)}: distillation needs one tokenizer for both")
         config._attn_implementation = "sdpa"
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
