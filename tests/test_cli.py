@@ -260,7 +260,7 @@ def test_config_file_sets_command_options_and_flags_win(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("cmd,key,value,pat", [
     ("grpo", "digits", "4", "--config .*c.json: digits: GRPOOptions.digits must be an int >= 1, got '4'"),
-    ("grpo", "task", "subtraction", "task: GRPOOptions.task must be one of \\['addition', 'countdown', 'multiplication'\\]"),
+    ("grpo", "task", "subtraction", "task: GRPOOptions.task must be one of \\['addition', 'code', 'countdown', 'multiplication'\\]"),
     ("grpo", "rewards", 3, "rewards: GRPOOptions.rewards must be none or a list of names"),
     ("grpo", "rewards", ["accuracy", "speed"], "rewards: GRPOOptions.rewards must be none or a list of names"),
     ("eval", "temperature", "hot", "temperature: EvalOptions.temperature must be a number"),

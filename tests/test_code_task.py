@@ -66,3 +66,38 @@ def test_formats_and_bad_arguments():
         list(generate_code(1, num_tests=0))
     with pytest.raises(ValueError, match="name"):
         generate("python", "train", 1)
+
+
+@needs_namespaces
+@pytest.mark.filterwarnings("ignore:NOTHING TO LEARN")  # a random model's completions hold no code block
+def test_grpo_command_trains_on_the_code_task_with_code_reward(tmp_path, monkeypatch):
+    import functools
+    import json
+
+    import r1core.rewards
+    from r1core.recipes.cli import main
+
+    rows = {r["prompt"]: r for r in generate("code", "train", 8, seed=0)}  # the command's rows (seed 0)
+    seen = []
+    real = r1core.rewards.code_reward
+
+    @functools.wraps(real)
+    def recording(prompts, completions, **columns):
+        # the random tiny model writes no code: the first completion of each step is swapped for its
+        # prompt's gold program, so a score from the sandbox reaches the step's metrics
+        seen.append((list(prompts), columns["test_cases"]))
+        return real(prompts, [rows[prompts[0]]["solution"], *completions[1:]], **columns)
+
+    monkeypatch.setattr(r1core.rewards, "code_reward", recording)  # the CLI looks it up per run
+    out = tmp_path / "grpo"
+    assert main(["grpo", "--task", "code", "--model", "tiny", "--max-steps", "2", "--num-generations", "2",
+                 "--per-device-train-batch-size", "4", "--max-completion-length", "16", "--train-size", "8",
+                 "--output-dir", str(out), "--logging-steps", "1"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and (out / "final").is_dir()
+    for r in records:  # one completion of four scored, by the sandbox: 1.0
+        assert r["rewards/code_reward"] == 1.0 and r["unscorable"] == 0.75, r
+    # each step scored its 4 completions against the test cases of their own prompts
+    assert len(seen) == 2
+    for prompts, cases in seen:
+        assert len(prompts) == 4 and [rows[p]["test_cases"] for p in prompts] == cases

@@ -31,8 +31,8 @@ from typing import Literal  # noqa: E402
 
 from r1core.recipes.flags import Command, Given, Parser, Section, option  # noqa: E402
 
-TASK_REWARDS = {"addition": "accuracy", "multiplication": "accuracy", "countdown": "countdown"}
-REWARDS = ("accuracy", "format", "countdown", "scratchpad_format")
+TASK_REWARDS = {"addition": "accuracy", "multiplication": "accuracy", "countdown": "countdown", "code": "code"}
+REWARDS = ("accuracy", "format", "countdown", "scratchpad_format", "code")
 
 
 def _expect(obj, name: str, ok: bool, expected: str) -> None:
@@ -48,7 +48,7 @@ def _count(v, low: int = 1) -> bool:
 class TaskOptions:
     """The generated task a command trains or evaluates on, and its threads."""
 
-    task: Literal["addition", "countdown", "multiplication"] = option("addition", "generated task")
+    task: Literal["addition", "code", "countdown", "multiplication"] = option("addition", "generated task")
     digits: int = option(3, "operand digits for arithmetic tasks")
     threads: int = option(2, "torch threads")
 
@@ -124,10 +124,15 @@ class RunOptions:
         _expect(self, "resume", isinstance(self.resume, bool), "true or false")
 
 
-def _load(path: str, seed: int):
-    from r1core.recipes.base_model import load_model
+def _load(path: str, seed: int, task: str = "addition"):
+    from r1core.recipes.base_model import BaseModelSpec, build_model, load_model
+    from r1core.tasks import CODE_TASKS
+    from r1core.tasks.tokenizer import build_tokenizer
 
     try:
+        if path == "tiny" and task in CODE_TASKS:  # prose and code: every printable character, longer sequences
+            tok = build_tokenizer()
+            return build_model(tok, BaseModelSpec(max_position_embeddings=512), seed=seed), tok
         return load_model(path, seed)
     except ValueError as e:
         raise SystemExit(f"error: --model: {e}") from None
@@ -144,7 +149,7 @@ def _reward_funcs(names: list[str]):
     import r1core.rewards as R
 
     table = {"accuracy": R.accuracy_reward, "format": R.format_reward, "countdown": R.countdown_reward,
-             "scratchpad_format": R.scratchpad_format_reward}
+             "scratchpad_format": R.scratchpad_format_reward, "code": R.code_reward}
     bad = [n for n in names if n not in table]
     if bad:
         raise SystemExit(f"error: --rewards: unknown reward(s) {bad}; choose from {sorted(table)}")
@@ -166,7 +171,7 @@ def cmd_sft(given: Given) -> int:
     opts = given.build(SFTOptions)
     torch.set_num_threads(opts.threads)
     cfg = given.build(SFTConfig)
-    model, tok = _load(opts.model, cfg.seed)
+    model, tok = _load(opts.model, cfg.seed, opts.task)
     rows = _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
     try:
         trainer = SFTTrainer(model, tok, rows, cfg)
@@ -190,7 +195,7 @@ def cmd_grpo(given: Given) -> int:
     torch.set_num_threads(opts.threads)
     dist.init_from_env()
     cfg = given.build(GRPOConfig)
-    model, tok = _load(opts.model, cfg.seed)
+    model, tok = _load(opts.model, cfg.seed, opts.task)
     model.to(dist.device_for_rank())
     rows = _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
     names = opts.rewards or [TASK_REWARDS[opts.task]]
@@ -216,10 +221,10 @@ def cmd_eval(given: Given) -> int:
 
     o = given.build(EvalOptions)
     torch.set_num_threads(o.threads)
-    model, tok = _load(o.model, o.seed)
+    model, tok = _load(o.model, o.seed, o.task)
     rows = _rows(o.task, o.split, o.n, o.seed, o.digits)
     reward = _reward_funcs([TASK_REWARDS[o.task]])[0]
-    fmt = scratchpad_format_reward if o.task != "countdown" else format_reward
+    fmt = {"countdown": format_reward, "code": None}.get(o.task, scratchpad_format_reward)
     res = evaluate(Engine(model, tokenizer=tok), tok, rows, reward_func=reward, format_func=fmt, samples=o.samples,
                    temperature=o.temperature, max_new_tokens=o.max_new_tokens, seed=o.seed)
     text = json.dumps(res, indent=1)
