@@ -40,7 +40,7 @@ def _first_closed_ancestor(path: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exposures(dirs: tuple[str, ...]) -> list[list]:
     """[[closed directory, [interpreter dirs under it]], ...] for the bootstrap to reveal."""
     plan: dict[str, list[str]] = {}

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import random
 import string
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from .splits import TEST_FRACTION, check_split, problem_split
 from .templates import r1_zero_completion, r1_zero_prompt
