@@ -14,7 +14,10 @@ from r1core.tasks import generate
 from r1core.trainers import SFTConfig, SFTTrainer
 
 TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
-SAMPLING = SamplingParams(temperature=1.0, max_new_tokens=6)
+# a random model rarely samples eos: a digit ends a sample too (a third of the vocabulary), so most
+# samples stop by themselves within max_new_tokens
+DIGITS = build_tokenizer().convert_tokens_to_ids(list("0123456789"))
+SAMPLING = SamplingParams(temperature=1.0, max_new_tokens=8, stop_token_ids=DIGITS)
 
 
 def _setup(n_rows=6):
@@ -24,18 +27,19 @@ def _setup(n_rows=6):
     return tok, model, rows
 
 
-def odd_digit_sum(prompts, completions, **kw):
-    """Passes about half of a random model's samples; None (not scorable) for empty ones."""
-    return [None if not c else float(sum(ch.isdigit() for ch in c) % 2) for c in completions]
+def odd_length(prompts, completions, **kw):
+    """Passes about half of a random model's samples (odd lengths); None (not scorable) for empty ones."""
+    return [None if not c else float(len(c) % 2) for c in completions]
 
 
 def test_keeps_only_passing_samples_shortest_first():
     tok, model, rows = _setup()
-    out = rejection_sample(model, tok, rows, [odd_digit_sum], n=6, sampling=SAMPLING, per_prompt=2, seed=3)
-    every = rejection_sample(model, tok, rows, [odd_digit_sum], n=6, sampling=SAMPLING, keep="all", per_prompt=6, dedupe=False, seed=3)
-    assert len(out) > 0 and out.summary["accepted"] > 0
+    out = rejection_sample(model, tok, rows, [odd_length], n=6, sampling=SAMPLING, per_prompt=2, seed=3)
+    every = rejection_sample(model, tok, rows, [odd_length], n=6, sampling=SAMPLING, keep="all", per_prompt=6, dedupe=False, seed=3)
+    assert len(out) > 0 and 0 < out.summary["accepted"] < out.summary["samples"]
+    assert any(r["reward"] == 0.0 for r in every)  # keep="all" keeps the failing ones too, "correct" never
     for r in out:  # every kept row passes, and no kept row was cut off by max_new_tokens
-        assert odd_digit_sum([r["prompt"]], [r["completion"]]) == [1.0] and r["reward"] == 1.0
+        assert odd_length([r["prompt"]], [r["completion"]]) == [1.0] and r["reward"] == 1.0
         assert r["completion_tokens"] <= SAMPLING.max_new_tokens
         assert r["answer"] == next(x["answer"] for x in rows if x["prompt"] == r["prompt"])  # the dataset's columns ride along
     for stat, row in zip(out.stats, rows):
@@ -57,9 +61,9 @@ def test_keeps_only_passing_samples_shortest_first():
 def test_reproducible_with_a_seed():
     tok, model, rows = _setup()
     kw = {"n": 4, "sampling": SAMPLING, "keep": "all", "per_prompt": 4, "dedupe": False}
-    a = rejection_sample(model, tok, rows, [odd_digit_sum], seed=11, **kw)
-    b = rejection_sample(model, tok, rows, [odd_digit_sum], seed=11, chunk_prompts=2, **kw)  # other batching, same samples
-    c = rejection_sample(model, tok, rows, [odd_digit_sum], seed=12, **kw)
+    a = rejection_sample(model, tok, rows, [odd_length], seed=11, **kw)
+    b = rejection_sample(model, tok, rows, [odd_length], seed=11, chunk_prompts=2, **kw)  # other batching, same samples
+    c = rejection_sample(model, tok, rows, [odd_length], seed=12, **kw)
     assert list(a) == list(b) and a.stats == b.stats
     assert [r["completion"] for r in a] != [r["completion"] for r in c]
 
@@ -88,7 +92,7 @@ def test_rows_round_trip_through_jsonl_into_sft(tmp_path):
 
 def test_bad_input_is_named(tmp_path):
     tok, model, rows = _setup(2)
-    f = [odd_digit_sum]
+    f = [odd_length]
     with pytest.raises(ValueError, match="dataset is empty"):
         rejection_sample(model, tok, [], f)
     with pytest.raises(ValueError, match="'prompt'"):
