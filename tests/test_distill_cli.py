@@ -23,7 +23,7 @@ def student_config(tmp_path):
 
 def _shrunk(tmp_path, student_config, name):
     return ["distill", "--teacher", SHIPPED_BASE, "--student-config", student_config, "--runs-dir", str(tmp_path), "--name", name,
-            "--train-size", "64", "--eval-size", "6", "--eval-samples", "1", "--sample-prompts", "12", "--samples-per-prompt", "2",
+            "--train-size", "64", "--eval-size", "6", "--eval-samples", "1", "--sample-prompts", "16", "--samples-per-prompt", "3",
             "--no-progress", "--distill.max-steps", "2", "--distill.per-device-train-batch-size", "4", "--distill.max-new-tokens", "40",
             "--sft.max-steps", "2", "--sft.per-device-train-batch-size", "4", "--distill.logging-steps", "1", "--sft.logging-steps", "1"]
 

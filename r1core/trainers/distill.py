@@ -111,12 +111,14 @@ class _StudentLoss(torch.nn.Module):
         adv = torch.zeros_like(student_logp)
         adv[sel] = t_logp - student_logp[sel]
         stats = {"reverse_kl": float(-adv[sel].mean()) if bool(sel.any()) else 0.0, "teacher_logprob": float(t_logp.mean()) if t_logp.numel() else 0.0}
+        # one update on fresh samples: the ratio is 1 (old log-probs None: the policy's own, detached),
+        # so nothing clips and the gradient is -sum(A * grad log p) / N
         if _grpo_loss_takes_token_advantages():
-            loss, _ = r1kernels.grpo_loss(hidden, weight, targets, adv, mask=sel, old_logprobs=student_logp, bias=bias,
-                                          temperature=cfg.temperature, loss_type="dapo", num_items=num_items)
+            loss, _ = r1kernels.grpo_loss(hidden, weight, targets, adv, mask=sel, bias=bias, temperature=cfg.temperature,
+                                          loss_type="dapo", num_items=num_items)
             return loss, stats
-        # until grpo_loss takes [B, T] advantages: its value and gradient at ratio 1 (one update on
-        # fresh samples, so no clipping), -sum(A * w) with w = exp(logp - sg(logp))
+        # until grpo_loss takes [B, T] advantages: its value and gradient at ratio 1, -sum(A * w) / N
+        # with w = exp(logp - sg(logp))
         logp = r1kernels.token_logprobs(hidden[sel], weight, targets[sel], bias=bias, temperature=cfg.temperature)
         ratio = torch.exp(logp - logp.detach())
         return -(adv[sel] * ratio).sum() / num_items, stats
