@@ -181,7 +181,7 @@ def test_nothing_outside_the_run_directory_is_written(tmp_path):
 
 
 @needs_namespaces
-def test_the_program_cannot_undo_the_read_only_view_or_read_root_only_files():
+def test_the_program_cannot_undo_the_read_only_view_gain_capabilities_or_read_root_only_files():
     secret = f"/var/tmp/r1core-secret-{uuid.uuid4().hex}"
     with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write("root only")
@@ -192,6 +192,8 @@ def test_the_program_cannot_undo_the_read_only_view_or_read_root_only_files():
             MS_REMOUNT, MS_BIND = 32, 4096
             print("remount", libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND, None), ctypes.get_errno())
             print("uid", os.getuid(), os.geteuid())
+            CLONE_NEWUSER = 0x10000000  # a namespace of its own, to hold capabilities in
+            print("userns", libc.unshare(CLONE_NEWUSER), ctypes.get_errno())
             try:
                 print(open({secret!r}).read())
             except OSError as e:
@@ -203,7 +205,8 @@ def test_the_program_cannot_undo_the_read_only_view_or_read_root_only_files():
     lines = res.stdout.splitlines()
     assert res.ok, res
     assert lines[0] == f"remount -1 {errno.EPERM}" and lines[1] == "uid 1000 1000"
-    assert lines[2] == f"secret {errno.EACCES}"
+    assert lines[2] == f"userns -1 {errno.ENOSPC}"  # the run's namespace allows none inside
+    assert lines[3] == f"secret {errno.EACCES}"
     assert "root only" not in res.stdout
 
 

@@ -8,7 +8,7 @@ Sandboxed, four processes:
   setup    (this one) unshares the user, mount, network, pid, ipc, uts and cgroup namespaces; a
            helper forked before that, still outside, writes the id maps (in-namespace root and the
            program's uid onto two unprivileged uids outside, so the program owns no host file and
-           can signal no host process); makes every mount read-only, hides the directories others
+           can signal no host process); allows no user namespace inside; makes every mount read-only, hides the directories others
            may not enter except the interpreter's, mounts empty tmpfs on /tmp (the run's directory)
            and /dev/shm; forks init and waits for it. SIGTERM here kills init.
   init     pid 1 of the new pid namespace: mounts its /proc, forks the program, waits for it and
@@ -129,6 +129,14 @@ def _become_ns_root():
     os.setresuid(ROOT_IN_NS, ROOT_IN_NS, ROOT_IN_NS)
 
 
+def _no_nested_user_namespaces():
+    """No user namespace may be made inside this one: the program cannot make one of its own to hold
+    capabilities in (and reach the kernel code that needs them, netfilter and the like). The limit
+    is this namespace's own (/proc/sys/user is per user namespace) and binds every one below it."""
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+
+
 def _read_only_root():
     attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, MS_PRIVATE, 0)
     rc = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/",
@@ -223,6 +231,7 @@ def _setup(cfg, status_fd):
     # which may enter the directories the sandbox's uids may not
     exposed_fds = [[os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths] for _, paths in cfg["expose"]]
     _become_ns_root()
+    _no_nested_user_namespaces()
     _filesystem(cfg, exposed_fds)
     init_pid = 0
 
