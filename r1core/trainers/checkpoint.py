@@ -112,12 +112,29 @@ def _join_optimizer(js: dict, tensors: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+def _remove_leftovers(output_dir: str) -> None:
+    """What a process killed while saving left: half-written folders (never picked by
+    list_checkpoints) are removed so they do not pile up, a checkpoint moved aside to be replaced
+    goes back; one process writes an output_dir's checkpoints."""
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith(".checkpoint-") and ".tmp-" in name:
+            shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith("checkpoint-") and ".old-" in name:  # killed while re-saving a step
+            final = path.split(".old-")[0]
+            if os.path.exists(final):
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # killed between the two renames: the old one is the complete one
+                os.rename(path, final)
+
+
 def save_checkpoint(output_dir: str, step: int, model: torch.nn.Module, optimizer=None, scheduler=None,
                     state: dict | None = None, save_total_limit: int | None = None, tokenizer=None) -> str:
     """Writes <output_dir>/checkpoint-<step> atomically and returns its path; with the model's
     config.json and `tokenizer`'s files beside the weights, so the folder loads as a model."""
     os.makedirs(output_dir, exist_ok=True)
     final = os.path.join(output_dir, f"checkpoint-{step}")
+    _remove_leftovers(output_dir)
     tmp_dir = tempfile.mkdtemp(dir=output_dir, prefix=f".checkpoint-{step}.tmp-")
     try:
         _atomic_write(os.path.join(tmp_dir, MODEL_FILE), lambda p: save_model(unwrap(model), p))
