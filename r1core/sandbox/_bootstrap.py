@@ -215,6 +215,7 @@ def _init(cfg, status_fd):
     """pid 1 of the namespace: its own /proc, then the program; never returns in init."""
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(_signal.SIGKILL), 0, 0, 0), "prctl(PDEATHSIG)")
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGTERM})  # setup held it over the fork
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     program = os.fork()
     if program == 0:
@@ -242,16 +243,15 @@ def _setup(cfg, status_fd):
             os._exit(1)
 
     _signal.signal(_signal.SIGTERM, kill_init)
+    # held over the fork: a SIGTERM between fork and the assignment would find no init to kill and
+    # leave it running, not yet bound to this process by its parent-death signal
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGTERM})
     init_pid = os.fork()
     if init_pid == 0:
         return _init(cfg, status_fd)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGTERM})
     os.close(cfg["code_fd"])
-    while True:
-        try:
-            os.waitpid(init_pid, 0)
-            break
-        except ChildProcessError:
-            break
+    os.waitpid(init_pid, 0)  # returns once the namespace is empty: init exits last
     os._exit(0)
 
 
