@@ -129,6 +129,18 @@ def test_student_from_a_transformers_config(tmp_path):
         load_student(cfg, tok)
 
 
+def test_a_student_of_another_tokenizer_is_named(tmp_path):
+    from r1core.recipes.base_model import build_model
+    from r1core.tasks.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("0123456789+=;A")  # not the task tokenizer the shipped teacher reads
+    build_model(tok, seed=0).save_pretrained(tmp_path / "s")
+    tok.save_pretrained(tmp_path / "s")
+    with pytest.raises(SystemExit, match="its tokenizer differs from the teacher's"):
+        main(["distill", "--teacher", SHIPPED_BASE, "--student", str(tmp_path / "s"), "--runs-dir", str(tmp_path), "--no-progress",
+              "--eval-size", "4", "--mode", "sequence"])
+
+
 def test_owned_fields_in_a_config_file_are_named(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(f"teacher: {SHIPPED_BASE}\nstudent: tiny\ndistill:\n  mode: logit\n")

@@ -84,7 +84,7 @@ def test_rows_round_trip_through_jsonl_into_sft(tmp_path):
     out = rejection_sample(model, tok, rows, [always], n=2, sampling=SAMPLING, seed=0)
     path = out.to_jsonl(tmp_path / "d" / "data.jsonl")
     back = read_jsonl(path)
-    assert back == list(out)
+    assert back == list(out) and out.to_hf().to_list() == back
     tr = SFTTrainer(model, tok, path, SFTConfig(max_steps=1, per_device_train_batch_size=2, output_dir=str(tmp_path / "sft")))
     tr.train(progress=False)
     assert tr.step == 1

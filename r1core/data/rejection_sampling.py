@@ -47,6 +47,12 @@ class SampledDataset(list):
     def to_jsonl(self, path: str | os.PathLike) -> str:
         return write_jsonl(self, path)
 
+    def to_hf(self):
+        """The rows as a Hugging Face `datasets.Dataset` (what TRL's trainers take)."""
+        from datasets import Dataset
+
+        return Dataset.from_list(list(self))
+
     def summary_line(self) -> str:
         s = self.summary
         rate = f"{s['acceptance_rate']:.3f}" if s["acceptance_rate"] is not None else "-"

@@ -246,6 +246,7 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False) -> dict:
     """The whole run; returns the summary written to runs/<name>/summary.json."""
     from r1core.recipes.base_model import load_model
     from r1core.recipes.r1_zero import make_splits, start_run
+    from r1core.trainers.distill import tokenizer_mismatch
 
     t0 = time.perf_counter()
     start_run(cfg)
@@ -253,6 +254,9 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False) -> dict:
                                                            digits=cfg.digits))
     teacher, teacher_tok = load_model(cfg.teacher, cfg.seed)
     student, tok = load_student(cfg, teacher_tok)
+    why = tokenizer_mismatch(tok, teacher_tok)
+    if why:  # sequence mode's SFT would train on the teacher's token ids read with another vocabulary
+        raise ValueError(f"--student {cfg.student}: its tokenizer differs from the teacher's ({why}); distillation needs one tokenizer")
     teacher_eval = evaluate_model(cfg, _engine(teacher, teacher_tok), teacher_tok, held_out)
     student_engine = _engine(student, tok)
     before = evaluate_model(cfg, student_engine, tok, held_out)

@@ -124,7 +124,7 @@ class _StudentLoss(torch.nn.Module):
         return -(adv[sel] * ratio).sum() / num_items, stats
 
 
-def _same_tokenizer(a, b) -> str | None:
+def tokenizer_mismatch(a, b) -> str | None:
     """Why tokenizers a and b differ (None: they agree on the vocabulary and the special tokens)."""
     if a is b:
         return None
@@ -176,7 +176,7 @@ class DistillTrainer(Trainer):
             raise ValueError(f"teacher_model's vocabulary has {tw.shape[0]} tokens and the student's (model) {sw.shape[0]}: "
                              f"distillation needs one tokenizer for both")
         if teacher_tokenizer is not None:
-            why = _same_tokenizer(tokenizer, teacher_tokenizer)
+            why = tokenizer_mismatch(tokenizer, teacher_tokenizer)
             if why:
                 raise ValueError(f"teacher_tokenizer differs from tokenizer ({why}): teacher and student must share one tokenizer")
 
@@ -335,4 +335,4 @@ class DistillTrainer(Trainer):
             self.engine.weights_updated()
 
 
-__all__ = ["DistillBatch", "DistillConfig", "DistillTrainer", "teacher_states"]
+__all__ = ["DistillBatch", "DistillConfig", "DistillTrainer", "teacher_states", "tokenizer_mismatch"]
