@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from r1core.sandbox import CPU_TIMEOUT, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxLimits, run_python, sandbox_available
+from r1core.sandbox import (CPU_TIMEOUT, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxLimits, SandboxUnavailable, run_python,
+                            sandbox_available)
 from r1core.sandbox.view import OUTSIDE_UID
 
 needs_namespaces = pytest.mark.skipif(not sandbox_available(), reason="the kernel refuses user/network namespaces here")
@@ -371,6 +372,15 @@ def test_limits_are_checked_by_name():
 
 
 # ---- where the kernel refuses namespaces ---------------------------------------------------------
+
+@needs_namespaces
+def test_id_maps_the_kernel_refuses_are_named(monkeypatch):
+    import r1core.sandbox.run
+
+    monkeypatch.setattr(r1core.sandbox.run, "OUTSIDE_UID", 2**32 - 1)  # not a uid: the kernel refuses the map
+    with pytest.raises(SandboxUnavailable, match="writing the sandbox's id maps.*allow_unsandboxed=True"):
+        run_python("print(1)")
+
 
 _WITHOUT_NAMESPACES = """
 import json

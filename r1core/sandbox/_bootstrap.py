@@ -89,9 +89,9 @@ def _report(status_fd, line):
 
 # ---- setup: namespaces and the filesystem view -------------------------------------------------
 
-def _unshare_with_maps(uid):
+def _unshare_with_maps(uid, status_fd):
     """Enter new namespaces; a helper forked first writes this process's id maps from outside,
-    which only a process with CAP_SETUID there may do for ids other than its own."""
+    which only a process with CAP_SETUID and CAP_SETGID there may do for ids other than its own."""
     go_r, go_w = os.pipe()
     helper = os.fork()
     if helper == 0:
@@ -103,7 +103,9 @@ def _unshare_with_maps(uid):
                     with open(f"/proc/{os.getppid()}/{name}", "w") as f:
                         f.write(f"{ROOT_IN_NS} {uid} 1\n{PROGRAM_UID} {uid + 1} 1\n")
         except OSError as e:
-            os.write(2, f"r1core sandbox: writing the id maps: {e}\n".encode())
+            who = "" if os.geteuid() == 0 else f" (this process runs as uid {os.geteuid()}, not root)"
+            _report(status_fd, f"unavailable writing the sandbox's id maps: {e}: mapping it onto unused uids "
+                               f"needs root or CAP_SETUID and CAP_SETGID{who}")
             os._exit(1)
         os._exit(0 if ok else 1)
     os.close(go_r)
@@ -227,7 +229,7 @@ def _init(cfg, status_fd):
 
 def _setup(cfg, status_fd):
     """Namespaces and mounts, then init; returns only in the program's process."""
-    _unshare_with_maps(cfg["uid"])
+    _unshare_with_maps(cfg["uid"], status_fd)
     # opened in the new mount namespace (a bind's source must be in it) but as the caller's uid,
     # which may enter the directories the sandbox's uids may not
     exposed_fds = [[os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths] for _, paths in cfg["expose"]]

@@ -166,9 +166,9 @@ def _result(status: list[str], returncode: int, out: bytes, err: bytes, killed: 
     refused = [s.partition(" ")[2] for s in status if s.startswith("unavailable ")]
     if refused:
         raise SandboxUnavailable(
-            f"the sandbox needs user, mount, network and pid namespaces, which this kernel or container "
-            f"refuses ({'; '.join(refused)}); pass allow_unsandboxed=True to run without them (no network, "
-            "filesystem or process isolation then: see docs/sandbox.md)")
+            f"the sandbox could not make its user, mount, network and pid namespaces here ({'; '.join(refused)}); "
+            "pass allow_unsandboxed=True to run without them (no network, filesystem or process isolation "
+            "then: see docs/sandbox.md)")
     errors = [s.partition(" ")[2] for s in status if s.startswith("error ")]
     if errors:
         raise SandboxError(f"the sandbox failed to start the program: {'; '.join(errors)}")
