@@ -60,6 +60,11 @@ def test_scores_are_the_fraction_of_test_cases_passed():
     assert code_reward(None, completions[:1], test_cases=[ADD], prompt=["p"], other=[1]) == [1.0]
 
 
+def test_a_program_too_big_for_its_directory_fails_instead_of_raising():
+    huge = block("x = 1\n" * (1 << 20))  # 6 MiB of code, a 1 MiB directory
+    assert make_code_reward(SandboxLimits(disk_mb=1))(None, [huge], test_cases=[ADD]) == [0.0]
+
+
 def test_rows_without_test_cases_or_code_are_not_scored():
     assert code_reward(["p", "q"], [block("print(1)")] * 2) == [None, None]  # no test_cases column
     assert code_reward(["p", "q"], [block("print(1)"), "text"], test_cases=[None, ADD]) == [None, None]

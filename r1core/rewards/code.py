@@ -4,7 +4,7 @@
 
 A completion scores the fraction of its test cases it passes: exit status 0, within the limits,
 and stdout equal to the expected output with trailing whitespace of each line and trailing blank
-lines ignored. None when the completion holds no code block, or its row has no test cases. All the
+lines ignored (0.0 for a program larger than the run's directory, SandboxLimits.disk_mb). None when the completion holds no code block, or its row has no test cases. All the
 runs of a call (completions x test cases) go through one thread pool of `max_workers` sandboxes.
 """
 from __future__ import annotations
@@ -77,6 +77,9 @@ def make_code_reward(limits=None, *, max_workers: int | None = None, stop_on_fir
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"max_workers: expected a positive int or None, got {max_workers!r}")
 
+    def does_not_fit(code: str) -> bool:
+        return len(code.encode("utf-8", "surrogatepass")) > limits.disk_mb << 20
+
     def passes(code: str, case: dict) -> bool:
         res = run_python(code, case["input"], limits, allow_unsandboxed=allow_unsandboxed, site_packages=site_packages)
         return res.ok and outputs_match(case["output"], res.stdout)
@@ -96,6 +99,10 @@ def make_code_reward(limits=None, *, max_workers: int | None = None, stop_on_fir
         rows = [(extract_code(c), _check_cases(i, t)) for i, (c, t) in enumerate(zip(completions, test_cases))]
         scored = [i for i, (code, cases) in enumerate(rows) if code is not None and cases]
         out: list[float | None] = [None] * n
+        unfit = {i for i in scored if does_not_fit(rows[i][0])}
+        for i in unfit:  # main.py would not fit the run's directory: it fails every test
+            out[i] = 0.0
+        scored = [i for i in scored if i not in unfit]
         if not scored:
             return out
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code_reward") as pool:
