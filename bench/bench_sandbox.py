@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     if not sandbox_available():
         raise SystemExit("error: the kernel refuses the sandbox's namespaces here; nothing to time")
     rows = [
-        ("python -I -S", _times(lambda: subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True), args.runs)),
+        ("python -I -S", _times(lambda: subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True),
+                                args.runs)),
         ("sandboxed", _times(_checked(), args.runs)),
         ("sandboxed + site", _times(_checked(site_packages=True), args.runs)),
         ("unsandboxed", _times(_unsandboxed, args.runs)),
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
     for workers in (1, 2, 4):
         print(f"| {workers:>11} | {_reward_rate(workers):8.1f} |")
     sandboxed = statistics.median(rows[1][1])
-    print(f"\nsandboxed median {sandboxed:.1f} ms: {'within' if sandboxed < GOAL_MS else 'OVER'} the {GOAL_MS:.0f} ms goal")
+    verdict = "within" if sandboxed < GOAL_MS else "OVER"
+    print(f"\nsandboxed median {sandboxed:.1f} ms: {verdict} the {GOAL_MS:.0f} ms goal")
     return 0
 
 

@@ -23,7 +23,8 @@ def test_extract_code_takes_the_last_python_block():
     assert extract_code(block("print(1)") + block("print(3)", "py")) == "print(3)\n"
     assert extract_code(block("print(1)") + block("ls -l", "bash")) == "print(1)\n"  # not Python
     assert extract_code("<answer>\n```python\nprint(4)\n```\n</answer>") == "print(4)\n"
-    assert extract_code([{"role": "user", "content": "q"}, {"role": "assistant", "content": block("print(5)")}]) == "print(5)\n"
+    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": block("print(5)")}]
+    assert extract_code(conversation) == "print(5)\n"
     assert extract_code("no code here") is None
     assert extract_code("inline ```x``` only") is None
     assert extract_code("```python\nprint(1)") is None  # cut at the length limit: never closed

@@ -53,8 +53,10 @@ def test_every_familys_gold_program_passes_its_tests_and_others_do_not():
 
 def test_formats_and_bad_arguments():
     p = CodeProblem("repeat", (3, 0))
-    assert p.prompt().startswith("Read a word and print it 3 times, separated by '-'.") and p.prompt().endswith("block.\n")
-    assert p.prompt("r1zero").startswith("A conversation between User and Assistant") and "block. Assistant:" in p.prompt("r1zero")
+    assert p.prompt().startswith("Read a word and print it 3 times, separated by '-'.")
+    assert p.prompt().endswith("block.\n")
+    assert p.prompt("r1zero").startswith("A conversation between User and Assistant")
+    assert "block. Assistant:" in p.prompt("r1zero")
     assert p.completion("r1zero").startswith("<think>") and extract_code(p.completion("r1zero")) == p.program
     with pytest.raises(ValueError, match="fmt"):
         p.prompt("scratchpad")

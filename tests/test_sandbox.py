@@ -244,7 +244,8 @@ def test_killing_the_parent_kills_nothing_outside():
         print("not reached")
     """, limits=FAST)
     assert os.getppid() > 1  # this process, which the program tried to kill, lives to check it
-    # it sees init and itself only; its parent is the namespace's init, which it may not signal; this process's pid does not exist
+    # it sees init and itself only; its parent is the namespace's init, which it may not signal;
+    # this process's pid does not exist
     # there, and -1 (everything it may signal but itself and init) finds nothing
     assert res.stdout.splitlines() == ["[1, 2]", f"refused 1 {errno.EPERM}", f"refused {os.getpid()} {errno.ESRCH}",
                                        f"refused -1 {errno.ESRCH}"], res

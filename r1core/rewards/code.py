@@ -4,8 +4,9 @@
 
 A completion scores the fraction of its test cases it passes: exit status 0, within the limits,
 and stdout equal to the expected output with trailing whitespace of each line and trailing blank
-lines ignored (0.0 for a program larger than the run's directory, SandboxLimits.disk_mb). None when the completion holds no code block, or its row has no test cases. All the
-runs of a call (completions x test cases) go through one thread pool of `max_workers` sandboxes.
+lines ignored (0.0 for a program larger than the run's directory, SandboxLimits.disk_mb). None
+when the completion holds no code block, or its row has no test cases. All the runs of a call
+(completions x test cases) go through one thread pool of `max_workers` sandboxes.
 """
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ Sandboxed, four processes:
   setup    (this one) unshares the user, mount, network, pid, ipc, uts and cgroup namespaces; a
            helper forked before that, still outside, writes the id maps (in-namespace root and the
            program's uid onto two unprivileged uids outside, so the program owns no host file and
-           can signal no host process); allows no user namespace inside; makes every mount read-only, hides the directories others
-           may not enter except the interpreter's, mounts empty tmpfs on /tmp (the run's directory)
-           and /dev/shm; forks init and waits for it. SIGTERM here kills init.
+           can signal no host process); allows no user namespace inside; makes every mount
+           read-only, hides the directories others may not enter except the interpreter's, mounts
+           empty tmpfs on /tmp (the run's directory) and /dev/shm; forks init and waits for it.
+           SIGTERM here kills init.
   init     pid 1 of the new pid namespace: mounts its /proc, forks the program, waits for it and
            writes its wait status and CPU time to the status fd. When init exits the kernel kills
            every process left in the namespace, so nothing of the run outlives it.
@@ -32,7 +33,7 @@ CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x00020000, 0x02000000, 0x04000000
 CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000  # 442 on every architecture but alpha
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 ROOT_IN_NS, PROGRAM_UID = 0, 1000  # in-namespace ids; mapped onto cfg["uid"] and cfg["uid"] + 1 outside
