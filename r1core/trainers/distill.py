@@ -305,7 +305,7 @@ class DistillTrainer(Trainer):
         source = self.completion_source()
         info: dict = {"on_policy": float(source == "student"), "teacher_samples": float(source == "teacher")}
         comps = None
-        if source != "dataset" or self.config.mode == "reverse_kl_pg":
+        if source != "dataset":
             g0 = time.perf_counter()
             comps = self.sample(source, positions)
             info.update(gen_seconds=time.perf_counter() - g0, gen_tokens=sum(len(c.token_ids) for c in comps),
