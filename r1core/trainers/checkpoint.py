@@ -112,6 +112,19 @@ def _join_optimizer(js: dict, tensors: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+def check_writable_dir(path: str, what: str) -> None:
+    """ValueError naming `what` unless `path` is, or can be made, a folder this process can write
+    into: checked before a run starts, so a bad path costs no training."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{what}: cannot write into {str(path)!r} ({e.strerror or e}); expected a folder, or a path "
+                         f"where one can be made") from None
+
+
 def _remove_leftovers(output_dir: str) -> None:
     """What a process killed while saving left: half-written folders (never picked by
     list_checkpoints) are removed so they do not pile up, a checkpoint moved aside to be replaced

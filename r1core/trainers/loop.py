@@ -41,7 +41,8 @@ from typing import Callable, Iterable
 import torch
 
 from r1core.trainers import distributed as dist
-from r1core.trainers.checkpoint import CorruptCheckpoint, list_checkpoints, load_checkpoint, read_state, save_checkpoint
+from r1core.trainers.checkpoint import (CorruptCheckpoint, check_writable_dir, list_checkpoints, load_checkpoint, read_state,
+                                       save_checkpoint)
 from r1core.trainers.metrics import MetricsLogger
 
 
@@ -156,6 +157,8 @@ class Trainer:
         resume_from_checkpoint: a checkpoint folder, or True for the last one in output_dir.
         callback(step) -> dict of extra metrics (e.g. held-out accuracy), every `every` steps."""
         cfg = self.config
+        if dist.is_main():  # before any work: a bad output_dir would otherwise fail at the first log or save
+            check_writable_dir(cfg.output_dir, f"{type(cfg).__name__}.output_dir")
         if resume_from_checkpoint is True:
             self._resume_latest()
         elif resume_from_checkpoint:
@@ -286,7 +289,7 @@ class Trainer:
         from safetensors.torch import save_model
 
         if dist.is_main():
-            os.makedirs(path, exist_ok=True)
+            check_writable_dir(path, "save_model path")
             save_model(self.model, os.path.join(path, "model.safetensors"))
             self.model.config.to_json_file(os.path.join(path, "config.json"))
             if self.tokenizer is not None:
