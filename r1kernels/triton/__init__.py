@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from r1kernels.triton import (
     copy_blocks,
+    distill_loss,
+    distill_loss_from_logits,
     group_advantages,
     grpo_loss,
     grpo_loss_from_logits,
@@ -29,6 +31,8 @@ KERNELS = {
     "fused_grpo_loss": grpo_loss.fused_grpo_loss,
     "logits_grpo_loss": grpo_loss_from_logits.logits_grpo_loss,
     "grpo_token_loss": grpo_token_loss.grpo_token_loss,
+    "fused_distill_loss": distill_loss.fused_distill_loss,
+    "logits_distill_loss": distill_loss_from_logits.logits_distill_loss,
     "reshape_and_cache": reshape_and_cache.reshape_and_cache,
     "copy_blocks": copy_blocks.copy_blocks,
     "paged_attention": paged_attention.paged_attention,

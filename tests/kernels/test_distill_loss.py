@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _backends import backend_fixture
+from _backends import backend_fixture, triton_module
 from _distill_inputs import make_inputs, student_leaves
 
 import r1kernels
 from r1kernels import reference
-from r1kernels._library import op
+from r1kernels._library import has_cpp_kernel, op
+from r1kernels._torch import KERNELS as TORCH_KERNELS
 
 backend = backend_fixture("fused_distill_loss")
 
 BETAS = [0.0, 0.3, 1.0]
+
+
+def test_cpu_kernel_is_the_fast_path():
+    assert has_cpp_kernel("fused_distill_loss") and has_cpp_kernel("logits_distill_loss")
 
 
 def run_both(inp, **opt):
@@ -200,3 +205,23 @@ def test_compile_fullgraph_forward_and_backward(reduction):
     torch.testing.assert_close(l1, l2)
     for a, b in zip(torch.autograd.grad(l1, xs), torch.autograd.grad(l2, ys)):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Triton launchers directly: vocabulary blocks and row chunks that loop more than once
+
+
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_triton_blocks_and_chunks(beta, temperature):
+    tdl = triton_module("distill_loss")
+    inp = make_inputs((7,), 8, 12, 150, dtype=torch.float32, bias=True)
+    counted = inp["labels"] != -100
+    scale = counted.float() / counted.sum()
+    args = (inp["student_hidden"], inp["student_weight"], inp["student_bias"], inp["teacher_hidden"], inp["teacher_weight"],
+            inp["teacher_bias"], inp["labels"], scale, beta, temperature, -100, 0.5, 0.8, True)
+    # 3 rows per chunk, 64-wide vocabulary blocks (the last one ragged), against the plain-PyTorch kernel
+    got = tdl.fused_distill_loss(*args, chunk_size=3, block_v=64)
+    want = TORCH_KERNELS["fused_distill_loss"](*args)
+    for name, a, b in zip(("loss", "rows", "grad_hidden", "grad_weight", "grad_bias"), got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
