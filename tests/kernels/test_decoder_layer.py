@@ -18,7 +18,7 @@ from _backends import backend_fixture
 from r1kernels import oproj_mlp, reference, rmsnorm_qkv_rope
 from r1kernels._library import HAS_C, has_cpp_kernel
 
-backend = backend_fixture("rmsnorm_qkv_rope", "oproj_mlp", backends=("cpp", "torch"))
+backend = backend_fixture("rmsnorm_qkv_rope", "oproj_mlp")
 
 
 def _qkv_inputs(T, H, Hq, Hkv, D, bias, qk_norm):

@@ -7,7 +7,6 @@ _backends.py): the C++ kernel, the plain-PyTorch kernel of r1kernels._torch and,
 small enough for the interpreter, the Triton kernel under TRITON_INTERPRET=1. The test_triton_*
 tests drive the Triton launchers directly on interpreter-sized shapes (chunk and block loops that
 run more than once); the *_cuda tests run on a GPU and skip without one.
-The realistic-scale cases here are too large for the interpreter: Triton runs the launcher tests.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from r1kernels._grpo_args import LOSS_KIND, token_scale
 from r1kernels._library import has_cpp_kernel, op
 from r1kernels._torch import grpo_loss as torch_grpo_loss
 
-backend = backend_fixture("fused_grpo_loss", "fused_logprobs", "fused_logprobs_backward", backends=("cpp", "torch"))
+backend = backend_fixture("fused_grpo_loss", "fused_logprobs", "fused_logprobs_backward")
 tgl = triton_module("grpo_loss")
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"]

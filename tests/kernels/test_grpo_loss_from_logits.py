@@ -26,7 +26,7 @@ from r1kernels import reference
 from r1kernels._grpo_args import LOSS_KIND, token_scale
 from r1kernels._library import has_cpp_kernel, op
 
-backend = backend_fixture("logits_grpo_loss", backends=("cpp", "torch"))
+backend = backend_fixture("logits_grpo_loss")
 both_losses = backend_fixture("logits_grpo_loss", "fused_grpo_loss", "fused_logprobs", "fused_logprobs_backward")
 tgll = triton_module("grpo_loss_from_logits")
 

@@ -22,7 +22,7 @@ from _backends import backend_fixture
 from r1kernels import reference, skinny_linear
 from r1kernels._library import HAS_C, has_cpp_kernel
 
-backend = backend_fixture("skinny_linear", backends=("cpp", "torch"))
+backend = backend_fixture("skinny_linear")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -6,7 +6,6 @@ _backends.py): the C++ kernel, the plain-PyTorch kernel of r1kernels._torch and,
 small enough for the interpreter, the Triton kernel under TRITON_INTERPRET=1. The test_triton_*
 tests drive the Triton launchers directly on interpreter-sized shapes (chunk and block loops that
 run more than once); the *_cuda tests run on a GPU and skip without one.
-The vocabulary-sized cases here are too large for the interpreter: Triton runs the launcher tests.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from r1kernels import reference
 from r1kernels._library import has_cpp_kernel, op
 from r1kernels._torch import token_logprobs as torch_token_logprobs
 
-backend = backend_fixture("fused_logprobs", "fused_logprobs_backward", backends=("cpp", "torch"))
+backend = backend_fixture("fused_logprobs", "fused_logprobs_backward")
 ttl = triton_module("token_logprobs")
 
 DTYPES = [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 1e-4, 2e-2)]
