@@ -88,8 +88,10 @@ class GRPOOptions(TrainOptions):
     def __post_init__(self):
         super().__post_init__()
         _expect(self, "model", isinstance(self.model, str) and self.model != "", "a model folder or 'tiny'")
-        _expect(self, "rewards", self.rewards is None or (isinstance(self.rewards, list) and all(r in REWARDS for r in self.rewards)),
-                f"none or a list of names from {REWARDS}")
+        # an empty list (`--rewards ""`) fell back to the task's rewards: a slip, not a choice
+        _expect(self, "rewards", self.rewards is None or (isinstance(self.rewards, list) and self.rewards != []
+                                                          and all(r in REWARDS for r in self.rewards)),
+                f"none or a list of names from {REWARDS}, at least one")
 
 
 @dataclass
@@ -138,6 +140,17 @@ def _load(path: str, seed: int, task: str = "addition"):
         raise SystemExit(f"error: --model: {e}") from None
 
 
+def _check_dir(path: str, flag: str) -> None:
+    """One line naming the flag unless `path` is (or can be made) a writable folder: checked before
+    any training or evaluation, so a bad path costs no work."""
+    from r1core.trainers.checkpoint import check_writable_dir
+
+    try:
+        check_writable_dir(path, flag)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def _rows(task: str, split: str, n: int, seed: int, digits: int):
     from r1core.tasks import generate
 
@@ -157,9 +170,13 @@ def _reward_funcs(names: list[str]):
 
 
 def cmd_run(given: Given) -> int:
-    from r1core.recipes.r1_zero import RunConfig, run
+    from r1core.recipes.r1_zero import RunConfig, has_run, run
 
-    summary = run(given.build(RunConfig), resume=given.build(RunOptions).resume)
+    cfg, resume = given.build(RunConfig), given.build(RunOptions).resume
+    if resume and not has_run(cfg):
+        raise SystemExit(f"error: --resume: {cfg.run_dir!r} holds no run to resume (no base model, no checkpoint); "
+                         f"check --name, or start the run without --resume")
+    summary = run(cfg, resume=resume)
     return 0 if summary["final_accuracy"] is not None else 1
 
 
@@ -171,6 +188,7 @@ def cmd_sft(given: Given) -> int:
     opts = given.build(SFTOptions)
     torch.set_num_threads(opts.threads)
     cfg = given.build(SFTConfig)
+    _check_dir(opts.save or os.path.join(cfg.output_dir, "model"), "--save")
     model, tok = _load(opts.model, cfg.seed, opts.task)
     rows = _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
     try:
@@ -221,6 +239,10 @@ def cmd_eval(given: Given) -> int:
 
     o = given.build(EvalOptions)
     torch.set_num_threads(o.threads)
+    if o.output:  # before the evaluation, not after it
+        if os.path.isdir(o.output):
+            raise SystemExit(f"error: --output: {o.output!r} is a folder; expected a file name")
+        _check_dir(os.path.dirname(os.path.abspath(o.output)), "--output")
     model, tok = _load(o.model, o.seed, o.task)
     rows = _rows(o.task, o.split, o.n, o.seed, o.digits)
     reward = _reward_funcs([TASK_REWARDS[o.task]])[0]

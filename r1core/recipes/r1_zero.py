@@ -402,6 +402,13 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     return summary
 
 
+def has_run(cfg: RunConfig) -> bool:
+    """Did a run of this name start (its config, base model or a checkpoint is there)? `--resume`
+    of a name that never ran is a mistake (a misspelt --name), not a fresh start."""
+    return (os.path.exists(os.path.join(cfg.run_dir, "run_config.json")) or os.path.isdir(os.path.join(cfg.run_dir, "base"))
+            or trainer_has_checkpoint(cfg.run_dir) or trainer_has_checkpoint(cfg.sft.output_dir))
+
+
 def trainer_has_checkpoint(run_dir: str) -> bool:
     from r1core.trainers.checkpoint import latest_checkpoint
 
