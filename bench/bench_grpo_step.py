@@ -12,6 +12,19 @@ peak resident memory above the level before the trainer was built; steps/s ratio
     python bench/bench_grpo_step.py            # 5M and 30M, 5 measured steps each
     python bench/bench_grpo_step.py --quick    # 5M only, 2 measured steps
     python bench/bench_grpo_step.py --bf16     # bf16 autocast in both (TRL's default)
+    python bench/bench_grpo_step.py --case qwen2-151k           # the real-vocabulary case below
+    python bench/bench_grpo_step.py --case qwen2-151k --quick   # its smoke run: 16-token completions, 1 step
+
+The qwen2-151k case is the shape a user of Qwen-family models meets: a Qwen2 architecture with
+Qwen's vocabulary of 151936 (random weights, hidden 256, 4 layers, tied embeddings; a character
+tokenizer padded to that size with code points no prompt uses), 16 completions of 256 tokens per
+prompt (eos suppressed), beta 0.04, a reward that spreads each group. There the LM head's GEMMs
+dominate both sides, so each side's step is printed beside its floor: the step's GEMMs (the
+linear layers' and the head's: the decode steps at 16 rows, the prompt's prefill, the reference
+forward, the training forward and its two backward GEMMs per forward GEMM, the head only over
+completion positions) timed in this run at their own shapes. Attention's own products (~10% of
+the FLOPs at 272 positions) and everything that is not a GEMM are left out, so no real step
+reaches the floor.
 """
 
 from __future__ import annotations
@@ -34,6 +47,42 @@ MODELS = {  # name: (hidden, intermediate, layers, heads)
     "30M": (512, 2048, 9, 8),
 }
 G, COMPLETION = 8, 64
+QWEN = "qwen2-151k"  # the real-vocabulary case: its own model, tokenizer, group size and length
+QWEN_VOCAB, QWEN_G, QWEN_COMPLETION = 151936, 16, 256
+
+
+def shape(size: str, quick: bool = False) -> tuple[int, int]:
+    """(completions per prompt, completion tokens) of a case."""
+    if size == QWEN:
+        return QWEN_G, (16 if quick else QWEN_COMPLETION)
+    return G, COMPLETION
+
+
+def make_tokenizer(size: str):
+    from r1core.tasks.tokenizer import DEFAULT_ALPHABET, SPECIAL_TOKENS, TAG_TOKENS, build_tokenizer
+
+    if size != QWEN:
+        return build_tokenizer()
+    # Qwen's vocabulary size with the character tokenizer's ids first; the rest are code points from
+    # U+10000 on, never in a prompt but decodable, so rewards see text whatever the model samples
+    n = QWEN_VOCAB - len(SPECIAL_TOKENS + TAG_TOKENS) - len(DEFAULT_ALPHABET)
+    return build_tokenizer(DEFAULT_ALPHABET + "".join(chr(0x10000 + i) for i in range(n)))
+
+
+def spread_reward(prompts=None, completions=None, **_):
+    """Distinct rewards within a group (TRL's and r1core's signature): random weights never solve
+    the task, and every advantage 0 would let a trainer skip the loss."""
+    return [float(sum(map(ord, c)) % 7) for c in completions]
+
+
+def make_qwen_model(seed: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=QWEN_VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return Qwen2ForCausalLM(cfg)
 
 
 class PeakRSS:
@@ -70,6 +119,8 @@ class PeakRSS:
 def make_model(tok, size: str, seed: int = 0):
     from r1core.recipes.base_model import BaseModelSpec, build_model
 
+    if size == QWEN:
+        return make_qwen_model(seed)
     h, i, n, heads = MODELS[size]
     spec = BaseModelSpec(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=heads,
                          num_key_value_heads=heads, max_position_embeddings=128)
@@ -100,36 +151,39 @@ class Clock:
         return timed
 
 
-def bench_ours(size: str, steps: int, bf16: bool = False) -> dict:
-    from r1core.recipes.base_model import build_tokenizer
+def bench_ours(size: str, steps: int, bf16: bool = False, quick: bool = False) -> dict:
     from r1core.rewards import accuracy_reward
     from r1core.trainers import GRPOConfig, GRPOTrainer
 
-    tok = build_tokenizer()
+    g, completion = shape(size, quick)
+    tok = make_tokenizer(size)
     model = make_model(tok, size)
+    reward = spread_reward if size == QWEN else accuracy_reward
     gen, step = Clock(), Clock()
     with tempfile.TemporaryDirectory() as out, PeakRSS() as mem:
-        cfg = GRPOConfig(num_generations=G, per_device_train_batch_size=G, max_completion_length=COMPLETION, beta=0.04,
+        cfg = GRPOConfig(num_generations=g, per_device_train_batch_size=g, max_completion_length=completion, beta=0.04,
                          learning_rate=1e-6, ignore_eos=True, output_dir=out, max_steps=steps + 1, logging_steps=1, bf16=bf16)
-        tr = GRPOTrainer(model, tok, [accuracy_reward], rows(64), cfg)
+        tr = GRPOTrainer(model, tok, [reward], rows(64), cfg)
         tr.generate = gen.wrap(tr.generate)
         train_step = step.wrap(tr.train_step)
         for _ in range(steps + 1):
             info = train_step()
-        assert info["completion_length"] == COMPLETION
+        assert info["completion_length"] == completion
     return summarize(gen, step, mem.delta)
 
 
-def bench_trl(size: str, steps: int, bf16: bool = False) -> dict:
+def bench_trl(size: str, steps: int, bf16: bool = False, quick: bool = False, setup=None) -> dict:
+    """setup(trainer): applied before training (bench_trl_dropins.py's drop-ins)."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer
     from transformers import TrainerCallback
 
-    from r1core.recipes.base_model import build_tokenizer
     from r1core.rewards import accuracy_reward
 
-    tok = build_tokenizer()
+    g, completion = shape(size, quick)
+    tok = make_tokenizer(size)
     model = make_model(tok, size)
+    reward = spread_reward if size == QWEN else accuracy_reward
     ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows(64)])
     gen, step = Clock(), Clock()
 
@@ -145,20 +199,60 @@ def bench_trl(size: str, steps: int, bf16: bool = False) -> dict:
         # TRL builds its reference model with from_pretrained(model.config._name_or_path)
         model.save_pretrained(os.path.join(out, "model"))
         model.config._name_or_path = os.path.join(out, "model")
-        cfg = GRPOConfig(output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=G, num_generations=G,
-                         max_completion_length=COMPLETION, beta=0.04, learning_rate=1e-6, max_steps=steps + 1, logging_steps=1,
-                         save_strategy="no", generation_kwargs={"min_new_tokens": COMPLETION}, disable_tqdm=True, seed=0,
+        cfg = GRPOConfig(output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=g, num_generations=g,
+                         max_completion_length=completion, beta=0.04, learning_rate=1e-6, max_steps=steps + 1, logging_steps=1,
+                         save_strategy="no", generation_kwargs={"min_new_tokens": completion}, disable_tqdm=True, seed=0,
                          dataloader_num_workers=0,
                          # TRL 1.16 defaults to bf16 autocast and gradient checkpointing; both trainers run
                          # float32 without checkpointing here, so they do the same arithmetic
                          bf16=bf16, gradient_checkpointing=False)
-        trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=cfg, train_dataset=ds, processing_class=tok,
+        trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=cfg, train_dataset=ds, processing_class=tok,
                               callbacks=[StepTimer()])
+        if setup is not None:
+            setup(trainer)
         trainer._generate_single_turn = gen.wrap(trainer._generate_single_turn)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.train()
     return summarize(gen, step, mem.delta)
+
+
+def _mm_seconds(rows: int, weight: torch.Tensor, max_out_bytes: int = 64 << 20) -> float:
+    """Seconds of x [rows, in] @ weight.T (the best of 4 after a warm-up: a floor), in row chunks whose output
+    stays under max_out_bytes, as the fused kernels chunk the head."""
+    out_features, in_features = weight.shape
+    chunk = max(1, min(rows, max_out_bytes // (4 * out_features)))
+    x = torch.randn(chunk, in_features)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.mm(x, weight.t())
+        times.append(time.perf_counter() - t)
+    full, rest = divmod(rows, chunk)
+    tail = _mm_seconds(rest, weight, max_out_bytes) if rest else 0.0
+    return full * min(times[1:]) + tail
+
+
+def gemm_floor(size: str, quick: bool = False) -> dict:
+    """Seconds of one step's GEMMs at their shapes, timed now: generation (prefill of the prompt, then
+    one decode step per completion token at G rows, head included) and training (the reference
+    forward, the training forward, and backward as two GEMMs per forward GEMM, the head only over
+    the completion positions)."""
+    from r1core.tasks.tokenizer import encode_prompt
+
+    g, completion = shape(size, quick)
+    tok = make_tokenizer(size)
+    model = make_model(tok, size)
+    prompt = len(encode_prompt(tok, rows(1)[0]["prompt"]))
+    head = model.get_output_embeddings().weight.detach()
+    linears = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight is not head]
+    with torch.no_grad():
+        decode = sum(_mm_seconds(g, w) for w in linears) + _mm_seconds(g, head)
+        prefill = sum(_mm_seconds(g * prompt, w) for w in linears) + _mm_seconds(g, head)
+        forward = sum(_mm_seconds(g * (prompt + completion), w) for w in linears) + _mm_seconds(g * completion, head)
+    gen = prefill + completion * decode
+    train = (1 + 1 + 2) * forward  # reference forward, forward, backward (grad input + grad weight)
+    return {"gen_s": gen, "train_s": train, "step_s": gen + train}
 
 
 def summarize(gen: Clock, step: Clock, mem: int) -> dict:
@@ -170,23 +264,32 @@ def summarize(gen: Clock, step: Clock, mem: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="5M model only, 2 measured steps")
-    ap.add_argument("--steps", type=int, default=None, help="measured steps per trainer (default 5, --quick 2)")
+    ap.add_argument("--quick", action="store_true", help="5M model only (or the case's 16-token smoke run), 2 measured steps")
+    ap.add_argument("--case", choices=["tiny", QWEN], default="tiny", help="tiny: the 5M and 30M models of the character vocabulary; "
+                    f"{QWEN}: Qwen's vocabulary, 16 completions of 256 tokens")
+    ap.add_argument("--steps", type=int, default=None, help="measured steps per trainer (default 5, --quick 2, qwen2-151k --quick 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in both trainers' training side (TRL's default)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps = args.steps or (2 if args.quick else 5)
-    sizes = ["5M"] if args.quick else ["5M", "30M"]
+    if args.case == QWEN:
+        sizes, steps = [QWEN], args.steps or (1 if args.quick else 3)
+    else:
+        sizes = ["5M"] if args.quick else ["5M", "30M"]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, steps {steps} (+1 warm-up), load {os.getloadavg()[0]:.1f}")
-    print(f"{'model':>6} {'trainer':>8} {'gen s':>8} {'train s':>8} {'step s':>8} {'gen cpu':>8} {'step cpu':>8} {'peak MB':>8}")
+    print(f"{'model':>10} {'trainer':>8} {'gen s':>8} {'train s':>8} {'step s':>8} {'gen cpu':>8} {'step cpu':>8} {'peak MB':>8} {'x floor':>8}")
     for size in sizes:
-        res = {"trl": bench_trl(size, steps, args.bf16), "r1core": bench_ours(size, steps, args.bf16)}
+        res = {"trl": bench_trl(size, steps, args.bf16, args.quick), "r1core": bench_ours(size, steps, args.bf16, args.quick)}
+        floor = gemm_floor(size, args.quick)
         for name, r in res.items():
-            print(f"{size:>6} {name:>8} {r['gen_s']:8.3f} {r['train_s']:8.3f} {r['step_s']:8.3f} {r['gen_cpu']:8.3f} {r['step_cpu']:8.3f} {r['peak_mb']:8.0f}")
+            print(f"{size:>10} {name:>8} {r['gen_s']:8.3f} {r['train_s']:8.3f} {r['step_s']:8.3f} {r['gen_cpu']:8.3f} {r['step_cpu']:8.3f} "
+                  f"{r['peak_mb']:8.0f} {r['step_s'] / floor['step_s']:8.2f}")
+        print(f"{size:>10} {'GEMMs':>8} {floor['gen_s']:8.3f} {floor['train_s']:8.3f} {floor['step_s']:8.3f} {'':>8} {'':>8} {'':>8} {1.0:8.2f}")
         t, o = res["trl"], res["r1core"]
-        print(f"{size:>6} speed-up r1core / TRL in steps/s: {t['step_s'] / o['step_s']:.2f}x wall (generation {t['gen_s'] / o['gen_s']:.2f}x, "
-              f"rest {t['train_s'] / o['train_s']:.2f}x); {t['step_cpu'] / o['step_cpu']:.2f}x in CPU seconds")
+        print(f"{size:>10} speed-up r1core / TRL in steps/s: {t['step_s'] / o['step_s']:.2f}x wall (generation {t['gen_s'] / o['gen_s']:.2f}x, "
+              f"rest {t['train_s'] / o['train_s']:.2f}x); {t['step_cpu'] / o['step_cpu']:.2f}x in CPU seconds; "
+              f"peak memory r1core / TRL {o['peak_mb'] / max(t['peak_mb'], 1e-9):.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -13,7 +13,7 @@ the engine reads the parameters the optimizer updates, as r1core's own trainer d
 no weight copy and no weight sync (the engine sees each update through the parameters' version
 counters and drops its prefix cache). TRL's sampling settings map onto `SamplingParams`
 (temperature, top_p, top_k, min_p, max_completion_length; `generation_kwargs={"do_sample": False}`
-is greedy). The completions keep their EOS token, as TRL's own generation does. What the engine
+is greedy, `min_new_tokens` equal to max_completion_length is `ignore_eos`). The completions keep their EOS token, as TRL's own generation does. What the engine
 does not do (images and other multimodal inputs, a repetition penalty, TRL's own logit processors
 through `generation_kwargs`) runs TRL's generation for that turn instead, with a warning naming it
 once.
@@ -32,7 +32,7 @@ from r1core.engine import Engine, SamplingParams
 
 # generation_kwargs keys that SamplingParams expresses (the rest need TRL's own generation)
 _MAPPED_GENERATION_KWARGS = {"max_new_tokens", "do_sample", "pad_token_id", "bos_token_id", "eos_token_id", "temperature",
-                             "top_p", "top_k", "min_p", "repetition_penalty", "cache_implementation"}
+                             "top_p", "top_k", "min_p", "repetition_penalty", "cache_implementation", "min_new_tokens"}
 
 
 def use_r1core_engine(trainer, **engine_kwargs):
@@ -55,9 +55,12 @@ def _unsupported(trainer, images, multimodal_fields) -> str | None:
         return "images and other multimodal inputs"
     if getattr(trainer, "repetition_penalty", 1.0) not in (None, 1.0):
         return f"repetition_penalty={trainer.repetition_penalty}"
-    extra = sorted(set(getattr(trainer, "generation_kwargs", None) or {}) - _MAPPED_GENERATION_KWARGS)
+    kwargs = getattr(trainer, "generation_kwargs", None) or {}
+    extra = sorted(set(kwargs) - _MAPPED_GENERATION_KWARGS)
     if extra:
         return f"generation_kwargs {extra}"
+    if 0 < (kwargs.get("min_new_tokens") or 0) < trainer.max_completion_length:
+        return f"min_new_tokens={kwargs['min_new_tokens']} below max_completion_length (only eos suppressed throughout maps)"
     return None
 
 
@@ -66,10 +69,12 @@ def sampling_params(trainer) -> SamplingParams:
     repeats each prompt num_generations times itself)."""
     config = getattr(trainer, "generation_config", None)
     greedy = config is not None and config.do_sample is False
+    # min_new_tokens == max_completion_length: eos is never sampled, the engine's ignore_eos
+    ignore_eos = bool((getattr(trainer, "generation_kwargs", None) or {}).get("min_new_tokens"))
     return SamplingParams(
         n=1, temperature=0.0 if greedy else float(trainer.temperature), top_p=float(trainer.top_p or 1.0),
         top_k=int(trainer.top_k or 0), min_p=float(trainer.min_p or 0.0), max_new_tokens=int(trainer.max_completion_length),
-        skip_special_tokens=False, logprobs=False,
+        ignore_eos=ignore_eos, skip_special_tokens=False, logprobs=False,
     )
 
 
