@@ -124,14 +124,18 @@ class Trainer:
         the weights and AdamW's moments stay as they were, the step and the schedule still advance,
         and the record gets `skipped_steps: 1`; `max_bad_steps` of them in a row stop the run."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf")).item()
-        bad = not math.isfinite(grad_norm) or (loss is not None and not math.isfinite(loss))
+        if loss is not None and not math.isfinite(loss):
+            bad = f"loss is {loss}"
+        elif not math.isfinite(grad_norm):
+            bad = f"gradient norm is {grad_norm}"
+        else:
+            bad = None
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1
             self.bad_in_a_row += 1
-            warnings.warn(f"step {self.global_step + 1}: {'loss' if loss is not None and not math.isfinite(loss) else 'gradient norm'} "
-                          f"is {loss if loss is not None and not math.isfinite(loss) else grad_norm}: update skipped "
-                          f"({self.bad_in_a_row} in a row, {self.bad_steps} in the run)", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"step {self.global_step + 1}: {bad}: update skipped ({self.bad_in_a_row} in a row, "
+                          f"{self.bad_steps} in the run)", RuntimeWarning, stacklevel=2)
         else:
             self.optimizer.step()
             self.bad_in_a_row = 0
