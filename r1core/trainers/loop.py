@@ -25,6 +25,12 @@ checkpoint). `backward_micro_batches` is gradient accumulation for trainers that
 Its config needs the fields the loop reads: max_steps, max_seconds, logging_steps, save_steps,
 save_total_limit, output_dir, max_grad_norm.
 
+Faults: output_dir is checked writable before the first step; `resume_from_checkpoint=True` skips
+a checkpoint with a truncated or corrupt file (a warning names it) for the one before; a resume
+whose `resume_fixed` settings changed (batch shape, seed) is refused, other changes are warned
+about; a step whose loss or gradient norm is NaN or inf skips its update (counted, warned) and
+`max_bad_steps` of them in a row raise `NumericalFault` before any checkpoint of them is written.
+
 Several processes (torchrun): rank 0's clock is every rank's (the schedule and the stop must
 agree), only rank 0 logs and writes checkpoints, and the logged metrics are the whole step's:
 `summed_metrics` added over ranks, the others averaged.
