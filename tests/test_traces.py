@@ -104,3 +104,12 @@ def test_bad_arguments_are_named():
     for kwargs, word in (({"style": "tree"}, "style"), ({"order": "bfs"}, "order"), ({"budget": 0}, "budget")):
         with pytest.raises(ValueError, match=word):
             countdown_trace([1, 2], 3, **kwargs)
+
+
+def test_hint_prompt():
+    from r1core.tasks.countdown_traces import hint_prompt
+
+    hinted = hint_prompt("8,3,2>22:", "(8+3)*2")
+    assert hinted == "8,3,2>22@(8+3)*2:"
+    with pytest.raises(ValueError, match="prompt"):
+        hint_prompt(hinted, "(8+3)*2")

@@ -37,8 +37,9 @@ from .tokenizer import TASK_ALPHABET
 STYLES = ("journey", "shortcut")
 ORDERS = ("heuristic", "random")
 SOLVED, DEAD = "!", "^"
-# the characters of the prompts and both trace styles; the tags are the tokenizer's own tokens
-TRACE_ALPHABET = TASK_ALPHABET + "|^!"
+HINT = "@"  # STaR's rationalisation: `8,3,2>22@(8+3)*2:` gives the answer with the problem
+# the characters of the prompts, both trace styles and hinted prompts; the tags are the tokenizer's own tokens
+TRACE_ALPHABET = TASK_ALPHABET + "|^!" + HINT
 
 _STEP_RE = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
 _NODE_RE = re.compile(r"^(\d+(?:,\d+)*)>(\d+)$")
@@ -186,6 +187,15 @@ def replay_trace(text: str) -> tuple[list[str], str | None]:
     return [], answer or None
 
 
+def hint_prompt(prompt: str, answer: str) -> str:
+    """A short countdown prompt (`8,3,2>22:`) with the answer given as a hint: `8,3,2>22@(8+3)*2:`."""
+    if not prompt.endswith(":") or HINT in prompt:
+        raise ValueError(f"prompt: expected a short countdown prompt such as '8,3,2>22:' without a hint, got {prompt!r}")
+    if not answer or HINT in answer or ":" in answer:
+        raise ValueError(f"answer: expected an expression such as '(8+3)*2', got {answer!r}")
+    return f"{prompt[:-1]}{HINT}{answer}:"
+
+
 def trace_rows(rows: Sequence[dict], style: str, *, seed: int = 0, order: str = "heuristic", budget: int = 16) -> list[dict]:
     """Countdown rows (`numbers`, `target`, `prompt`) with their traces as `completion`, plus
     `solved` and `expanded`; each problem's search order is seeded by `seed` and its index."""
@@ -197,4 +207,4 @@ def trace_rows(rows: Sequence[dict], style: str, *, seed: int = 0, order: str = 
     return out
 
 
-__all__ = ["ORDERS", "STYLES", "TRACE_ALPHABET", "Trace", "countdown_trace", "replay_trace", "trace_rows"]
+__all__ = ["HINT", "ORDERS", "STYLES", "TRACE_ALPHABET", "Trace", "countdown_trace", "hint_prompt", "replay_trace", "trace_rows"]
