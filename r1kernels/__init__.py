@@ -15,7 +15,7 @@ imports. docs/ops.md has this table with the full schemas.
     grpo_loss               fused_grpo_loss                grpo_loss               grpo_loss.py               grpo_loss.cpp               -                          test_grpo_loss.py
     grpo_loss_from_logits   logits_grpo_loss               grpo_loss_from_logits   grpo_loss_from_logits.py   grpo_loss_from_logits.cpp   -                          test_grpo_loss_from_logits.py
     -                       grpo_token_loss                grpo_per_token_loss     grpo_token_loss.py         grpo_token_loss.cpp         grpo_token_loss.cu         test_grpo_token_loss.py
-    distill_loss            fused_distill_loss             distill_loss            distill_loss.py            distill_loss.cpp            -                          test_distill_loss.py
+    distill_loss            fused_distill_loss             distill_loss            distill_loss.py            distill_loss.cpp            distill_loss.cu            test_distill_loss.py
     distill_loss_from_logits logits_distill_loss           distill_loss_from_logits distill_loss_from_logits.py distill_loss_from_logits.cpp -                      test_distill_loss_from_logits.py
     reshape_and_cache       reshape_and_cache              reshape_and_cache       reshape_and_cache.py       reshape_and_cache.cpp       reshape_and_cache.cu       test_reshape_and_cache.py
     copy_blocks             copy_blocks                    copy_blocks             copy_blocks.py             copy_blocks.cpp             copy_blocks.cu             test_copy_blocks.py

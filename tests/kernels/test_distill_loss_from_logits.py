@@ -37,7 +37,7 @@ def run_both(zs, zt, labels, **opt):
     return out
 
 
-def check(ours, ref, atol=2e-5, rtol=1e-4):
+def check(ours, ref, atol=1e-4, rtol=1e-4):  # fp32 kernels against float64
     (l1, g1), (l2, g2) = ours, ref
     assert l1.dtype == torch.float32 and l1.shape == l2.shape
     torch.testing.assert_close(l1.double(), l2.double(), atol=atol, rtol=rtol)
