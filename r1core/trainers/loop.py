@@ -56,8 +56,10 @@ from r1core.trainers.metrics import MetricsLogger
 RESUME_FREE = frozenset({"max_steps", "max_seconds", "logging_steps", "save_steps", "save_total_limit", "output_dir"})
 
 
-class NumericalFault(RuntimeError):
-    """max_bad_steps optimizer steps in a row had a NaN or inf loss or gradient."""
+class NumericalFault(RuntimeError, ValueError):
+    """max_bad_steps optimizer steps in a row had a NaN or inf loss or gradient. A ValueError too:
+    a setting (learning_rate, max_grad_norm, bf16) is the usual cause, and the command line reports
+    ValueErrors as one line that names it."""
 
 
 class Trainer:

@@ -105,6 +105,11 @@ def test_grpo_nan_gradient_is_skipped_and_stops(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
 
 
+def test_the_fault_is_reported_as_a_value_error():
+    # the command line turns ValueErrors into one line (`error: ...`), not a traceback
+    assert issubclass(NumericalFault, ValueError) and issubclass(NumericalFault, RuntimeError)
+
+
 def test_max_bad_steps_is_checked():
     with pytest.raises(ValueError, match="GRPOConfig.max_bad_steps"):
         GRPOConfig(max_bad_steps=0)
