@@ -10,5 +10,8 @@ run:
 test:
 	@bash scripts/setup.sh && $(ACT) && python -m pytest -q tests
 
+# the microbenchmark suite (docs/benchmarks.md); the end-to-end scripts are bench/bench_*.py
 bench:
-	@bash scripts/setup.sh && $(ACT) && python bench/bench_grpo_loss.py
+	@bash scripts/setup.sh && $(ACT) && mkdir -p bench/micro/.benchmarks && \
+		python -m pytest bench/micro --benchmark-autosave --benchmark-storage=bench/micro/.benchmarks \
+		--benchmark-json=bench/micro/.benchmarks/latest.json
