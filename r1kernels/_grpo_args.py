@@ -44,8 +44,9 @@ def check_sequence_inputs(B, T, device, targets, advantages, mask, old_logprobs,
         raise ValueError(f"targets must have shape [B, T] = {[B, T]}, got {list(targets.shape)}")
     if targets.dtype != torch.int64:
         raise ValueError(f"targets must be int64, got {targets.dtype}")
-    if advantages.shape != (B,):
-        raise ValueError(f"advantages must have shape [B] = [{B}], got {list(advantages.shape)}")
+    if advantages.shape not in ((B,), (B, T)):
+        raise ValueError(f"advantages must have shape [B] = [{B}] (one per sequence) or [B, T] = {[B, T]} (one per token), "
+                         f"got {list(advantages.shape)}")
     if not advantages.is_floating_point():
         raise ValueError(f"advantages must be floating point, got {advantages.dtype}")
     # data-dependent checks are skipped while tracing (torch.compile(fullgraph=True) cannot branch on
@@ -71,6 +72,18 @@ def check_sequence_inputs(B, T, device, targets, advantages, mask, old_logprobs,
 def check_targets_in_vocab(targets, V):
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= V):
         raise ValueError(f"targets must lie in [0, {V}) (the vocabulary), got values in [{int(targets.min())}, {int(targets.max())}]")
+
+
+def token_advantages(advantages: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """[B, T] float32: a sequence's advantage ([B]) on each of its tokens, or the per-token ones ([B, T])."""
+    a = advantages.float()
+    return a.unsqueeze(-1).expand(B, T) if a.dim() == 1 else a
+
+
+def advantage_columns(advantages: torch.Tensor) -> torch.Tensor:
+    """float32 advantages that broadcast against [B, T]: [B, 1] per sequence, [B, T] per token."""
+    a = advantages.float()
+    return a.unsqueeze(-1) if a.dim() == 1 else a
 
 
 def token_scale(mask: torch.Tensor, loss_type: str, num_items=None) -> torch.Tensor:

@@ -10,12 +10,15 @@ The ratio is taken after the dual clip (min(w, delta)), as TRL does.
 
 With token-level importance sampling the clip fractions are masked means over tokens; with
 sequence-level (w is [B, 1]) there is one ratio per sequence and they are means over the B sequences,
-as TRL logs them.
+as TRL logs them, unless the advantages are per token ([B, T]): then the flags are too, and the
+means are over tokens.
 """
 
 from __future__ import annotations
 
 import torch
+
+from r1kernels._grpo_args import advantage_columns
 
 
 def _clip_flags(w, adv, epsilon_low, epsilon_high, delta, loss_type):
@@ -46,9 +49,11 @@ def grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_l
         def sequence_mean(x):
             return x.float().sum() / max(x.numel(), 1)
 
-        clip_mean = sequence_mean if importance_sampling == "sequence" else token_mean
+        # per-token advantages make the clip flags per token even with one weight per sequence
+        per_sequence = importance_sampling == "sequence" and advantages.dim() == 1
+        clip_mean = sequence_mean if per_sequence else token_mean
 
-        low, high = _clip_flags(w.float(), advantages.float().unsqueeze(-1), epsilon_low, epsilon_high, delta, loss_type)
+        low, high = _clip_flags(w.float(), advantage_columns(advantages), epsilon_low, epsilon_high, delta, loss_type)
         if ref_logprobs is not None and beta != 0.0:
             d = ref_logprobs.float() - logp.float()
             kl = token_mean(torch.exp(d) - d - 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from r1kernels._grpo_args import token_scale
+from r1kernels._grpo_args import advantage_columns, token_scale
 
 
 def sequence_level_loss(logp, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high, delta, loss_type,
@@ -21,7 +21,7 @@ def sequence_level_loss(logp, advantages, mask, old_logprobs, ref_logprobs, beta
     # where, not a product with the mask: a masked token's old log-prob may be anything, NaN included
     log_ratio = torch.where(keep, lp - old, torch.zeros_like(lp))
     w = torch.exp(log_ratio.sum(-1, keepdim=True) / keep.sum(-1, keepdim=True).clamp(min=1))  # [B, 1]
-    A = advantages.float().unsqueeze(-1)
+    A = advantage_columns(advantages)  # [B, 1] or, per token, [B, T]
     if loss_type == "cispo":
         per_token = -w.clamp(max=epsilon_high).detach() * A * lp
     elif loss_type == "sapo":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from r1kernels._grpo_stats import grpo_stats
-from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, flat, token_scale
+from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, flat, token_advantages, token_scale
 from r1kernels._library import op
 from r1kernels._sequence_level import sequence_level_loss
 from r1kernels.token_logprobs import check_head_inputs, token_logprobs
@@ -116,7 +116,8 @@ def grpo_loss(
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
 ):
-    """(loss, stats) for hidden [B, T, H], weight [V, H], targets [B, T], advantages [B].
+    """(loss, stats) for hidden [B, T, H], weight [V, H], targets [B, T], advantages [B] (one per
+    sequence, as GRPO's group advantages) or [B, T] (one per token, as on-policy distillation's).
 
     `stats` holds detached scalars: kl, clip_low, clip_high, clip_region, entropy (masked means).
     """
@@ -138,7 +139,7 @@ def grpo_loss(
         return loss, stats
 
     scale = token_scale(mask, loss_type, num_items)
-    token_adv = advantages.float().unsqueeze(-1).expand(B, T)
+    token_adv = token_advantages(advantages, B, T)
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     loss, logp, entropy, _, _, _ = op("fused_grpo_loss")(
         hidden.reshape(B * T, H).contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from r1kernels._grpo_stats import grpo_stats
-from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, check_targets_in_vocab, flat, token_scale
+from r1kernels._grpo_args import (LOSS_KIND, check_options, check_sequence_inputs, check_targets_in_vocab, flat, token_advantages,
+                                  token_scale)
 from r1kernels._library import op
 from r1kernels._sequence_level import sequence_level_loss
 from r1kernels.grpo_loss import _grad_is_one
@@ -58,7 +59,8 @@ def grpo_loss_from_logits(
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
 ):
-    """(loss, stats) for logits [B, T, V] (position t scores targets[:, t])."""
+    """(loss, stats) for logits [B, T, V] (position t scores targets[:, t]); advantages [B] or [B, T]
+    as grpo_loss takes them."""
     if logits.dim() != 3 or not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point [B, T, V] tensor, got {logits.dtype} {list(logits.shape)}")
     B, T, V = logits.shape
@@ -81,7 +83,7 @@ def grpo_loss_from_logits(
         return loss, stats
 
     scale = token_scale(mask, loss_type, num_items)
-    token_adv = advantages.float().unsqueeze(-1).expand(B, T)
+    token_adv = token_advantages(advantages, B, T)
     needs_grad = torch.is_grad_enabled() and logits.requires_grad
     loss, logp, entropy, _ = op("logits_grpo_loss")(
         logits.reshape(B * T, V).contiguous(), targets.reshape(-1).contiguous(), scale.reshape(-1).contiguous(),

@@ -108,7 +108,8 @@ def grpo_per_token_loss(
     else:
         raise ValueError(f"importance_sampling must be 'token' or 'sequence', got {importance_sampling!r}")
     w = torch.exp(log_w)
-    adv = advantages.to(logp.dtype).unsqueeze(-1)
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv  # [B] per sequence or [B, T] per token
     if loss_type == "cispo":
         # TRL: the cap is epsilon_high itself (an absolute bound on the ratio, TRL suggests 5.0).
         per_token = -torch.clamp(w, max=epsilon_high).detach() * adv * logp
@@ -159,7 +160,8 @@ def grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_l
         def over_sequences(x):
             return x.float().reshape(-1).sum() / max(x.shape[0], 1)
 
-        adv = advantages.float().unsqueeze(-1)
+        adv = advantages.float()
+        adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv
         if loss_type == "cispo":
             high = (w > epsilon_high) & (adv > 0)
             low = torch.zeros_like(high)
@@ -169,7 +171,8 @@ def grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_l
             coef = w if delta is None else torch.clamp(w, max=delta)
             low = (coef < 1 - epsilon_low) & (adv < 0)
             high = (coef > 1 + epsilon_high) & (adv > 0)
-        clip_mean = over_sequences if importance_sampling == "sequence" else over_tokens
+        # one clip flag per sequence only when both the weight and the advantage are per sequence
+        clip_mean = over_sequences if importance_sampling == "sequence" and advantages.dim() == 1 else over_tokens
         if ref_logprobs is not None and beta != 0.0:
             d = ref_logprobs.float() - logp.float()
             kl = over_tokens(torch.exp(d) - d - 1)

@@ -164,6 +164,35 @@ def test_no_grad_forward_matches(backend):
     assert_stats_close(stats, ref_stats)
 
 
+# per-token advantages ([B, T], as on-policy distillation's log p_teacher - log p_student): every
+# loss type, both importance samplings, on every backend
+
+
+@pytest.mark.parametrize("importance_sampling", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_per_token_advantages(backend, loss_type, importance_sampling):
+    inp = make_inputs(3, 7, 24, 301, bias=True, temperature=0.7)
+    inp["advantages"] = torch.randn(3, 7)
+    inp["advantages"][0, 1] = 0.0  # a token whose advantage is 0 (the teacher agrees)
+    check(*run_both(inp, **options(loss_type, importance_sampling=importance_sampling)), 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("importance_sampling", ["token", "sequence"])
+def test_per_token_advantages_repeating_the_sequences_give_the_same_loss(backend, importance_sampling):
+    inp = make_inputs(3, 5, 16, 97, bias=True)
+    opt = options("grpo", importance_sampling=importance_sampling)
+    (l1, s1, g1), _ = run_both(inp, **opt)
+    (l2, s2, g2), _ = run_both(dict(inp, advantages=inp["advantages"][:, None].expand(3, 5)), **opt)
+    torch.testing.assert_close(l1, l2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+    # the clip fractions are over sequences for [B] and over tokens for [B, T] under sequence-level
+    # sampling; the token-level ones and the rest agree
+    same = s1.keys() if importance_sampling == "token" else ("kl", "entropy")
+    for k in same:
+        torch.testing.assert_close(s1[k], s2[k])
+
+
 def _bad(inp, **changes):
     args = dict(hidden=inp["hidden"], weight=inp["weight"], targets=inp["targets"], advantages=inp["advantages"],
                 mask=inp["mask"], old_logprobs=inp["old"], ref_logprobs=inp["ref"], bias=None)
@@ -186,6 +215,8 @@ BAD = {
     "temperature 0": (lambda i: _bad(i, temperature=0.0), "temperature must be > 0"),
     "num_items 0": (lambda i: _bad(i, loss_type="dapo", num_items=0), "num_items must be a positive"),
     "advantages shape": (lambda i: _bad(i, advantages=i["advantages"][:1]), "advantages must have shape"),
+    "advantages per-token shape": (lambda i: _bad(i, advantages=torch.zeros(i["targets"].shape[0], i["targets"].shape[1] + 1)),
+                                   r"advantages must have shape \[B\] = \[2\] \(one per sequence\) or \[B, T\]"),
     "advantages nan": (lambda i: _bad(i, advantages=i["advantages"] * float("nan")), "advantages must be finite"),
     "advantages int": (lambda i: _bad(i, advantages=torch.ones(2, dtype=torch.long)), "advantages must be floating point"),
     "old shape": (lambda i: _bad(i, old_logprobs=i["old"][:, :1]), "old_logprobs must have shape"),

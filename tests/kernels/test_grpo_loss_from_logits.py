@@ -69,6 +69,19 @@ def test_matches_reference(backend, loss_type, importance_sampling, dtype, atol,
     torch.testing.assert_close(g1.float(), g2.float(), atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("importance_sampling", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_per_token_advantages(backend, loss_type, importance_sampling):
+    inp = make_inputs(3, 6, 16, 257, bias=True, temperature=0.8)
+    inp["advantages"] = torch.randn(3, 6)
+    opt = dict(beta=0.04, temperature=0.8, loss_type=loss_type, importance_sampling=importance_sampling,
+               epsilon_high=5.0 if loss_type == "cispo" else 0.28, delta=1.2 if loss_type == "grpo" else None)
+    (l1, s1, g1), (l2, s2, g2) = run_both(_logits(inp, torch.float32), inp, **opt)
+    torch.testing.assert_close(l1, l2.float(), atol=1e-5, rtol=1e-4)
+    assert_stats_close(s1, s2)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("T", [1, 4])
 def test_plain_on_policy_and_masked(backend, T, monkeypatch):
     monkeypatch.setenv("R1_GRPO_CHUNK_BYTES", str(2 * 99 * 4))  # 2 rows per chunk
@@ -90,6 +103,7 @@ def test_plain_on_policy_and_masked(backend, T, monkeypatch):
         (dict(loss_type="kl"), "loss_type must be one of"),
         (dict(beta=0.1), "ref_logprobs is required"),
         (dict(mask=torch.full((2, 3), 3.0)), "mask must be bool"),
+        (dict(advantages=torch.randn(2, 4)), "advantages must have shape"),
     ],
 )
 def test_bad_input_raises(change, match):
