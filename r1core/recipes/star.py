@@ -1,0 +1,277 @@
+"""`r1core star`: STaR (Zelikman et al., 2022) on Countdown: sample rationales, keep those that reach
+the right answer; for the problems the model gets wrong, give it the answer as a hint and keep the
+rationales that reach it (rationalisation); fine-tune from the original base on everything kept so
+far; repeat.
+
+The base (`--base-model train`, the default): a fresh ~1M-parameter Qwen2 over the trace alphabet
+SFT'd briefly (--base.*) on the traces (`--base-style`, shortcut by default) of `base_size`
+problems, a `hint_fraction` of them with the answer as a hint in the prompt (`8,3,2>22@(8+3)*2:`),
+so the base knows what a hint is; or `--base-model DIR`, a saved model over the trace alphabet
+(e.g. runs/journey/stages/journey/model).
+
+Iteration i (0..iterations) writes one summary entry, named by its number: the model of iteration
+i (0: the base; i >= 1: the base fine-tuned by --finetune.* on every row kept in iterations 0..i-1,
+or the base again while nothing was kept)
+evaluated on held-out problems, and its `solved_fraction`: the share of the `train_size` training
+problems on which one of its `samples_per_problem` samples was correct. Those samples are kept
+(one per problem, the shortest); with rationalisation the unsolved problems are sampled again
+with the hint, and a sample that reaches the answer is kept with the plain prompt: the hint
+never appears in what is trained. `--no-rationalization` is the ablation.
+
+The default budget, by arithmetic rather than a timed run (the machine it was set on was shared):
+base SFT 60 s, 3 fine-tunes of 90 s, 4 samplings of 256 problems x 4 samples and 4 held-out
+evaluations of 128 problems (about 20-40 s each with the short shortcut traces): within 15
+minutes on 2 cores.
+
+    r1core star                                  # rationalisation on, seed 0, runs/star/
+    r1core star --no-rationalization --name star-norat
+    r1core star --iterations 5 --finetune.max-seconds 120
+    r1core star --resume                         # a killed run goes on from its last finished iteration
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+
+from r1core.recipes import arms as A
+from r1core.recipes.flags import Command, Given, Section, option
+from r1core.trainers import SFTConfig
+
+BASE_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 32, "max_steps": 100_000, "max_seconds": 60.0, "max_seq_length": 320,
+                     "logging_steps": 10, "save_steps": 50, "warmup_steps": 10}
+FINETUNE_DEFAULTS = dict(BASE_DEFAULTS, max_seconds=90.0)
+BASE_OWNED = {"output_dir": "runs_dir/name/base", "seed": "the run's seed"}
+FINETUNE_OWNED = {"output_dir": "the iteration's folder, runs_dir/name/stages/<i>", "seed": "the run's seed"}
+
+
+@dataclass
+class StarConfig(A.CountdownSetting):
+    name: str = option("star", "the run's folder under runs_dir")
+    runs_dir: str = option("runs", "where run folders go")
+    seed: int = option(0, "the base, the problems and the samples")
+    iterations: int = option(3, "STaR iterations (fine-tunes); the summary has iterations + 1 entries, 0 being the base")
+    rationalization: bool = option(True, "sample the unsolved problems again with the answer as a hint (--no-rationalization: the ablation)")
+    train_size: int = option(256, "training problems sampled each iteration")
+    samples_per_problem: int = option(4, "samples per training problem (and per hinted problem) each iteration")
+    temperature: float = option(1.0, "the samples' temperature")
+    base_model: str = option("train", "'train' (SFT a base first: --base.*, base_size, base_style, hint_fraction) or a model folder")
+    base_size: int = option(256, "problems whose traces the base is SFT'd on (drawn apart from the training problems)")
+    base_style: str = option("shortcut", "the base's traces: 'shortcut' or 'journey'")
+    hint_fraction: float = option(0.5, "share of the base's examples that have the answer as a hint in the prompt")
+    progress: bool = option(True, "progress bars and the table at the end")
+    max_new_tokens: int = option(160, "tokens per completion at most (evaluation and sampling; shortcut traces are under 90)")
+    base: SFTConfig = field(default_factory=dict)  # the base's SFT (base_model train)
+    finetune: SFTConfig = field(default_factory=dict)  # each iteration's fine-tune from the base
+
+    def __post_init__(self):
+        from r1core.recipes.r1_zero import _trainer_config
+
+        A.check_setting(self, "StarConfig")
+        for name in ("iterations", "train_size", "samples_per_problem", "base_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"StarConfig.{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) or not self.temperature > 0:
+            raise ValueError(f"StarConfig.temperature must be a number > 0, got {self.temperature!r}")
+        if not isinstance(self.hint_fraction, (int, float)) or isinstance(self.hint_fraction, bool) or not 0 <= self.hint_fraction < 1:
+            raise ValueError(f"StarConfig.hint_fraction must be a number in [0, 1), got {self.hint_fraction!r}")
+        if self.base_style not in ("shortcut", "journey"):
+            raise ValueError(f"StarConfig.base_style must be 'shortcut' or 'journey', got {self.base_style!r}")
+        if self.base_model != "train" and not os.path.isdir(self.base_model):
+            raise ValueError(f"StarConfig.base_model must be 'train' or a model folder, got {self.base_model!r} (no such folder)")
+        self.base = _trainer_config("base", SFTConfig, self.base, BASE_DEFAULTS,
+                                    lambda s: {"output_dir": os.path.join(self.run_dir, "base"), "seed": self.seed}, BASE_OWNED)
+        self.finetune = _trainer_config("finetune", SFTConfig, self.finetune, FINETUNE_DEFAULTS,
+                                        lambda s: {"output_dir": self.run_dir, "seed": self.seed}, FINETUNE_OWNED)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.runs_dir, self.name)
+
+
+@dataclass
+class StarOptions:
+    resume: bool = option(False, "go on with runs/<name>: finished iterations are kept, the running fine-tune resumes from its checkpoint")
+
+
+# ---- the base ------------------------------------------------------------------------------------
+def base_rows(cfg: StarConfig) -> list[dict]:
+    """The base's SFT rows: traces of base_size problems, a hint_fraction of them with the hint in the prompt."""
+    import random
+
+    from r1core.tasks.countdown_traces import hint_prompt, trace_rows
+
+    problems = A.countdown_problems(cfg, "train", cfg.base_size, cfg.seed + 1000)  # apart from the STaR problems' draw
+    rows = [r for r in trace_rows(problems, cfg.base_style, seed=cfg.seed, order=cfg.search_order, budget=cfg.search_budget) if r["solved"]]
+    if not rows:
+        raise ValueError(f"StarConfig.search_budget: no base problem was solved within {cfg.search_budget} steps")
+    rng = random.Random(cfg.seed)
+    for r in rows:
+        if rng.random() < cfg.hint_fraction:
+            r["prompt"] = hint_prompt(r["prompt"], r["completion"].split("<answer>")[1].split("</answer>")[0])
+    return rows
+
+
+def base_dir(cfg: StarConfig, resume: bool) -> str:
+    """The base model's folder: base_model DIR, or runs/<name>/base/model made by SFT (kept for --resume)."""
+    if cfg.base_model != "train":
+        return cfg.base_model
+    from r1core.trainers import SFTTrainer
+
+    path = os.path.join(cfg.base.output_dir, "model")
+    if resume and os.path.isdir(path):
+        return path
+    model, tok = A.new_model(cfg)
+    trainer = SFTTrainer(model, tok, base_rows(cfg), cfg.base)
+    trainer.train(resume_from_checkpoint=True if resume and A.has_checkpoint(cfg.base.output_dir) else None, progress=cfg.progress)
+    model.save_pretrained(path + ".tmp")
+    tok.save_pretrained(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+# ---- one iteration -------------------------------------------------------------------------------
+def sample_rationales(cfg: StarConfig, model, tok, problems: list[dict], seed: int) -> tuple[list[dict], list[dict], dict]:
+    """(rows solved without a hint, rows rationalised with one, stats). Every row's prompt is the
+    plain problem: a rationalised row was sampled with the hint and is kept without it."""
+    from r1core.data import rejection_sample
+    from r1core.engine import SamplingParams
+    from r1core.rewards import countdown_reward
+    from r1core.tasks.countdown_traces import hint_prompt
+
+    sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    kwargs = {"n": cfg.samples_per_problem, "sampling": sampling, "per_prompt": 1, "progress": cfg.progress}
+    plain = [{k: r[k] for k in ("prompt", "numbers", "target", "expression")} for r in problems]
+    solved = list(rejection_sample(model, tok, plain, [countdown_reward], seed=seed, **kwargs))
+    done = {r["prompt"] for r in solved}
+    rationalized = []
+    if cfg.rationalization:
+        hinted = [{**r, "plain_prompt": r["prompt"], "prompt": hint_prompt(r["prompt"], r["expression"])} for r in plain
+                  if r["prompt"] not in done]
+        if hinted:
+            for r in rejection_sample(model, tok, hinted, [countdown_reward], seed=seed + 1, **kwargs):
+                row = {k: v for k, v in r.items() if k != "plain_prompt"}
+                rationalized.append({**row, "prompt": r["plain_prompt"], "rationalized": True})
+    stats = {"solved_fraction": len(done) / len(problems), "rationalized_fraction": len(rationalized) / len(problems)}
+    return solved, rationalized, stats
+
+
+def training_rows(kept: list[dict]) -> list[dict]:
+    """What a fine-tune trains on: prompt and completion only, each distinct pair once."""
+    seen, out = set(), []
+    for r in kept:
+        key = (r["prompt"], r["completion"])
+        if key not in seen:
+            seen.add(key)
+            out.append({"prompt": r["prompt"], "completion": r["completion"]})
+    return out
+
+
+def finetune(cfg: StarConfig, base: str, rows: list[dict], out: str, resume: bool):
+    """The base fine-tuned on rows (a fresh copy each iteration, as STaR); (model, tokenizer, trainer)."""
+    from r1core.trainers import SFTTrainer
+
+    model, tok = A.load(base)
+    trainer = SFTTrainer(model, tok, rows, dataclasses.replace(cfg.finetune, output_dir=out))
+    trainer.metrics_file = "metrics.jsonl"
+    trainer.train(resume_from_checkpoint=True if resume and A.has_checkpoint(out) else None, progress=cfg.progress)
+    return model, tok, trainer
+
+
+def run_iteration(cfg: StarConfig, i: int, base: str, kept: list[dict], problems: list[dict], held: list[dict], resume: bool) -> dict:
+    """Iteration i: its model (the base, or fine-tuned on `kept`), held-out evaluation, the sampling
+    of the training problems; the rows it kept go to stages/<i>/kept.jsonl (all so far)."""
+    from r1core.data import write_jsonl
+
+    t0 = time.perf_counter()
+    out = A.stage_dir(cfg.run_dir, str(i))
+    os.makedirs(out, exist_ok=True)
+    train_steps = 0
+    if i == 0 or not kept:  # nothing kept yet: the iteration's model is the base
+        model, tok = A.load(base)
+    else:
+        model, tok, trainer = finetune(cfg, base, training_rows(kept), out, resume)
+        train_steps = trainer.global_step
+    train_seconds = time.perf_counter() - t0
+    entry = A.evaluate_entry(cfg, str(i), model, tok, held, train_seconds)
+    solved, rationalized, stats = sample_rationales(cfg, model, tok, problems, seed=cfg.seed * 7919 + i)
+    kept_now = kept + solved + rationalized
+    write_jsonl(kept_now, os.path.join(out, "kept.jsonl"))
+    entry.update(stats, seconds=time.perf_counter() - t0, train_steps=train_steps, train_rows=len(training_rows(kept)),
+                 kept_solved=len(solved), kept_rationalized=len(rationalized))
+    A.finish_stage(cfg.run_dir, entry, model if train_steps else None, tok)
+    return entry
+
+
+def run_star(cfg: StarConfig, resume: bool = False) -> dict:
+    """The whole run; returns the summary written to runs/<name>/summary.json."""
+    from r1core.data import read_jsonl
+    from r1core.recipes.r1_zero import start_run
+
+    t0 = time.perf_counter()
+    start_run(cfg)
+    problems = A.countdown_problems(cfg, "train", cfg.train_size, cfg.seed)
+    held = A.held_out(cfg)
+    base = base_dir(cfg, resume)
+    entries, kept = [], []
+    for i in range(cfg.iterations + 1):
+        entry = A.done_entry(cfg.run_dir, str(i)) if resume else None
+        if entry is None:
+            entry = run_iteration(cfg, i, base, kept, problems, held, resume)
+        kept = read_jsonl(os.path.join(A.stage_dir(cfg.run_dir, str(i)), "kept.jsonl"))
+        entries.append(entry)
+    wall = time.perf_counter() - t0
+    summary = A.write_summary(cfg.run_dir, "iterations", entries, wall, seed=cfg.seed, rationalization=cfg.rationalization,
+                              base_model=base, train_problems=len(problems), eval_prompts=len(held), eval_samples=cfg.eval_samples)
+    summary["plots"] = A.write_plots(cfg.run_dir, entries, {"loss": ["loss", "grad_norm"]}) + _plot_iterations(cfg, entries)
+    if cfg.progress:
+        A.print_entries(f"STaR on Countdown ({'with' if cfg.rationalization else 'without'} rationalisation): per iteration, held-out",
+                        entries, extra=("solved_fraction",))
+        print(f"wall {wall:.0f} s; written to {cfg.run_dir}/")
+    return summary
+
+
+def _plot_iterations(cfg: StarConfig, entries: list[dict]) -> list[str]:
+    from r1core.trainers.metrics import plot_metrics
+
+    recs = [{"step": int(e["name"]), **{k: e.get(k) for k in ("accuracy", "greedy_accuracy", "solved_fraction")}} for e in entries]
+    p = plot_metrics(recs, ["accuracy", "greedy_accuracy", "solved_fraction"], os.path.join(cfg.run_dir, "plots", "iterations.png"),
+                     title="STaR per iteration")
+    return [p] if p else []
+
+
+def has_run(cfg: StarConfig) -> bool:
+    return os.path.exists(os.path.join(cfg.run_dir, "run_config.json"))
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def cmd_star(given: Given) -> int:
+    try:
+        cfg, resume = given.build(StarConfig), given.build(StarOptions).resume
+        if resume and not has_run(cfg):
+            raise SystemExit(f"error: --resume: {cfg.run_dir!r} holds no STaR run to resume; check --name, or start without --resume")
+        run_star(cfg, resume=resume)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return 0
+
+
+def commands(sub) -> dict[str, Command]:
+    p = sub.add_parser("star", help="STaR on Countdown: sample, keep correct rationales (and hinted ones), fine-tune from the base; repeat",
+                       description="Iterations of STaR from a base (SFT'd here by --base.*, or --base-model DIR): each samples the "
+                                   "training problems, keeps the correct rationales (with rationalisation, those reached with the answer "
+                                   "as a hint, kept without it) and fine-tunes the base on everything kept so far (--finetune.*); "
+                                   "solved fraction and held-out accuracy per iteration in runs/<name>/summary.json.")
+    return {"star": Command(p, [
+        Section(StarConfig, title="StarConfig fields"),
+        Section(StarOptions, title="star options"),
+        Section(SFTConfig, "base", BASE_DEFAULTS, BASE_OWNED, title=f"the base's SFT (set by the run: {', '.join(BASE_OWNED)})"),
+        Section(SFTConfig, "finetune", FINETUNE_DEFAULTS, FINETUNE_OWNED,
+                title=f"each iteration's fine-tune from the base (set by the run: {', '.join(FINETUNE_OWNED)})"),
+    ], func=cmd_star)}
+
+
+__all__ = ["StarConfig", "StarOptions", "commands", "run_star", "sample_rationales", "training_rows"]
