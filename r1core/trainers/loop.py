@@ -38,6 +38,7 @@ agree), only rank 0 logs and writes checkpoints, and the logged metrics are the 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -272,7 +273,7 @@ class Trainer:
         old = js.get("config")
         if not isinstance(old, dict):
             return
-        new = self.config.to_dict()
+        new = json.loads(json.dumps(self.config.to_dict()))  # as the checkpoint holds it (tuples as lists)
         changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k] and k not in RESUME_FREE}
         fixed = {k: v for k, v in changed.items() if k in self.resume_fixed}
         if fixed:
