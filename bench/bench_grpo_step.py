@@ -223,10 +223,11 @@ def _mm_seconds(rows: int, weight: torch.Tensor, max_out_bytes: int = 64 << 20) 
     out_features, in_features = weight.shape
     chunk = max(1, min(rows, max_out_bytes // (4 * out_features)))
     x = torch.randn(chunk, in_features)
+    out = torch.empty(chunk, out_features)  # reused, as the kernels reuse theirs: a fresh one would time page faults
     times = []
     for _ in range(5):
         t = time.perf_counter()
-        torch.mm(x, weight.t())
+        torch.mm(x, weight.t(), out=out)
         times.append(time.perf_counter() - t)
     full, rest = divmod(rows, chunk)
     tail = _mm_seconds(rest, weight, max_out_bytes) if rest else 0.0
@@ -244,8 +245,9 @@ def gemm_floor(size: str, quick: bool = False) -> dict:
     tok = make_tokenizer(size)
     model = make_model(tok, size)
     prompt = len(encode_prompt(tok, rows(1)[0]["prompt"]))
-    head = model.get_output_embeddings().weight.detach()
-    linears = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight is not head]
+    lm_head = model.get_output_embeddings()
+    head = lm_head.weight.detach()
+    linears = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not lm_head]
     with torch.no_grad():
         decode = sum(_mm_seconds(g, w) for w in linears) + _mm_seconds(g, head)
         prefill = sum(_mm_seconds(g * prompt, w) for w in linears) + _mm_seconds(g, head)

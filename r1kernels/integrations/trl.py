@@ -29,8 +29,8 @@ extremes (clip_ratio/low_min, clip_ratio/high_max) need every token's ratio, whi
 never holds, and are not logged.
 
 The hidden states come from the model's backbone (`model.base_model`), called with the arguments
-TRL's own fused head gives it; under DDP call this on the trainer before `train()` as usual: the
-backbone's forward outside the DDP wrapper is what TRL's Liger path does as well.
+TRL's own fused head gives it. The tests cover one process; under DDP the backbone is called
+outside the DDP wrapper (as TRL's former Liger path did), which is not tested here.
 
 Tested with the TRL versions of the `trl` extra in pyproject.toml.
 """
