@@ -78,14 +78,19 @@ def held_out(cfg) -> list[dict]:
     return out
 
 
-def new_model(cfg):
-    """(model, tokenizer): a fresh Qwen2 over the trace alphabet, seeded by cfg.seed."""
+def new_model(cfg, rows: list[dict] = ()):
+    """(model, tokenizer): a fresh Qwen2 over the trace alphabet, seeded by cfg.seed, with positions
+    for a prompt and cfg.max_new_tokens and for the longest of the SFT `rows` (prompt, completion)."""
     from r1core.recipes.base_model import BaseModelSpec, build_model
     from r1core.tasks.countdown_traces import TRACE_ALPHABET
     from r1core.tasks.tokenizer import build_tokenizer
 
     tok = build_tokenizer(TRACE_ALPHABET)
-    positions = 16 * -(-(4 * cfg.num_numbers + 8 + cfg.max_new_tokens) // 16)  # the prompt (with a hint) and the completion
+    from r1core.trainers.sft import tokenize_example
+
+    longest = max([4 * cfg.num_numbers + 8 + cfg.max_new_tokens]  # a prompt (with a hint) and a completion
+                  + [len(tokenize_example(tok, r["prompt"], r["completion"])[0]) for r in rows])
+    positions = 16 * -(-longest // 16)
     spec = BaseModelSpec(hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
                          max_position_embeddings=positions)
     return build_model(tok, spec, seed=cfg.seed), tok
@@ -147,6 +152,13 @@ def finish_stage(run_dir: str, entry: dict, model=None, tok=None) -> None:
     with open(os.path.join(d, "entry.json.tmp"), "w") as f:
         json.dump(entry, f, indent=1)
     os.replace(os.path.join(d, "entry.json.tmp"), os.path.join(d, "entry.json"))
+
+
+def clear_stages(run_dir: str, *more: str) -> None:
+    """A fresh run under an old name: its stages (and the folders named in `more`) are removed, so
+    nothing of the old run is resumed or reported later."""
+    for d in ("stages", *more):
+        shutil.rmtree(os.path.join(run_dir, d), ignore_errors=True)
 
 
 def stage_model(run_dir: str, name: str) -> str:

@@ -278,8 +278,8 @@ RUN_SFT_ALIASES = {"learning_rate": ("sft_learning_rate",), "per_device_train_ba
 def _commands(sub) -> dict[str, Command]:
     from r1core.recipes.distill import commands as distill_commands
     from r1core.recipes.journey import commands as journey_commands
-    from r1core.recipes.star import commands as star_commands
     from r1core.recipes.r1_zero import GRPO_DEFAULTS, GRPO_OWNED, SFT_DEFAULTS, SFT_OWNED, RunConfig
+    from r1core.recipes.star import commands as star_commands
     from r1core.recipes.ttc import TTCConfig
     from r1core.trainers import GRPOConfig, SFTConfig
 

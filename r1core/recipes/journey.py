@@ -104,12 +104,13 @@ def training_traces(cfg: JourneyConfig) -> dict[str, list[dict]]:
     return {style: [rows[i] for i in keep] for style, rows in out.items()}
 
 
-def initial_model(cfg: JourneyConfig):
-    """Both students' initialisation, kept in runs/<name>/init so a resumed run starts from the same one."""
+def initial_model(cfg: JourneyConfig, traces: dict[str, list[dict]]):
+    """Both students' initialisation (positions for the longest trace), kept in runs/<name>/init so a
+    resumed run starts from the same one."""
     path = os.path.join(cfg.run_dir, "init")
     if os.path.isdir(path):
         return A.load(path)
-    model, tok = A.new_model(cfg)
+    model, tok = A.new_model(cfg, traces["journey"])
     model.save_pretrained(path + ".tmp")
     tok.save_pretrained(path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -154,10 +155,12 @@ def run_journey(cfg: JourneyConfig, resume: bool = False) -> dict:
     from r1core.recipes.r1_zero import start_run
 
     t0 = time.perf_counter()
+    if not resume:
+        A.clear_stages(cfg.run_dir, "init")
     start_run(cfg)
     traces = training_traces(cfg)
     problems = A.held_out(cfg)
-    initial_model(cfg)
+    initial_model(cfg, traces)
     entries = []
     for arm in cfg.arms:
         entry = A.done_entry(cfg.run_dir, arm) if resume else None

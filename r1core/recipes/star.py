@@ -124,8 +124,9 @@ def base_dir(cfg: StarConfig, resume: bool) -> str:
     path = os.path.join(cfg.base.output_dir, "model")
     if resume and os.path.isdir(path):
         return path
-    model, tok = A.new_model(cfg)
-    trainer = SFTTrainer(model, tok, base_rows(cfg), cfg.base)
+    rows = base_rows(cfg)
+    model, tok = A.new_model(cfg, rows)
+    trainer = SFTTrainer(model, tok, rows, cfg.base)
     trainer.train(resume_from_checkpoint=True if resume and A.has_checkpoint(cfg.base.output_dir) else None, progress=cfg.progress)
     model.save_pretrained(path + ".tmp")
     tok.save_pretrained(path + ".tmp")
@@ -212,6 +213,8 @@ def run_star(cfg: StarConfig, resume: bool = False) -> dict:
     from r1core.recipes.r1_zero import start_run
 
     t0 = time.perf_counter()
+    if not resume:
+        A.clear_stages(cfg.run_dir, "base")
     start_run(cfg)
     problems = A.countdown_problems(cfg, "train", cfg.train_size, cfg.seed)
     held = A.held_out(cfg)
