@@ -58,7 +58,7 @@ class StarConfig(A.CountdownSetting):
     samples_per_problem: int = option(4, "samples per training problem (and per hinted problem) each iteration")
     temperature: float = option(1.0, "the samples' temperature")
     base_model: str = option("train", "'train' (SFT a base first: --base.*, base_size, base_style, hint_fraction) or a model folder")
-    base_size: int = option(256, "problems whose traces the base is SFT'd on (drawn apart from the training problems)")
+    base_size: int = option(256, "problems drawn for the base's SFT (the STaR training problems among them are left out)")
     base_style: str = option("shortcut", "the base's traces: 'shortcut' or 'journey'")
     hint_fraction: float = option(0.5, "share of the base's examples that have the answer as a hint in the prompt")
     progress: bool = option(True, "progress bars and the table at the end")
@@ -99,12 +99,14 @@ class StarOptions:
 
 # ---- the base ------------------------------------------------------------------------------------
 def base_rows(cfg: StarConfig) -> list[dict]:
-    """The base's SFT rows: traces of base_size problems, a hint_fraction of them with the hint in the prompt."""
+    """The base's SFT rows: traces of base_size problems (none of STaR's training problems, which
+    the iterations must solve by themselves), a hint_fraction of them with the hint in the prompt."""
     import random
 
     from r1core.tasks.countdown_traces import hint_prompt, trace_rows
 
-    problems = A.countdown_problems(cfg, "train", cfg.base_size, cfg.seed + 1000)  # apart from the STaR problems' draw
+    star_problems = {r["prompt"] for r in A.countdown_problems(cfg, "train", cfg.train_size, cfg.seed)}
+    problems = [r for r in A.countdown_problems(cfg, "train", cfg.base_size, cfg.seed + 1000) if r["prompt"] not in star_problems]
     rows = [r for r in trace_rows(problems, cfg.base_style, seed=cfg.seed, order=cfg.search_order, budget=cfg.search_budget) if r["solved"]]
     if not rows:
         raise ValueError(f"StarConfig.search_budget: no base problem was solved within {cfg.search_budget} steps")
