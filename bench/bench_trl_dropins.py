@@ -53,11 +53,15 @@ SIDES = {
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 measured step (qwen2-151k: 16-token completions)")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 measured step (qwen2-151k: 16-token completions)"
+    )
     ap.add_argument("--case", choices=["5M", "30M", QWEN], default="5M")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per side (default 5, --quick 1)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on every side's training forward (TRL's default)")
+    ap.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast on every side's training forward (TRL's default)"
+    )
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
     args = ap.parse_args()
     sides = args.sides.split(",")
@@ -66,15 +70,23 @@ def main():
         ap.error(f"--sides: unknown {unknown}; expected a subset of {list(SIDES)}")
     torch.set_num_threads(args.threads)
     steps = args.steps or (1 if args.quick else 5)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, case {args.case}, steps {steps} (+1 warm-up), "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, case {args.case}, steps {steps} (+1 warm-up), "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     res = {name: SIDES[name](args.case, steps, args.bf16, args.quick) for name in sides}
     base = res.get("trl")
-    print(f"{'side':>16} {'gen s':>8} {'train s':>8} {'step s':>8} {'step cpu':>8} {'peak MB':>8} {'x TRL':>7} {'mem/TRL':>7}")
+    print(
+        f"{'side':>16} {'gen s':>8} {'train s':>8} {'step s':>8} {'step cpu':>8} {'peak MB':>8} "
+        f"{'x TRL':>7} {'mem/TRL':>7}"
+    )
     for name, r in res.items():
         speed = f"{base['step_s'] / r['step_s']:7.2f}" if base else f"{'-':>7}"
         mem = f"{r['peak_mb'] / max(base['peak_mb'], 1e-9):7.2f}" if base else f"{'-':>7}"
-        print(f"{name:>16} {r['gen_s']:8.3f} {r['train_s']:8.3f} {r['step_s']:8.3f} {r['step_cpu']:8.3f} {r['peak_mb']:8.0f} {speed} {mem}")
+        print(
+            f"{name:>16} {r['gen_s']:8.3f} {r['train_s']:8.3f} {r['step_s']:8.3f} {r['step_cpu']:8.3f} "
+            f"{r['peak_mb']:8.0f} {speed} {mem}"
+        )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -28,9 +28,19 @@ TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "
 
 def tiny_model(seed=0, tie=False, hidden=32, layers=2):
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(TOK), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=tie,
-                      pad_token_id=TOK.pad_token_id, eos_token_id=TOK.eos_token_id, bos_token_id=TOK.bos_token_id)
+    cfg = Qwen2Config(
+        vocab_size=len(TOK),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        pad_token_id=TOK.pad_token_id,
+        eos_token_id=TOK.eos_token_id,
+        bos_token_id=TOK.bos_token_id,
+    )
     return Qwen2ForCausalLM(cfg)
 
 
@@ -56,17 +66,41 @@ def grpo_trainer(tmp_path, loss_type, level="token", beta=0.0, max_steps=2, num_
     # SGD, not AdamW: Adam divides by sqrt(v) + eps and turns rounding-level differences of near-zero
     # gradients into learning-rate-sized steps; with SGD a step differs by lr times the gradients'.
     # num_iterations 2: the second step reuses the rollouts, so ratios differ from 1 and clip.
-    args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=8, learning_rate=0.5, optim="sgd", max_grad_norm=0.0, lr_scheduler_type="constant",
-                      max_steps=max_steps, num_iterations=num_iterations, loss_type=loss_type, importance_sampling_level=level, beta=beta,
-                      use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no", seed=0, **kw)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=0.5,
+        optim="sgd",
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+        max_steps=max_steps,
+        num_iterations=num_iterations,
+        loss_type=loss_type,
+        importance_sampling_level=level,
+        beta=beta,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        **kw,
+    )
     rec = Record()
     model = tiny_model(tie=loss_type == "grpo")
     if beta:  # TRL loads its reference model from the policy's folder
         model.save_pretrained(tmp_path / "model")
         model = str(tmp_path / "model")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-                          processing_class=TOK, callbacks=[rec])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=TOK,
+        callbacks=[rec],
+    )
     return trainer, rec
 
 
@@ -114,9 +148,9 @@ def test_grpo_loss_dropin_matches_trl(tmp_path, monkeypatch, loss_type, level, b
     if loss_type not in ("sapo", "cispo", "vespo"):
         metrics += ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"]
     assert_same_run(shipped, fused, rec_b, rec_a, metrics)
-    # the second step's ratios moved away from 1 (the clipped branches were reached, not only ratio 1)
-    assert any(h.get("clip_ratio/region_mean", 0) > 0 for h in shipped.state.log_history) or loss_type in ("sapo", "cispo", "vespo") \
-        or level == "sequence"
+    if level == "token" and loss_type not in ("sapo", "cispo", "vespo"):
+        # the second step's ratios moved away from 1: the clipped branches were reached, not only ratio 1
+        assert any(h.get("clip_ratio/region_mean", 0) > 0 for h in shipped.state.log_history)
 
 
 def test_grpo_loss_dropin_gradient_accumulation(tmp_path):
@@ -124,12 +158,31 @@ def test_grpo_loss_dropin_gradient_accumulation(tmp_path):
     kw = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, steps_per_generation=2)
     runs = []
     for patch in (False, True):
-        args = GRPOConfig(output_dir=str(tmp_path / "out"), num_generations=4, max_completion_length=8, learning_rate=0.5,
-                          optim="sgd", max_grad_norm=0.0, max_steps=1, loss_type="dapo", use_cpu=True, bf16=False, report_to=[],
-                          save_strategy="no", seed=0, **kw)
+        args = GRPOConfig(
+            output_dir=str(tmp_path / "out"),
+            num_generations=4,
+            max_completion_length=8,
+            learning_rate=0.5,
+            optim="sgd",
+            max_grad_norm=0.0,
+            max_steps=1,
+            loss_type="dapo",
+            use_cpu=True,
+            bf16=False,
+            report_to=[],
+            save_strategy="no",
+            seed=0,
+            **kw,
+        )
         rec = Record()
-        trainer = GRPOTrainer(model=tiny_model(), reward_funcs=reward, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-                              processing_class=TOK, callbacks=[rec])
+        trainer = GRPOTrainer(
+            model=tiny_model(),
+            reward_funcs=reward,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            processing_class=TOK,
+            callbacks=[rec],
+        )
         if patch:
             r1trl.use_r1kernels_grpo_loss(trainer)
         trainer.train()
@@ -149,15 +202,38 @@ def test_grpo_loss_dropin_rejects_other_trainers():
 def gkd_trainer(tmp_path, beta, lmbda=0.0):
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": str(eval(p[:-1]))}]} for p in PROMPTS]
-    args = GKDConfig(output_dir=str(tmp_path / "gkd"), per_device_train_batch_size=4, learning_rate=0.5, optim="sgd",
-                     max_grad_norm=0.0, max_steps=2, beta=beta, lmbda=lmbda, max_new_tokens=6, use_cpu=True, bf16=False, report_to=[],
-                     save_strategy="no", seed=0, logging_steps=1)
+    rows = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": str(eval(p[:-1]))}]}
+        for p in PROMPTS
+    ]
+    args = GKDConfig(
+        output_dir=str(tmp_path / "gkd"),
+        per_device_train_batch_size=4,
+        learning_rate=0.5,
+        optim="sgd",
+        max_grad_norm=0.0,
+        max_steps=2,
+        beta=beta,
+        lmbda=lmbda,
+        max_new_tokens=6,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        logging_steps=1,
+    )
     tok = build_tokenizer()
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     rec = Record()
-    trainer = GKDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(seed=2, hidden=48, layers=1), args=args,
-                         train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[rec])
+    trainer = GKDTrainer(
+        model=tiny_model(seed=1),
+        teacher_model=tiny_model(seed=2, hidden=48, layers=1),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        callbacks=[rec],
+    )
     return trainer, rec
 
 

@@ -22,8 +22,8 @@ class Model:
 
 
 MODELS = {
-    "tiny-1M": Model(128, 512, 4, 4, 107),      # the default run's base model (character vocabulary)
-    "5M": Model(256, 1024, 4, 4, 107),          # bench_grpo_step.py's 5M model
+    "tiny-1M": Model(128, 512, 4, 4, 107),  # the default run's base model (character vocabulary)
+    "5M": Model(256, 1024, 4, 4, 107),  # bench_grpo_step.py's 5M model
     "qwen2-151k": Model(256, 1024, 4, 2, 151936),  # bench_grpo_step.py --case qwen2-151k
     "qwen2.5-0.5b": Model(896, 4864, 14, 2, 151936),  # bench_grpo_loss.py's head
 }

@@ -28,7 +28,18 @@ def paged(shape, q_len=1, seed=0):
     seq_lens = torch.full((seqs,), ctx, dtype=torch.int32)
     cu = torch.arange(0, (seqs + 1) * q_len, q_len, dtype=torch.int32)
     q = torch.randn(seqs * q_len, m.heads, m.head_dim, generator=g)
-    return dict(q=q, k_cache=k_cache, v_cache=v_cache, table=table, seq_lens=seq_lens, cu=cu, m=m, seqs=seqs, ctx=ctx, q_len=q_len)
+    return dict(
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        table=table,
+        seq_lens=seq_lens,
+        cu=cu,
+        m=m,
+        seqs=seqs,
+        ctx=ctx,
+        q_len=q_len,
+    )
 
 
 def sdpa_over_gathered(a):
@@ -63,7 +74,7 @@ def bench_reshape_and_cache(benchmark, shape, impl):
     m, seqs = a["m"], a["seqs"]
     key = torch.randn(seqs, m.kv_heads, m.head_dim)
     value = torch.randn(seqs, m.kv_heads, m.head_dim)
-    slots = (a["table"][:, -1].long() * BLOCK + 3)  # one new token per sequence, each in its own block
+    slots = a["table"][:, -1].long() * BLOCK + 3  # one new token per sequence, each in its own block
     f = r1kernels.reshape_and_cache if impl == "r1kernels" else reference.reshape_and_cache
     benchmark.group = "reshape_and_cache"
     benchmark(lambda: f(key, value, a["k_cache"], a["v_cache"], slots))
@@ -74,7 +85,9 @@ def bench_reshape_and_cache(benchmark, shape, impl):
 def bench_copy_blocks(benchmark, shape, impl):
     a = paged(shape)
     nb = a["k_cache"].shape[0]
-    mapping = torch.tensor([[i, nb - 1 - i] for i in range(min(8, nb // 2))], dtype=torch.int64)  # copy-on-write of 8 blocks
+    mapping = torch.tensor(
+        [[i, nb - 1 - i] for i in range(min(8, nb // 2))], dtype=torch.int64
+    )  # copy-on-write of 8 blocks
     f = r1kernels.copy_blocks if impl == "r1kernels" else reference.copy_blocks
     benchmark.group = "copy_blocks"
     benchmark(lambda: f(a["k_cache"], a["v_cache"], mapping))
@@ -100,12 +113,20 @@ def bench_tree_attention(benchmark, shape, impl):
     a = paged(shape)
     m, seqs, ctx = a["m"], a["seqs"], a["ctx"]
     n = 16
-    parents = torch.tensor([-1 if i % 4 == 0 else i - 1 for i in range(n)] * seqs, dtype=torch.int32)  # within each tree
+    parents = torch.tensor(
+        [-1 if i % 4 == 0 else i - 1 for i in range(n)] * seqs, dtype=torch.int32
+    )  # within each tree
     cu_nodes = torch.arange(0, (seqs + 1) * n, n, dtype=torch.int32)
     g = torch.Generator().manual_seed(1)
     q = torch.randn(seqs * n, m.heads, m.head_dim, generator=g)
     k, v = (torch.randn(seqs * n, m.kv_heads, m.head_dim, generator=g) for _ in range(2))
-    kw = dict(cu_nodes=cu_nodes, k_cache=a["k_cache"], v_cache=a["v_cache"], block_tables=a["table"], prefix_lens=a["seq_lens"])
+    kw = dict(
+        cu_nodes=cu_nodes,
+        k_cache=a["k_cache"],
+        v_cache=a["v_cache"],
+        block_tables=a["table"],
+        prefix_lens=a["seq_lens"],
+    )
     benchmark.group = "tree_attention"
     if impl == "r1kernels":
         benchmark(lambda: r1kernels.tree_attention(q, k, v, parents, **kw))
@@ -121,7 +142,8 @@ def bench_tree_attention(benchmark, shape, impl):
             kk = torch.cat([kp, k.view(seqs, n, m.kv_heads, m.head_dim)], 1).transpose(1, 2)
             vv = torch.cat([vp, v.view(seqs, n, m.kv_heads, m.head_dim)], 1).transpose(1, 2)
             mask = torch.cat([torch.ones(n, ctx, dtype=torch.bool), ancestors], 1)
-            return F.scaled_dot_product_attention(q.view(seqs, n, m.heads, m.head_dim).transpose(1, 2), kk, vv, attn_mask=mask,
-                                                  enable_gqa=True)
+            return F.scaled_dot_product_attention(
+                q.view(seqs, n, m.heads, m.head_dim).transpose(1, 2), kk, vv, attn_mask=mask, enable_gqa=True
+            )
 
         benchmark(sdpa)

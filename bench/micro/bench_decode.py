@@ -34,12 +34,25 @@ def bench_skinny_linear(benchmark, shape, rows, impl):
 
 def layer(m, rows):
     D = m.head_dim
-    return dict(h=w(rows, m.hidden, seed=1), norm_weight=torch.ones(m.hidden), eps=1e-6, wq=w(m.heads * D, m.hidden),
-                bq=torch.zeros(m.heads * D), wk=w(m.kv_heads * D, m.hidden, seed=2), bk=torch.zeros(m.kv_heads * D),
-                wv=w(m.kv_heads * D, m.hidden, seed=3), bv=torch.zeros(m.kv_heads * D), cos=torch.ones(rows, D),
-                sin=torch.zeros(rows, D), head_dim=D, attn=w(rows, m.heads * D, seed=4), wo=w(m.hidden, m.heads * D, seed=5),
-                w_gate=w(m.intermediate, m.hidden, seed=6), w_up=w(m.intermediate, m.hidden, seed=7),
-                w_down=w(m.hidden, m.intermediate, seed=8))
+    return dict(
+        h=w(rows, m.hidden, seed=1),
+        norm_weight=torch.ones(m.hidden),
+        eps=1e-6,
+        wq=w(m.heads * D, m.hidden),
+        bq=torch.zeros(m.heads * D),
+        wk=w(m.kv_heads * D, m.hidden, seed=2),
+        bk=torch.zeros(m.kv_heads * D),
+        wv=w(m.kv_heads * D, m.hidden, seed=3),
+        bv=torch.zeros(m.kv_heads * D),
+        cos=torch.ones(rows, D),
+        sin=torch.zeros(rows, D),
+        head_dim=D,
+        attn=w(rows, m.heads * D, seed=4),
+        wo=w(m.hidden, m.heads * D, seed=5),
+        w_gate=w(m.intermediate, m.hidden, seed=6),
+        w_up=w(m.intermediate, m.hidden, seed=7),
+        w_down=w(m.hidden, m.intermediate, seed=8),
+    )
 
 
 @pytest.mark.parametrize("impl", ["r1kernels", "reference"])
@@ -50,11 +63,42 @@ def bench_rmsnorm_qkv_rope(benchmark, shape, rows, impl):
     benchmark.group = f"rmsnorm_qkv_rope/rows={rows}"
     with torch.no_grad():
         if impl == "r1kernels":
-            benchmark(lambda: r1kernels.rmsnorm_qkv_rope(a["h"], a["norm_weight"], a["eps"], a["wq"], a["wk"], a["wv"], a["cos"],
-                                                         a["sin"], a["head_dim"], bq=a["bq"], bk=a["bk"], bv=a["bv"]))
+            benchmark(
+                lambda: r1kernels.rmsnorm_qkv_rope(
+                    a["h"],
+                    a["norm_weight"],
+                    a["eps"],
+                    a["wq"],
+                    a["wk"],
+                    a["wv"],
+                    a["cos"],
+                    a["sin"],
+                    a["head_dim"],
+                    bq=a["bq"],
+                    bk=a["bk"],
+                    bv=a["bv"],
+                )
+            )
         else:
-            benchmark(lambda: reference.rmsnorm_qkv_rope(a["h"], a["norm_weight"], a["eps"], a["wq"], a["bq"], a["wk"], a["bk"],
-                                                         a["wv"], a["bv"], None, None, 0.0, a["cos"], a["sin"], a["head_dim"]))
+            benchmark(
+                lambda: reference.rmsnorm_qkv_rope(
+                    a["h"],
+                    a["norm_weight"],
+                    a["eps"],
+                    a["wq"],
+                    a["bq"],
+                    a["wk"],
+                    a["bk"],
+                    a["wv"],
+                    a["bv"],
+                    None,
+                    None,
+                    0.0,
+                    a["cos"],
+                    a["sin"],
+                    a["head_dim"],
+                )
+            )
 
 
 @pytest.mark.parametrize("impl", ["r1kernels", "reference"])
@@ -65,11 +109,28 @@ def bench_oproj_mlp(benchmark, shape, rows, impl):
     benchmark.group = f"oproj_mlp/rows={rows}"
     with torch.no_grad():
         if impl == "r1kernels":
-            benchmark(lambda: r1kernels.oproj_mlp(a["h"], a["attn"], a["wo"], a["norm_weight"], a["eps"], a["w_gate"], a["w_up"],
-                                                  a["w_down"]))
+            benchmark(
+                lambda: r1kernels.oproj_mlp(
+                    a["h"], a["attn"], a["wo"], a["norm_weight"], a["eps"], a["w_gate"], a["w_up"], a["w_down"]
+                )
+            )
         else:
-            benchmark(lambda: reference.oproj_mlp(a["h"], a["attn"], a["wo"], None, a["norm_weight"], a["eps"], a["w_gate"], None,
-                                                  a["w_up"], None, a["w_down"], None))
+            benchmark(
+                lambda: reference.oproj_mlp(
+                    a["h"],
+                    a["attn"],
+                    a["wo"],
+                    None,
+                    a["norm_weight"],
+                    a["eps"],
+                    a["w_gate"],
+                    None,
+                    a["w_up"],
+                    None,
+                    a["w_down"],
+                    None,
+                )
+            )
 
 
 # --- the engine's decode step ---------------------------------------------------------------------
@@ -80,9 +141,19 @@ def qwen2(m, layers=4):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=m.vocab, hidden_size=m.hidden, intermediate_size=m.intermediate, num_hidden_layers=layers,
-                      num_attention_heads=m.heads, num_key_value_heads=m.kv_heads, max_position_embeddings=2048,
-                      tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = Qwen2Config(
+        vocab_size=m.vocab,
+        hidden_size=m.hidden,
+        intermediate_size=m.intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=m.heads,
+        num_key_value_heads=m.kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return Qwen2ForCausalLM(cfg).eval()
 
 
@@ -102,7 +173,9 @@ def bench_engine_decode(benchmark, shape, impl):
         if impl == "r1core":
             from r1core.engine import Engine
 
-            engine = Engine(model, num_blocks=seqs * (-(-(ctx + DECODE_STEPS + 1) // 16)) + 8, enable_prefix_caching=False)
+            engine = Engine(
+                model, num_blocks=seqs * (-(-(ctx + DECODE_STEPS + 1) // 16)) + 8, enable_prefix_caching=False
+            )
             residents = [engine.add_resident(p) for p in prompts.tolist()]
             engine.forward(residents)
 

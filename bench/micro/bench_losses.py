@@ -110,19 +110,44 @@ def bench_grpo_loss(benchmark, shape, impl, backward):
     if impl == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
 
-        liger = LigerFusedLinearGRPOLoss(beta=OPTS["beta"], compiled=False, use_ref_model=True, epsilon_low=OPTS["epsilon_low"],
-                                         epsilon_high=OPTS["epsilon_high"], loss_type="grpo", temperature=1.0)
+        liger = LigerFusedLinearGRPOLoss(
+            beta=OPTS["beta"],
+            compiled=False,
+            use_ref_model=True,
+            epsilon_low=OPTS["epsilon_low"],
+            epsilon_high=OPTS["epsilon_high"],
+            loss_type="grpo",
+            temperature=1.0,
+        )
 
     def fn():
         h, w = leaves(inp["hidden"], inp["weight"])
         if impl == "r1kernels":
             return r1kernels.grpo_loss(h, w, inp["targets"], inp["advantages"], **kw)[0]
         if impl == "reference":
-            return reference.grpo_loss(h, w, inp["targets"], inp["advantages"], inp["mask"], inp["old"], inp["ref"],
-                                       beta=OPTS["beta"], epsilon_low=0.2, epsilon_high=0.28, loss_type="grpo")[0]
+            return reference.grpo_loss(
+                h,
+                w,
+                inp["targets"],
+                inp["advantages"],
+                inp["mask"],
+                inp["old"],
+                inp["ref"],
+                beta=OPTS["beta"],
+                epsilon_low=0.2,
+                epsilon_high=0.28,
+                loss_type="grpo",
+            )[0]
         if impl == "liger":
-            return liger(h, w, inp["targets"], inp["mask"].long(), inp["advantages"], ref_per_token_logps=inp["ref"],
-                         old_per_token_logps=inp["old"])[0]
+            return liger(
+                h,
+                w,
+                inp["targets"],
+                inp["mask"].long(),
+                inp["advantages"],
+                ref_per_token_logps=inp["ref"],
+                old_per_token_logps=inp["old"],
+            )[0]
         from trl.trainer.utils import selective_log_softmax
 
         return trl_grpo_math(selective_log_softmax(h @ w.T, inp["targets"]), inp)
@@ -142,11 +167,29 @@ def bench_grpo_loss_from_logits(benchmark, shape, impl, backward):
     def fn():
         (z,) = leaves(logits)
         if impl == "r1kernels":
-            return r1kernels.grpo_loss_from_logits(z, inp["targets"], inp["advantages"], mask=inp["mask"], old_logprobs=inp["old"],
-                                                   ref_logprobs=inp["ref"], loss_type="grpo", **OPTS)[0]
+            return r1kernels.grpo_loss_from_logits(
+                z,
+                inp["targets"],
+                inp["advantages"],
+                mask=inp["mask"],
+                old_logprobs=inp["old"],
+                ref_logprobs=inp["ref"],
+                loss_type="grpo",
+                **OPTS,
+            )[0]
         if impl == "reference":
-            return reference.grpo_loss_from_logits(z, inp["targets"], inp["advantages"], inp["mask"], inp["old"], inp["ref"],
-                                                   beta=OPTS["beta"], epsilon_low=0.2, epsilon_high=0.28, loss_type="grpo")[0]
+            return reference.grpo_loss_from_logits(
+                z,
+                inp["targets"],
+                inp["advantages"],
+                inp["mask"],
+                inp["old"],
+                inp["ref"],
+                beta=OPTS["beta"],
+                epsilon_low=0.2,
+                epsilon_high=0.28,
+                loss_type="grpo",
+            )[0]
         from trl.trainer.utils import selective_log_softmax
 
         return trl_grpo_math(selective_log_softmax(z, inp["targets"]), inp)

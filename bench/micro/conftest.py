@@ -12,8 +12,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--micro-shapes", choices=["small", "all"], default="all",
-                     help="small: the small model shapes only; all: also the shapes bench/*.py use")
+    parser.addoption(
+        "--micro-shapes",
+        choices=["small", "all"],
+        default="all",
+        help="small: the small model shapes only; all: also the shapes bench/*.py use",
+    )
     parser.addoption("--micro-threads", type=int, default=2, help="torch threads (default 2, the CI machine's cores)")
 
 

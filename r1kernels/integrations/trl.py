@@ -47,8 +47,16 @@ from r1kernels._grpo_args import token_scale
 
 # loss_type -> the kernel's aggregation (see _normaliser)
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
-_MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
-                    "mm_token_type_ids", "image_position_ids", "num_images")
+_MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+    "num_images",
+)
 
 
 def use_r1kernels_grpo_loss(trainer):
@@ -80,11 +88,16 @@ def _unsupported(trainer, inputs) -> str | None:
         return "per-token advantages ([B, T]) are not supported by r1kernels.grpo_loss"
     checks = (
         (getattr(trainer, "top_entropy_quantile", 1.0) < 1.0, "top_entropy_quantile < 1 (the entropy mask)"),
-        (getattr(trainer, "off_policy_mask_threshold", None) is not None, "off_policy_mask_threshold (the off-policy mask)"),
+        (
+            getattr(trainer, "off_policy_mask_threshold", None) is not None,
+            "off_policy_mask_threshold (the off-policy mask)",
+        ),
         (getattr(trainer, "_entropy_bonus_enabled", False), "the entropy bonus (entropy_coef)"),
         (getattr(trainer, "aux_loss_enabled", False), "the MoE auxiliary loss"),
-        (getattr(trainer, "use_vllm", False) and getattr(trainer, "vllm_importance_sampling_correction", False),
-         "vLLM's importance-sampling correction"),
+        (
+            getattr(trainer, "use_vllm", False) and getattr(trainer, "vllm_importance_sampling_correction", False),
+            "vLLM's importance-sampling correction",
+        ),
         (any(inputs.get(k) is not None for k in _MULTIMODAL_KEYS), "multimodal inputs"),
     )
     for hit, what in checks:
@@ -93,7 +106,10 @@ def _unsupported(trainer, inputs) -> str | None:
     cfg = trainer.model.config.get_text_config()
     if getattr(cfg, "final_logit_softcapping", None) is not None:
         return "final_logit_softcapping is not supported by the fused loss"
-    if any(getattr(cfg, k, None) not in (None, 1.0) for k in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")):
+    if any(
+        getattr(cfg, k, None) not in (None, 1.0)
+        for k in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    ):
         return "a logit scale in the model's config is not supported by the fused loss"
     return None
 
@@ -141,7 +157,7 @@ def _grpo_compute_loss(self, model, inputs):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     # the states that predict the completion tokens; under bf16 autocast the head runs in the weight's
     # dtype (float32), as TRL's cast_lm_head_to_fp32 does
-    hidden = hidden[:, -C - 1:-1].to(head.weight.dtype)
+    hidden = hidden[:, -C - 1 : -1].to(head.weight.dtype)
     loss_type, num_items, divisor = _normaliser(self, inputs, B)
     old = inputs.get("old_per_token_logps")
     ref = inputs["ref_per_token_logps"] if self.beta != 0.0 else None
@@ -149,14 +165,29 @@ def _grpo_compute_loss(self, model, inputs):
     # policy term and a second, fused log-prob pass the corrected KL term
     corrected = ref is not None and getattr(self.args, "use_bias_correction_kl", False)
     loss, stats = r1kernels.grpo_loss(
-        hidden, head.weight, completion_ids, inputs["advantages"], mask=mask.bool(), old_logprobs=old,
-        ref_logprobs=None if corrected else ref, bias=getattr(head, "bias", None), beta=0.0 if corrected else self.beta,
-        epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high, delta=self.args.delta, temperature=self.temperature,
-        loss_type=loss_type, importance_sampling=self.importance_sampling_level, num_items=num_items,
-        sapo_temperature_pos=self.args.sapo_temperature_pos, sapo_temperature_neg=self.args.sapo_temperature_neg,
+        hidden,
+        head.weight,
+        completion_ids,
+        inputs["advantages"],
+        mask=mask.bool(),
+        old_logprobs=old,
+        ref_logprobs=None if corrected else ref,
+        bias=getattr(head, "bias", None),
+        beta=0.0 if corrected else self.beta,
+        epsilon_low=self.epsilon_low,
+        epsilon_high=self.epsilon_high,
+        delta=self.args.delta,
+        temperature=self.temperature,
+        loss_type=loss_type,
+        importance_sampling=self.importance_sampling_level,
+        num_items=num_items,
+        sapo_temperature_pos=self.args.sapo_temperature_pos,
+        sapo_temperature_neg=self.args.sapo_temperature_neg,
     )
     if corrected:
-        kl_loss, stats["kl"] = _bias_corrected_kl(self, hidden, head, completion_ids, mask, old, ref, loss_type, num_items)
+        kl_loss, stats["kl"] = _bias_corrected_kl(
+            self, hidden, head, completion_ids, mask, old, ref, loss_type, num_items
+        )
         loss = loss + kl_loss
     _log_grpo_metrics(self, stats, mask, B)
     return loss / divisor
@@ -164,8 +195,9 @@ def _grpo_compute_loss(self, model, inputs):
 
 def _bias_corrected_kl(trainer, hidden, head, targets, mask, old, ref, loss_type, num_items):
     """(beta * the ratio-weighted KL aggregated as the loss is, its masked mean for the log)."""
-    logp = r1kernels.token_logprobs(hidden, head.weight, targets, bias=getattr(head, "bias", None),
-                                    temperature=trainer.temperature).float()
+    logp = r1kernels.token_logprobs(
+        hidden, head.weight, targets, bias=getattr(head, "bias", None), temperature=trainer.temperature
+    ).float()
     keep = mask.bool()
     old = logp.detach() if old is None else old.float()
     log_ratio = torch.where(keep, logp - old, torch.zeros_like(logp))
@@ -182,7 +214,9 @@ def _log_grpo_metrics(trainer, stats: dict, mask: torch.Tensor, B: int) -> None:
     """TRL's names and its global means: each local mean weighted by its count across processes."""
     mode = "train" if trainer.model.training else "eval"
     tokens = mask.sum().float()
-    clip_count = torch.tensor(float(B), device=tokens.device) if trainer.importance_sampling_level == "sequence" else tokens
+    clip_count = (
+        torch.tensor(float(B), device=tokens.device) if trainer.importance_sampling_level == "sequence" else tokens
+    )
 
     def global_mean(value, count):
         totals = trainer.accelerator.reduce(torch.stack([value.float() * count, count]), reduction="sum")
@@ -201,6 +235,7 @@ def _log_grpo_metrics(trainer, stats: dict, mask: torch.Tensor, B: int) -> None:
 
 
 # --- GKD ----------------------------------------------------------------------------------------
+
 
 def use_r1kernels_gkd_loss(trainer):
     """Make `trainer` (TRL's GKDTrainer) compute generalized_jsd_loss with r1kernels.distill_loss on
@@ -230,13 +265,19 @@ def _gkd_compute_loss(self, model, inputs, return_outputs=False, num_items_in_ba
         teacher_hidden = teacher_model.base_model(**kwargs).last_hidden_state[:, :-1].to(teacher_head.weight.dtype)
     labels = inputs["labels"][:, 1:]
     # TRL's compute_loss calls generalized_jsd_loss at its default temperature, 1
-    common = dict(beta=self.beta, temperature=1.0, student_bias=getattr(student_head, "bias", None),
-                  teacher_bias=getattr(teacher_head, "bias", None))
+    common = dict(
+        beta=self.beta,
+        temperature=1.0,
+        student_bias=getattr(student_head, "bias", None),
+        teacher_bias=getattr(teacher_head, "bias", None),
+    )
     if num_items_in_batch is None:
-        return r1kernels.distill_loss(student_hidden, student_head.weight, teacher_hidden, teacher_head.weight, labels,
-                                      reduction="mean", **common)
-    total = r1kernels.distill_loss(student_hidden, student_head.weight, teacher_hidden, teacher_head.weight, labels,
-                                   reduction="sum", **common)
+        return r1kernels.distill_loss(
+            student_hidden, student_head.weight, teacher_hidden, teacher_head.weight, labels, reduction="mean", **common
+        )
+    total = r1kernels.distill_loss(
+        student_hidden, student_head.weight, teacher_hidden, teacher_head.weight, labels, reduction="sum", **common
+    )
     n = num_items_in_batch.to(total.device) if isinstance(num_items_in_batch, torch.Tensor) else num_items_in_batch
     return total / n
 
