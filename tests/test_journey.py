@@ -49,17 +49,20 @@ def test_journey_writes_the_run_directory_and_summary(tmp_path):
 
 
 def test_both_students_start_from_one_initialisation(tmp_path, monkeypatch):
+    import r1core.trainers
+
     seen = []
-    real = J.sft_arm
 
-    def spy(cfg, arm, rows, problems, resume):
-        model, _ = A.load(os.path.join(cfg.run_dir, "init"))
-        seen.append(next(iter(model.parameters())).detach().clone())
-        return real(cfg, arm, rows, problems, resume)
+    class Spy(r1core.trainers.SFTTrainer):
+        def __init__(self, model, *a, **k):
+            seen.append([p.detach().clone() for p in model.parameters()])
+            super().__init__(model, *a, **k)
 
-    monkeypatch.setattr(J, "sft_arm", spy)
+    monkeypatch.setattr(r1core.trainers, "SFTTrainer", Spy)
     main(["journey", "--runs-dir", str(tmp_path), "--arms", "journey,shortcut", *TINY])
-    assert len(seen) == 2 and bool((seen[0] == seen[1]).all())
+    assert len(seen) == 2 and all(bool((a == b).all()) for a, b in zip(*seen))
+    trained = [A.load(A.stage_model(str(tmp_path / "journey"), arm))[0] for arm in ("journey", "shortcut")]
+    assert any(not bool((a == b).all()) for a, b in zip(*(m.parameters() for m in trained)))  # then trained apart
 
 
 def test_resume_skips_done_arms_and_goes_on_inside_the_running_one(tmp_path, monkeypatch):
