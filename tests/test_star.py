@@ -113,7 +113,8 @@ def test_resume_goes_on_from_the_last_finished_iteration(tmp_path, oracle, monke
     (["--iterations", "0"], r"--iterations: StarConfig.iterations must be an int >= 1"),
     (["--base-model", "/no/such/dir"], r"--base-model: .*'train' or a model folder"),
     (["--hint-fraction", "1"], r"--hint-fraction: .*\[0, 1\)"),
-    (["--finetune.max-seconds", "0"], r"--finetune.max-seconds: .*max_seconds must be"),
+    (["--finetune.max-seconds", "0"], r"--finetune.max-seconds: StarConfig.finetune.max_seconds must be"),
+    (["--base.max-steps", "0"], r"--base.max-steps: StarConfig.base.max_steps must be"),
     (["--base-style", "tree"], r"--base-style: .*'shortcut' or 'journey'"),
     (["--resume", "--name", "never"], r"--resume: .*holds no STaR run"),
 ])
