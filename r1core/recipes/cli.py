@@ -158,6 +158,19 @@ def _rows(task: str, split: str, n: int, seed: int, digits: int):
     return generate(task, split, n, seed=seed, **kwargs)
 
 
+def _user_rows(given: Given, tok, **kw):
+    """The rows of --dataset (r1core.recipes.user_data), or None for the generated task."""
+    from r1core.recipes.user_data import DataOptions, load_rows
+
+    opts = given.build(DataOptions)
+    if opts.dataset is None:
+        return None
+    try:
+        return load_rows(opts, tok, **kw)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def _reward_funcs(names: list[str]):
     import r1core.rewards as R
 
@@ -190,7 +203,8 @@ def cmd_sft(given: Given) -> int:
     cfg = given.build(SFTConfig)
     _check_dir(opts.save or os.path.join(cfg.output_dir, "model"), "--save")
     model, tok = _load(opts.model, cfg.seed, opts.task)
-    rows = _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
+    rows = _user_rows(given, tok, prompt_field=cfg.prompt_field, completion_field=cfg.completion_field)
+    rows = rows or _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
     try:
         trainer = SFTTrainer(model, tok, rows, cfg)
         trainer.train(resume_from_checkpoint=True if opts.resume else None)
@@ -215,7 +229,7 @@ def cmd_grpo(given: Given) -> int:
     cfg = given.build(GRPOConfig)
     model, tok = _load(opts.model, cfg.seed, opts.task)
     model.to(dist.device_for_rank())
-    rows = _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
+    rows = _user_rows(given, tok) or _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
     names = opts.rewards or [TASK_REWARDS[opts.task]]
     try:
         trainer = GRPOTrainer(model, tok, _reward_funcs(names), rows, cfg)
@@ -244,7 +258,7 @@ def cmd_eval(given: Given) -> int:
             raise SystemExit(f"error: --output: {o.output!r} is a folder; expected a file name")
         _check_dir(os.path.dirname(os.path.abspath(o.output)), "--output")
     model, tok = _load(o.model, o.seed, o.task)
-    rows = _rows(o.task, o.split, o.n, o.seed, o.digits)
+    rows = _user_rows(given, tok, need_answer=True, limit=o.n) or _rows(o.task, o.split, o.n, o.seed, o.digits)
     reward = _reward_funcs([TASK_REWARDS[o.task]])[0]
     fmt = {"countdown": format_reward, "code": None}.get(o.task, scratchpad_format_reward)
     res = evaluate(Engine(model, tokenizer=tok), tok, rows, reward_func=reward, format_func=fmt, samples=o.samples,
@@ -281,7 +295,10 @@ def _commands(sub) -> dict[str, Command]:
     from r1core.recipes.r1_zero import GRPO_DEFAULTS, GRPO_OWNED, SFT_DEFAULTS, SFT_OWNED, RunConfig
     from r1core.recipes.star import commands as star_commands
     from r1core.recipes.ttc import TTCConfig
+    from r1core.recipes.user_data import DataOptions
     from r1core.trainers import GRPOConfig, SFTConfig
+
+    data = Section(DataOptions, title="dataset options (a data file or saved datasets folder instead of --task)")
 
     run = RunConfig()
     p = sub.add_parser("run", help=f"the default R1-Zero run: a tiny SFT base model, then GRPO on {run.digits}-digit addition",
@@ -299,15 +316,17 @@ def _commands(sub) -> dict[str, Command]:
     ], func=cmd_run)}
 
     p = sub.add_parser("sft", help="SFT on a generated task's gold completions (loss on completion tokens only)")
-    commands["sft"] = Command(p, [Section(SFTOptions, title="sft options"),
+    commands["sft"] = Command(p, [Section(SFTOptions, title="sft options"), data,
                                   Section(SFTConfig, defaults={"completion_field": "solution"}, title="SFTConfig fields")], func=cmd_sft)
 
     p = sub.add_parser("grpo", help="GRPO with rule-based rewards on a generated task (torchrun for several processes)")
-    commands["grpo"] = Command(p, [Section(GRPOOptions, title="grpo options"), Section(GRPOConfig, title="GRPOConfig fields")],
+    commands["grpo"] = Command(p, [Section(GRPOOptions, title="grpo options"), data,
+                                   Section(GRPOConfig, title="GRPOConfig fields")],
                                required=("model",), func=cmd_grpo)
 
     p = sub.add_parser("eval", help="held-out accuracy (pass@1 of samples, greedy), format rate, completion length")
-    commands["eval"] = Command(p, [Section(EvalOptions, title="eval options")], required=("model",), func=cmd_eval)
+    commands["eval"] = Command(p, [Section(EvalOptions, title="eval options"), data], required=("model",),
+                               func=cmd_eval)
 
     p = sub.add_parser("ttc", help="test-time compute: majority, best-of-N, weighted best-of-N, beam search, DVTS, MCTS at budgets 1..64",
                        description="Accuracy against generated tokens for every method on held-out problems with the default run's model "
