@@ -63,8 +63,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_distill_loss_cpu(
   Tensor gh, gW, gb;
   if (compute_grad) {
     gh = at::zeros({N, Hs}, fopt);
-    gW = at::zeros({V, Hs}, fopt);
-    if (bs.defined()) gb = at::zeros({V}, fopt);
+    // written by the first chunk's GEMM, not zeroed first (one pass less over the [V, H] buffer)
+    gW = at::empty({V, Hs}, fopt);
+    if (bs.defined()) gb = at::empty({V}, fopt);
   }
 
   const std::vector<int64_t> rows = counted_rows(lab, N, ignore_index);
@@ -96,8 +97,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_distill_loss_cpu(
     } else {
       gh.index_copy_(0, idx, at::mm(zs, Ws));
     }
-    gW.addmm_(zs.t(), hs);
-    if (gb.defined()) gb.add_(zs.sum(0));
+    if (start == 0) {
+      at::mm_out(gW, zs.t(), hs);
+      if (gb.defined()) at::sum_out(gb, zs, 0);
+    } else {
+      gW.addmm_(zs.t(), hs);
+      if (gb.defined()) gb.add_(zs.sum(0));
+    }
+  }
+  if (compute_grad && n_rows == 0) {  // no counted row: no chunk wrote them
+    gW.zero_();
+    if (gb.defined()) gb.zero_();
   }
 
   // in row order, in double: the loss does not depend on the thread count
