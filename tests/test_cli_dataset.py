@@ -159,3 +159,37 @@ def test_bad_dataset_flags_are_one_line_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(SystemExit, match=r"--dataset: .* is not a \.jsonl, \.json, \.parquet or \.csv file"):
         main([*sft, "--dataset", str(tmp_path / "notes.txt")])
+
+
+def test_report_to_tensorboard_writes_the_logged_metrics(tmp_path):
+    pytest.importorskip("tensorboard", reason="report_to tensorboard needs the tensorboard package (the test extra)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "sft"
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    argv = [
+        "sft",
+        "--dataset",
+        data,
+        "--prompt-column",
+        "question",
+        "--completion-column",
+        "response",
+        "--per-device-train-batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(out),
+        "--logging-steps",
+        "1",
+    ]
+    assert main([*argv, "--report-to", "tensorboard"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (out / "sft_metrics.jsonl").read_text().splitlines()]
+    loss = [e for e in events.Scalars(next(t for t in events.Tags()["scalars"] if t.endswith("/loss")))]
+    assert [e.step for e in loss] == [r["step"] for r in logged] == [1, 2]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in logged])
+    with pytest.raises(SystemExit, match=r"report_to.*'none', 'tensorboard'.*wandb"):
+        main([*argv, "--report-to", "wandb"])

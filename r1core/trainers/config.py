@@ -141,7 +141,10 @@ class TrainerConfig:
 
 # the rules of the fields every trainer's config has: the loop's (steps, time budget, logging,
 # checkpoints) and the optimiser's
+REPORT_TO = ("none", "tensorboard")  # where metrics go beside metrics.jsonl (transformers' and TRL's report_to)
+
 TRAINING_RULES: dict[str, Rule] = {
+    "report_to": Rule(lambda v: all(x in REPORT_TO for x in v), f"with entries from {REPORT_TO}"),
     "learning_rate": above(0),
     "lr_scheduler_type": one_of(LR_SCHEDULERS),
     "weight_decay": at_least(0),

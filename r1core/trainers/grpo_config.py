@@ -67,6 +67,7 @@ class GRPOConfig(TrainerConfig):
     save_steps: int | None = None
     save_total_limit: int | None = 2
     output_dir: str = "runs/grpo"
+    report_to: list[str] | None = None  # ["tensorboard"]: the metrics also to <output_dir>/tensorboard
     seed: int = 0
     shuffle_dataset: bool = True
     # collapse detector: mean reward below collapse_threshold for collapse_patience steps after the best

@@ -176,8 +176,10 @@ class Trainer:
             self._resume_latest()
         elif resume_from_checkpoint:
             self.load_state(resume_from_checkpoint)
+        # report_to: a config without the field (DistillConfig) logs to metrics.jsonl only
         log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), filename=self.metrics_file, total=cfg.max_steps, desc=self.name,
-                            initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds)
+                            initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds,
+                            report_to=getattr(cfg, "report_to", None))
         self._clock_start = time.perf_counter() - self.elapsed
         try:
             while self.global_step < cfg.max_steps:

@@ -34,10 +34,20 @@ def _seconds_format(total: float) -> str:
     return f"{{desc}}: {{percentage:3.0f}}%|{{bar}}| {{n:{f}}}/{{total:{f}}} s{{postfix}}"
 
 
+def _tensorboard_writer(output_dir: str):
+    """A SummaryWriter on <output_dir>/tensorboard (report_to=["tensorboard"])."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError(f"report_to=['tensorboard'] needs the tensorboard package (pip install tensorboard): {e}") \
+            from None
+    return SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+
+
 class MetricsLogger:
     def __init__(self, output_dir: str, *, enabled: bool = True, filename: str = "metrics.jsonl",
                  total: int | None = None, desc: str = "train", initial: int = 0, progress: bool = True,
-                 max_seconds: float | None = None, file=None):
+                 max_seconds: float | None = None, file=None, report_to: list[str] | None = None):
         self.enabled = enabled
         self.max_steps = total
         self.max_seconds = max_seconds
@@ -47,6 +57,7 @@ class MetricsLogger:
         self.records: list[dict] = []
         self._file = None
         self._bar = None
+        self._tensorboard = _tensorboard_writer(output_dir) if enabled and "tensorboard" in (report_to or ()) else None
         if enabled:
             os.makedirs(output_dir, exist_ok=True)
             self.records = read_jsonl(self.path) if initial > 0 else []
@@ -69,6 +80,11 @@ class MetricsLogger:
         self.records.append(rec)
         self._file.write(json.dumps(rec) + "\n")
         self._file.flush()
+        if self._tensorboard is not None:
+            step = rec.get("step", len(self.records))
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tensorboard.add_scalar(f"{self.desc}/{k}", v, step)
         if self._bar is not None and postfix:
             self._bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False)
 
@@ -100,6 +116,9 @@ class MetricsLogger:
             tqdm.write(msg)
 
     def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None

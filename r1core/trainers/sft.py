@@ -54,6 +54,7 @@ class SFTConfig(TrainerConfig):
     save_steps: int | None = None
     save_total_limit: int | None = 2
     output_dir: str = "runs/sft"
+    report_to: list[str] | None = None  # ["tensorboard"]: the metrics also to <output_dir>/tensorboard
     seed: int = 0
     max_bad_steps: int = 3  # NaN/inf loss or gradient: skipped steps in a row before the run stops (as GRPOConfig)
 
