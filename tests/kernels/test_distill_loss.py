@@ -239,3 +239,23 @@ def test_matches_reference_cuda(beta, atol=1e-4, rtol=1e-3):
     inp = {k: (v.cuda() if v is not None else None) for k, v in inp.items()}
     ours, ref = run_both(inp, beta=beta, temperature=0.8, weight_hard_loss=0.3)
     check(ours, ref, atol=atol, rtol=rtol)
+
+
+def test_torch_compile_inductor_both_ops():
+    # the default backend (inductor's C++ codegen): both public distillation ops in one fullgraph
+    # function, forward and backward, against eager
+    inp = make_inputs((2, 4), 8, 12, 40, dtype=torch.float32, bias=True)
+
+    def step(sh, sw, zs):
+        a = r1kernels.distill_loss(sh, sw, inp["teacher_hidden"], inp["teacher_weight"], inp["labels"], beta=0.3,
+                                   weight_hard_loss=0.5)
+        b = r1kernels.distill_loss_from_logits(zs, zs.detach() * 0.5, inp["labels"], beta=1.0, reduction="sum")
+        return a + b
+
+    xs = [inp["student_hidden"].clone().requires_grad_(), inp["student_weight"].clone().requires_grad_(),
+          torch.randn(2, 4, 40, requires_grad=True)]
+    ys = [x.detach().clone().requires_grad_() for x in xs]
+    l1, l2 = torch.compile(step, fullgraph=True)(*xs), step(*ys)
+    torch.testing.assert_close(l1, l2)
+    for a, b in zip(torch.autograd.grad(l1, xs), torch.autograd.grad(l2, ys)):
+        torch.testing.assert_close(a, b)
