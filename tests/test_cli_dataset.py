@@ -193,3 +193,14 @@ def test_report_to_tensorboard_writes_the_logged_metrics(tmp_path):
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in logged])
     with pytest.raises(SystemExit, match=r"report_to.*'none', 'tensorboard'.*wandb"):
         main([*argv, "--report-to", "wandb"])
+
+
+def test_rejection_sample_on_a_dataset(tmp_path):
+    model = chat_model_dir(tmp_path)
+    data = write_jsonl(tmp_path / "prompts.jsonl", ROWS)
+    out = tmp_path / "kept.jsonl"
+    argv = ["rejection-sample", "--model", model, "--out", str(out), "--dataset", data, "--prompt-column", "question",
+            "--answer-column", "gold", "--n", "2", "--max-new-tokens", "4", "--num-prompts", "3"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "kept.summary.json").read_text())
+    assert summary["prompts"] == 3 and summary["samples"] == 6

@@ -301,12 +301,12 @@ def cmd_rejection_sample(given: Given) -> int:
 
     from r1core.data import rejection_sample
     from r1core.engine import SamplingParams
-    from r1core.recipes.cli import TASK_REWARDS, _load, _reward_funcs, _rows
+    from r1core.recipes.cli import TASK_REWARDS, _load, _reward_funcs, _rows, _user_rows
 
     o = given.build(RejectionSampleOptions)
     torch.set_num_threads(o.threads)
     model, tok = _load(o.model, o.seed)
-    rows = _rows(o.task, o.split, o.num_prompts, o.seed, o.digits)
+    rows = _user_rows(given, tok, limit=o.num_prompts) or _rows(o.task, o.split, o.num_prompts, o.seed, o.digits)
     try:
         data = rejection_sample(model, tok, rows, _reward_funcs(o.rewards or [TASK_REWARDS[o.task]]), n=o.n,
                                 sampling=SamplingParams(temperature=o.temperature, max_new_tokens=o.max_new_tokens), keep=o.keep,
@@ -338,7 +338,11 @@ def commands(sub) -> dict[str, Command]:
                        description="Generate --n samples per prompt of a generated task with --model, score them with the task's "
                                    "reward, keep the passing ones (the shortest first, --per-prompt per prompt) and write them as "
                                    "prompt/completion rows to --out, with a summary beside it.")
-    out = {"rejection-sample": Command(p, [Section(RejectionSampleOptions, title="rejection-sample options")], required=("model", "out"),
+    from r1core.recipes.user_data import DataOptions
+
+    data = Section(DataOptions, title="dataset options (a data file or saved datasets folder instead of --task)")
+    out = {"rejection-sample": Command(p, [Section(RejectionSampleOptions, title="rejection-sample options"), data],
+                                       required=("model", "out"),
                                        func=cmd_rejection_sample)}
     p = sub.add_parser("distill", help="distil a teacher into a student: sequence (rejection sampling + SFT), logit, on-policy or reverse-kl",
                        description="Evaluate the teacher and the student on held-out addition problems, train the student by --mode "
