@@ -132,3 +132,15 @@ def test_help(capsys):
     for flag in ("--seed", "--name", "--config", "--no-progress", "--resume", "--no-rationalization", "--finetune.max-seconds",
                  "--base.learning-rate", "--iterations"):
         assert flag in out
+
+
+def test_config_file_nests_both_sft_configs(tmp_path):
+    from r1core.recipes.cli import parse
+
+    conf = tmp_path / "s.yaml"
+    conf.write_text("iterations: 4\nrationalization: false\nbase:\n  max_seconds: 30\nfinetune: {max_steps: 7}\n")
+    cfg = parse(["star", "--config", str(conf), "--finetune.max-steps", "9"]).build(S.StarConfig)  # the flag wins
+    assert (cfg.iterations, cfg.rationalization, cfg.base.max_seconds, cfg.finetune.max_steps) == (4, False, 30, 9)
+    conf.write_text("finetune: {output_dir: x}\n")
+    with pytest.raises(SystemExit, match="'finetune.output_dir' is set by `r1core star`"):
+        parse(["star", "--config", str(conf)])
