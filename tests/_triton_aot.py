@@ -1,4 +1,4 @@
-"""Compiles the GRPO and paged-cache Triton kernels ahead of time to cubin for sm_80 and sm_90a, with
+"""Compiles the GRPO, distillation and paged-cache Triton kernels ahead of time to cubin for sm_80 and sm_90a, with
 no GPU present: the interpreter the CPU tests run is lenient where the compiler is not (loop-carried
 types, pointer dtypes, fp64 math, constexpr branches, non-constexpr globals), so this catches what
 only a GPU run would otherwise find.
@@ -21,6 +21,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from r1kernels.triton import copy_blocks as cb  # noqa: E402
+from r1kernels.triton import distill_rows as dr  # noqa: E402
 from r1kernels.triton import group_advantages as ga  # noqa: E402
 from r1kernels.triton import grpo_rows as gl  # noqa: E402
 from r1kernels.triton import merge_attention_states as ma  # noqa: E402
@@ -38,6 +39,13 @@ BACKWARD = dict(z_ptr="*bf16", z_stride="i64", bias_ptr="*bf16", targets_ptr="*i
 TOKEN = dict(logp_ptr="*fp32", scale_ptr="*fp32", adv_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32",
              contrib_ptr="*fp32", grad_ptr="*fp32", N="i32", beta="fp32", eps_low="fp32", eps_high="fp32",
              delta="fp32", sapo_tpos="fp32", sapo_tneg="fp32")
+DISTILL = dict(zs_ptr="*fp32", zs_stride="i64", zt_ptr="*fp32", zt_stride="i64", labels_ptr="*i64", scale_ptr="*fp32",
+               loss_ptr="*fp32", V="i32", inv_temp="fp32", beta="fp32", weight_hard="fp32", weight_soft="fp32",
+               ignore_index="i64")
+
+
+def _distill(mode, **over):
+    return {**dict(MODE=mode, HAS_LABELS=True, HARD=True, HARD1=True, COMPUTE_GRAD=True, BLOCK_V=dr.MAX_BLOCK_V), **over}
 
 
 def _group(dt, acc):
@@ -78,6 +86,10 @@ CASES = [
     (gl._grpo_row_kernel, ROW32, _loss(0, HAS_BIAS=False, HAS_OLD=False, HAS_BETA=False, COMPUTE_LOSS=False,
                                        COMPUTE_GRAD=False), 8),
     (gl._logprobs_backward_row_kernel, BACKWARD, dict(HAS_BIAS=True, HAS_GRAD_ENTROPY=True, BLOCK_V=gl.MAX_BLOCK_V), 8),
+    (dr._distill_row_kernel, DISTILL, _distill(0), 8),
+    (dr._distill_row_kernel, DISTILL, _distill(1, HARD1=False), 8),
+    (dr._distill_row_kernel, DISTILL, _distill(2, HAS_LABELS=False, HARD=False, HARD1=False), 8),
+    (dr._distill_row_kernel, DISTILL, _distill(2, COMPUTE_GRAD=False), 8),
     (gl._token_loss_kernel, TOKEN, dict(HAS_OLD=True, HAS_BETA=True, HAS_DELTA=True, LOSS_KIND=2, BLOCK=1024), 4),
     (ga._group_advantages_kernel, _group("fp32", tl.float32),
      dict(SCALE_MODE=1, LEAVE_ONE_OUT=True, WRITE_STATS=True, WRITE_ADV=True, BLOCK_G=64, ACC=tl.float32), 4),
