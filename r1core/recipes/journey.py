@@ -41,10 +41,10 @@ ARMS = ("journey", "shortcut", "journey+grpo", "shortcut+grpo")
 # packed rows of 320 tokens: a step is about 3,400 tokens of either style (24 journey or 36 shortcut traces), and no
 # step pays for padding (unpacked, a batch of 32 journey traces cost 1.07 s against 0.42 s packed, on one thread)
 SFT_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 12, "packing": True, "max_steps": 100_000, "max_seconds": 180.0,
-                "max_seq_length": 320,
-                    "logging_steps": 10, "save_steps": 50, "warmup_steps": 10, "lr_scheduler_type": "constant"}
-GRPO_DEFAULTS = {"num_generations": 8, "learning_rate": 1e-4, "warmup_steps": 5, "epsilon": 0.2, "beta": 0.0, "temperature": 1.0, "loss_type": "dapo",
-                     "max_completion_length": 256, "max_steps": 100_000, "max_seconds": 60.0, "save_steps": 25, "logging_steps": 1, "max_grad_norm": 1.0}
+                "max_seq_length": 320, "logging_steps": 10, "save_steps": 50, "warmup_steps": 10, "lr_scheduler_type": "constant"}
+GRPO_DEFAULTS = {"num_generations": 8, "learning_rate": 1e-4, "warmup_steps": 5, "epsilon": 0.2, "beta": 0.0, "temperature": 1.0,
+                 "loss_type": "dapo", "max_completion_length": 256, "max_steps": 100_000, "max_seconds": 60.0, "save_steps": 25,
+                 "logging_steps": 1, "max_grad_norm": 1.0}
 SFT_OWNED = {"output_dir": "the arm's folder, runs_dir/name/stages/<arm>", "seed": "the run's seed"}
 GRPO_OWNED = {"output_dir": "the arm's folder, runs_dir/name/stages/<arm>", "seed": "the run's seed",
               "per_device_train_batch_size": "num_prompts * grpo.num_generations"}
