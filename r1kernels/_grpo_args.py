@@ -67,6 +67,27 @@ def check_sequence_inputs(B, T, device, targets, advantages, mask, old_logprobs,
     for name, t in (("targets", targets), ("advantages", advantages), ("mask", mask), ("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs)):
         if t is not None and t.device != device:
             raise ValueError(f"{name} is on {t.device}, expected {device}")
+    if not tracing:
+        check_logprobs(mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
+
+
+# float rounding may leave a log-probability a hair above 0; anything beyond this is not one
+LOGPROB_SLACK = 1e-3
+
+
+def check_logprobs(mask, **tensors) -> None:
+    """Each tensor holds log-probabilities on the unmasked tokens: <= 0, not NaN or +inf (an
+    old_logprobs of +inf made every ratio 0 and the loss silently wrong). -inf passes (a token the
+    sampler could not have drawn makes the ratio inf, which the clip bounds)."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        bad = (t > LOGPROB_SLACK) | torch.isnan(t)
+        if mask is not None:
+            bad &= mask.bool()
+        if bool(bad.any()):
+            raise ValueError(f"{name} must hold log-probabilities (<= 0, not NaN or +inf) on the unmasked tokens, "
+                             f"got {float(t[bad][0])}")
 
 
 def check_targets_in_vocab(targets, V):

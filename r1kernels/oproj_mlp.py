@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from r1kernels._library import op
-from r1kernels.rmsnorm_qkv_rope import _check
+from r1kernels.rmsnorm_qkv_rope import _check, check_eps
 
 
 @torch.library.register_fake("r1kernels::oproj_mlp")
@@ -24,6 +24,7 @@ def _(h, attn, wo, bo, norm_weight, eps, w_gate, b_gate, w_up, b_up, w_down, b_d
 
 def oproj_mlp(h: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, norm_weight: torch.Tensor, eps: float,
               w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, *, bo=None, b_gate=None, b_up=None, b_down=None):
+    check_eps("eps", eps)
     _check("h", h)
     _check("attn", attn)
     if h.dim() != 2 or attn.dim() != 2 or attn.shape[0] != h.shape[0]:

@@ -18,6 +18,8 @@ Inference only: no autograd is registered (the engine runs under torch.no_grad()
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from r1kernels._library import op
@@ -68,6 +70,9 @@ def paged_attention(
     block_tables int32 [S, max_blocks]; seq_lens int32 [S]; cu_seqlens_q int32 [S + 1].
     """
     check_paged_attention_args(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, causal)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+                              or scale <= 0):
+        raise ValueError(f"scale must be None (1 / sqrt(head_dim)) or a finite number > 0, got {scale!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out, lse = op("paged_attention")(q.contiguous(), k_cache, v_cache, block_tables.contiguous(), seq_lens.contiguous(), cu_seqlens_q.contiguous(), scale, bool(causal))
     return (out, lse) if return_lse else out

@@ -12,6 +12,8 @@ without ~20 ATen dispatches per layer. Inference only (no autograd). Equal to
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from r1kernels._library import op
@@ -22,6 +24,14 @@ def _(h, norm_weight, eps, wq, bq, wk, bk, wv, bv, q_norm_weight, k_norm_weight,
     T = h.shape[0]
     return (h.new_empty(T, wq.shape[0] // head_dim, head_dim), h.new_empty(T, wk.shape[0] // head_dim, head_dim),
             h.new_empty(T, wv.shape[0] // head_dim, head_dim))
+
+
+def check_eps(name: str, eps, optional: bool = False) -> None:
+    """The RMSNorm epsilon: a finite number >= 0 (a negative one can make the variance's root NaN)."""
+    if eps is None and optional:
+        return
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
 
 
 def _check(name: str, t, shape: tuple | None = None, optional: bool = False):
@@ -38,6 +48,8 @@ def _check(name: str, t, shape: tuple | None = None, optional: bool = False):
 def rmsnorm_qkv_rope(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, wq: torch.Tensor, wk: torch.Tensor,
                      wv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int, *, bq=None, bk=None, bv=None,
                      q_norm_weight=None, k_norm_weight=None, qk_eps: float | None = None):
+    check_eps("eps", eps)
+    check_eps("qk_eps", qk_eps, optional=True)
     _check("h", h)
     if h.dim() != 2:
         raise ValueError(f"h must be [T, H], got {list(h.shape)}")
