@@ -112,6 +112,18 @@ def test_bfloat16(backend):
     check(*run_both(inp, beta=0.3, temperature=0.8, weight_hard_loss=0.5), atol=1e-2, rtol=2e-2)
 
 
+def test_teacher_in_another_dtype(backend):
+    # a bfloat16 teacher beside a float32 student (the teacher's copy kept small): the student's
+    # gradients stay float32
+    inp = make_inputs((2, 5), 16, 24, 61, dtype=torch.float32, bias=True, scale=0.5)
+    for k in ("teacher_hidden", "teacher_weight", "teacher_bias"):
+        inp[k] = inp[k].bfloat16()
+    ref_inp = {k: (v.float() if k.startswith("teacher") else v) for k, v in inp.items()}
+    (l1, g1), _ = run_both(inp, beta=0.3, weight_hard_loss=0.5)
+    _, (l2, g2) = run_both(ref_inp, beta=0.3, weight_hard_loss=0.5)
+    check((l1, g1), (l2, g2), atol=1e-4, rtol=1e-4)
+
+
 def test_teacher_gets_no_gradient(backend):
     inp = make_inputs((5,), 4, 6, 11, bias=True)
     th = inp["teacher_hidden"].clone().requires_grad_()
