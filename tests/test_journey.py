@@ -127,6 +127,6 @@ def test_help(capsys):
 
 def test_default_budgets():
     cfg = J.JourneyConfig()
-    assert (cfg.sft.max_seconds, cfg.sft.packing, cfg.sft.per_device_train_batch_size, cfg.sft.max_seq_length) == (180.0, True, 12, 320)
+    assert (cfg.sft.max_seconds, cfg.sft.packing, cfg.sft.per_device_train_batch_size, cfg.sft.max_seq_length) == (180.0, False, 32, 320)
     assert (cfg.grpo.max_seconds, cfg.grpo.per_device_train_batch_size, cfg.grpo.max_completion_length) == (60.0, 64, 256)
     assert (cfg.num_numbers, cfg.max_number, cfg.max_target, cfg.search_budget, cfg.arms) == (3, 10, 50, 16, list(J.ARMS))

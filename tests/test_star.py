@@ -148,5 +148,5 @@ def test_config_file_nests_both_sft_configs(tmp_path):
 
 def test_default_budgets():
     cfg = S.StarConfig()
-    assert (cfg.base.max_seconds, cfg.finetune.max_seconds, cfg.base.packing, cfg.base.max_seq_length) == (60.0, 90.0, True, 320)
+    assert (cfg.base.max_seconds, cfg.finetune.max_seconds, cfg.base.per_device_train_batch_size, cfg.base.max_seq_length) == (60.0, 90.0, 32, 320)
     assert (cfg.iterations, cfg.rationalization, cfg.train_size, cfg.samples_per_problem) == (3, True, 256, 4)

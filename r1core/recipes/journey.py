@@ -12,13 +12,14 @@ trained by the same GRPO budget on top (the countdown reward) and evaluated agai
 The study's setting is the default: 3 numbers from 1..10, targets 1..50, a search budget of 16
 steps (78% of problems solved, journey traces 129 characters on average, shortcut 74), 2000
 training problems, 128 held-out ones. Its budget is time, the same for both styles: each SFT arm
-180 s (packed rows of 320 tokens, 12 a step), each GRPO arm 60 s (8 prompts x 8 samples a step);
-with the four held-out evaluations (128 problems, 4 samples and greedy, up to 256 tokens: about
-10-20 s each) the run is meant to end within 10 minutes on 2 cores. Those budgets come from
-arithmetic and short measurements on a shared machine, not from a timed full run: 2 x 180 + 2 x 60
-s of training, about 60 s of evaluation, 15 s of set-up and saving. A first check on one thread
-with 60 s of SFT each gave shortcut greedy 0.06 (146 unpacked steps) and journey 0.00 (27 steps),
-before packing made journey's steps 2.5x cheaper.
+180 s (batches of 32 traces), each GRPO arm 60 s (8 prompts x 8 samples a step); with the four
+held-out evaluations (128 problems, 4 samples and greedy, up to 256 tokens: about 10-20 s each)
+the run is meant to end within 10 minutes on 2 cores. Those budgets come from arithmetic and short
+measurements on a shared machine, not from a timed full run: 2 x 180 + 2 x 60 s of training, about
+60 s of evaluation, 15 s of set-up and saving. A journey example costs about 3.7x a shortcut one
+to train on (longer, and padded to the longest of its batch; packing saved nothing here), so at
+equal seconds the journey arm sees fewer examples. A first check on one thread with 60 s of SFT
+each (64 held-out problems) gave shortcut greedy 0.06 after 146 steps and journey 0.00 after 27.
 
     r1core journey                              # the study's setting, seed 0, runs/journey/
     r1core journey --seed 1 --name j1 --sft.max-seconds 240
@@ -38,9 +39,7 @@ from r1core.recipes.flags import Command, Given, Section, option
 from r1core.trainers import GRPOConfig, SFTConfig
 
 ARMS = ("journey", "shortcut", "journey+grpo", "shortcut+grpo")
-# packed rows of 320 tokens: a step is about 3,400 tokens of either style (24 journey or 36 shortcut traces), and no
-# step pays for padding (unpacked, a batch of 32 journey traces cost 1.07 s against 0.42 s packed, on one thread)
-SFT_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 12, "packing": True, "max_steps": 100_000, "max_seconds": 180.0,
+SFT_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 32, "max_steps": 100_000, "max_seconds": 180.0,
                 "max_seq_length": 320, "logging_steps": 10, "save_steps": 50, "warmup_steps": 10, "lr_scheduler_type": "constant"}
 GRPO_DEFAULTS = {"num_generations": 8, "learning_rate": 1e-4, "warmup_steps": 5, "epsilon": 0.2, "beta": 0.0, "temperature": 1.0,
                  "loss_type": "dapo", "max_completion_length": 256, "max_steps": 100_000, "max_seconds": 60.0, "save_steps": 25,

@@ -40,8 +40,7 @@ from r1core.recipes import arms as A
 from r1core.recipes.flags import Command, Given, Section, option
 from r1core.trainers import SFTConfig
 
-# packed rows, as journey's SFT arms
-BASE_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 12, "packing": True, "max_steps": 100_000, "max_seconds": 60.0,
+BASE_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 32, "max_steps": 100_000, "max_seconds": 60.0,
                  "max_seq_length": 320, "logging_steps": 10, "save_steps": 50, "warmup_steps": 10}
 FINETUNE_DEFAULTS = dict(BASE_DEFAULTS, max_seconds=90.0)
 BASE_OWNED = {"output_dir": "runs_dir/name/base", "seed": "the run's seed"}
