@@ -125,7 +125,7 @@ def distill_loss(
     lead = student_hidden.shape[:-1]
     V = student_weight.shape[0]
     check_labels(labels, lead, V, ignore_index, student_hidden.device)
-    n = student_hidden.numel() // student_hidden.shape[-1]
+    n = lead.numel()
     labels_flat = labels.reshape(n).contiguous() if labels is not None else None
     scale = row_scale(labels_flat, n, ignore_index, reduction, student_hidden.device)
     needs_grad = torch.is_grad_enabled() and any(

@@ -77,7 +77,7 @@ def distill_loss_from_logits(
     check_options(labels, beta, temperature, ignore_index, weight_hard_loss, weight_soft_loss, reduction)
     lead, V = student_logits.shape[:-1], student_logits.shape[-1]
     check_labels(labels, lead, V, ignore_index, student_logits.device)
-    n = student_logits.numel() // V if V else lead.numel()
+    n = lead.numel()
     labels_flat = labels.reshape(n).contiguous() if labels is not None else None
     scale = row_scale(labels_flat, n, ignore_index, reduction, student_logits.device)
     needs_grad = torch.is_grad_enabled() and student_logits.requires_grad
