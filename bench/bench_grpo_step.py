@@ -7,7 +7,8 @@ no vLLM, AdamW.
 Reported per step (median over the measured steps, after one warm-up step): wall seconds
 generating, for the rest (rewards, old/reference log-probs, loss, backward, optimizer) and in all;
 CPU seconds of the process (a steadier measure of the work when other processes share the cores);
-peak resident memory above the level before the trainer was built; steps/s ratio ours / TRL.
+peak resident memory above the level before the trainer was built (each trainer in its own
+process); steps/s ratio ours / TRL.
 
     python bench/bench_grpo_step.py            # 5M and 30M, 5 measured steps each
     python bench/bench_grpo_step.py --quick    # 5M only, 2 measured steps
@@ -35,7 +36,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -279,6 +283,18 @@ def summarize(gen: Clock, step: Clock, mem: int) -> dict:
             "gen_cpu": med(gen.cpu), "step_cpu": med(step.cpu), "peak_mb": mem / 2**20}
 
 
+def run_side(name: str, size: str, steps: int, args) -> dict:
+    """One trainer in a fresh process: peak RSS above a baseline means little in a process whose heap
+    the other trainer already grew (freed pages stay resident and are reused without growing it)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--child-size", size, "--steps", str(steps),
+           "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else []) + (["--quick"] if args.quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
+        raise SystemExit(f"{name} on {size} failed: {tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
@@ -290,8 +306,14 @@ def main():
                     help="measured steps per trainer (default 5; --quick 2; qwen2-151k 3, with --quick 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in both trainers' training side (TRL's default)")
+    ap.add_argument("--child", choices=["trl", "r1core"], default=None, help=argparse.SUPPRESS)  # one trainer, JSON out
+    ap.add_argument("--child-size", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.child:
+        bench = bench_trl if args.child == "trl" else bench_ours
+        print(json.dumps(bench(args.child_size, args.steps, args.bf16, args.quick)))
+        return
     if args.case == QWEN:
         sizes, steps = [QWEN], args.steps or (1 if args.quick else 3)
     else:
@@ -301,8 +323,7 @@ def main():
     cols = ("gen s", "train s", "step s", "gen cpu", "step cpu", "peak MB", "x floor")
     print(f"{'model':>10} {'trainer':>8} " + " ".join(f"{c:>8}" for c in cols))
     for size in sizes:
-        res = {"trl": bench_trl(size, steps, args.bf16, args.quick),
-               "r1core": bench_ours(size, steps, args.bf16, args.quick)}
+        res = {name: run_side(name, size, steps, args) for name in ("trl", "r1core")}
         floor = gemm_floor(size, args.quick)
         for name, r in res.items():
             vals = (r["gen_s"], r["train_s"], r["step_s"], r["gen_cpu"], r["step_cpu"])

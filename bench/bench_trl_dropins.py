@@ -7,8 +7,9 @@ suppressed so every side generates the same number of tokens):
     trl+loss+engine   + use_r1core_engine (r1core.integrations.trl): rollouts from r1core's engine
     r1core            r1core.trainers.GRPOTrainer
 
-Per side: seconds per step (median after a warm-up step; generation and the rest), CPU seconds,
-peak resident memory above the level before the trainer was built, and steps/s against TRL.
+Per side, each in its own process: seconds per step (median after a warm-up step; generation and
+the rest), CPU seconds, peak resident memory above the level before the trainer was built, and
+steps/s and memory against TRL.
 
     python bench/bench_trl_dropins.py                       # the 5M model, 5 measured steps
     python bench/bench_trl_dropins.py --case qwen2-151k     # Qwen's vocabulary, 16 x 256 tokens
@@ -24,6 +25,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -51,6 +54,18 @@ SIDES = {
 }
 
 
+def run_side(name: str, args, steps: int) -> dict:
+    """One side in a fresh process: peak RSS above a baseline means little in a process whose heap
+    an earlier side already grew (freed pages stay resident and are reused without growing it)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--case", args.case, "--steps", str(steps),
+           "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else []) + (["--quick"] if args.quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
+        raise SystemExit(f"side {name} failed: {tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -63,18 +78,22 @@ def main():
         "--bf16", action="store_true", help="bf16 autocast on every side's training forward (TRL's default)"
     )
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one side, its result as a JSON line
     args = ap.parse_args()
+    steps = args.steps or (1 if args.quick else 5)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(SIDES[args.child](args.case, steps, args.bf16, args.quick)))
+        return
     sides = args.sides.split(",")
     unknown = [s for s in sides if s not in SIDES]
     if unknown:
         ap.error(f"--sides: unknown {unknown}; expected a subset of {list(SIDES)}")
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (1 if args.quick else 5)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, case {args.case}, steps {steps} (+1 warm-up), "
-        f"load {os.getloadavg()[0]:.1f}"
+        f"load {os.getloadavg()[0]:.1f}; each side in its own process"
     )
-    res = {name: SIDES[name](args.case, steps, args.bf16, args.quick) for name in sides}
+    res = {name: run_side(name, args, steps) for name in sides}
     base = res.get("trl")
     print(
         f"{'side':>16} {'gen s':>8} {'train s':>8} {'step s':>8} {'step cpu':>8} {'peak MB':>8} "
