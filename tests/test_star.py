@@ -148,5 +148,15 @@ def test_config_file_nests_both_sft_configs(tmp_path):
 
 def test_default_budgets():
     cfg = S.StarConfig()
-    assert (cfg.base.max_seconds, cfg.finetune.max_seconds, cfg.base.per_device_train_batch_size, cfg.base.max_seq_length) == (60.0, 90.0, 32, 320)
-    assert (cfg.iterations, cfg.rationalization, cfg.train_size, cfg.samples_per_problem) == (3, True, 256, 4)
+    assert (cfg.base.max_seconds, cfg.finetune.max_seconds, cfg.base.per_device_train_batch_size, cfg.base.max_seq_length) == (90.0, 90.0, 32, 320)
+    assert (cfg.iterations, cfg.rationalization, cfg.train_size, cfg.samples_per_problem, cfg.base_size, cfg.finetune_epochs) == (
+        3, True, 256, 4, 1000, 4.0)
+
+
+def test_finetune_steps_follow_the_kept_rows(tmp_path, oracle):
+    # 3 kept rows (half of 6 solved, rationalisation off), 4 epochs of batch 4: 3 steps, not finetune.max_steps
+    argv = list(TINY)
+    argv[argv.index("--finetune.max-steps") + 1] = "50"
+    assert main(["star", "--runs-dir", str(tmp_path), "--no-rationalization", "--iterations", "1", *argv[2:]]) == 0
+    s = _summary(tmp_path / "star")
+    assert s["iterations"][1]["train_rows"] == 3 and s["iterations"][1]["train_steps"] == 3
