@@ -140,11 +140,8 @@ def test_grpo_loss_dropin_matches_trl(tmp_path, monkeypatch, loss_type, level, b
         warnings.simplefilter("always")
         fused.train()
     fell_back = [w for w in caught if "r1kernels.integrations.trl" in str(w.message)]
-    if loss_type == "vespo":  # no fused kernel for its gamma weights: TRL's own loss, said once
-        assert not calls and len(fell_back) == 1 and "vespo" in str(fell_back[0].message)
-    else:
-        assert len(calls) == 2 and not fell_back, [str(w.message) for w in fell_back]
-    metrics = ["entropy"] + (["kl"] if beta else [])
+    assert len(calls) == 2 and not fell_back, [str(w.message) for w in fell_back]
+    metrics = ["entropy"] + (["kl"] if beta else []) + (["vespo/phi_seq_mean"] if loss_type == "vespo" else [])
     if loss_type not in ("sapo", "cispo", "vespo"):
         metrics += ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"]
     assert_same_run(shipped, fused, rec_b, rec_a, metrics)
@@ -282,3 +279,31 @@ def test_engine_and_loss_dropins_train(tmp_path, monkeypatch):
     assert len(calls) == 2 and len(rec.params) == 2
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs) and logs[0]["completions/mean_length"] > 0
+
+
+def per_token_advantages(trainer):
+    """Advantages [B, T] as TRL's subclasses give them: each sequence's, scaled along its tokens."""
+    generate_and_score = trainer._generate_and_score_completions
+
+    def wrapped(inputs):
+        out = generate_and_score(inputs)
+        out["advantages"] = out["advantages"].unsqueeze(1) * torch.linspace(0.5, 1.5, out["completion_ids"].shape[1])
+        return out
+
+    trainer._generate_and_score_completions = wrapped
+
+
+@pytest.mark.parametrize("loss_type,level", [("dapo", "token"), ("grpo", "sequence")])
+def test_grpo_loss_dropin_per_token_advantages(tmp_path, monkeypatch, loss_type, level):
+    calls = []
+    fused_loss = r1kernels.grpo_loss
+    monkeypatch.setattr(r1trl.r1kernels, "grpo_loss", lambda *a, **k: calls.append(k) or fused_loss(*a, **k))
+    shipped, rec_a = grpo_trainer(tmp_path, loss_type, level)
+    per_token_advantages(shipped)
+    shipped.train()
+    fused, rec_b = grpo_trainer(tmp_path, loss_type, level)
+    per_token_advantages(fused)
+    r1trl.use_r1kernels_grpo_loss(fused)
+    fused.train()
+    assert len(calls) == 2
+    assert_same_run(shipped, fused, rec_b, rec_a, ["entropy"])

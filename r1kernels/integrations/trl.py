@@ -9,8 +9,8 @@
 
 `use_r1kernels_grpo_loss(trainer)` makes a GRPOTrainer compute its loss with `r1kernels.grpo_loss`
 on the model's last hidden states and LM head, so the [completions, tokens, vocab] logits never
-exist, with TRL's own config: every `loss_type` the kernel has (grpo, bnpo, dr_grpo, dapo, cispo,
-sapo, and luspo as a sum per sequence), `importance_sampling_level` token and sequence, beta and
+exist, with TRL's own config: every `loss_type` TRL has (grpo, bnpo, dr_grpo, dapo, cispo, sapo,
+luspo as a sum per sequence, vespo), `importance_sampling_level` token and sequence, beta and
 the reference log-probs, epsilon / epsilon_high, delta, temperature, gradient accumulation.
 `use_r1kernels_gkd_loss(trainer)` makes TRL's GKDTrainer compute `generalized_jsd_loss` with
 `r1kernels.distill_loss` on both models' last hidden states and LM heads.
@@ -18,12 +18,14 @@ the reference log-probs, epsilon / epsilon_high, delta, temperature, gradient ac
 Why a call that patches one instance rather than a subclass: the patch replaces one method of one
 object (`_compute_loss`, `compute_loss` for GKD), so it composes with TRL's own subclasses of
 GRPOTrainer and with other patches, and a TRL release that renames anything else leaves it
-working. What TRL computes that the kernel does not (vespo's gamma weights, per-token advantages,
-the entropy mask or bonus, the off-policy mask, vLLM's importance-sampling correction, MoE
-auxiliary losses, multimodal inputs, logit soft-capping or scaling) runs TRL's own loss for that
-step instead, with a warning that names the reason once: nothing is dropped. The bias-corrected KL
-(`use_bias_correction_kl`, TRL's default when beta != 0: the KL times the differentiable ratio)
-takes a second fused pass, `r1kernels.token_logprobs`, for the KL term.
+working. vespo runs as cispo's kernel on per-token advantages phi * A (its gamma weights phi from
+TRL's own get_gamma_weights on one no-grad fused log-prob pass); per-token advantages ([B, T]) go to
+the kernel as they are. What TRL computes that the kernel does not (the entropy mask or bonus, the
+off-policy mask, vLLM's importance-sampling correction, MoE auxiliary losses, multimodal inputs,
+logit soft-capping or scaling) runs TRL's own loss for that step instead, with a warning that
+names the reason once: nothing is dropped. The bias-corrected KL (`use_bias_correction_kl`, TRL's
+default when beta != 0: the KL times the differentiable ratio) takes a second fused pass,
+`r1kernels.token_logprobs`, for the KL term.
 Logged metrics: kl, entropy and the clip ratios' means as TRL logs them; the per-sequence
 extremes (clip_ratio/low_min, clip_ratio/high_max) need every token's ratio, which the fused loss
 never holds, and are not logged.
@@ -46,7 +48,7 @@ import r1kernels
 from r1kernels._grpo_args import token_scale
 
 # loss_type -> the kernel's aggregation (see _normaliser)
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 _MULTIMODAL_KEYS = (
     "pixel_values",
     "image_grid_thw",
@@ -84,8 +86,6 @@ def _unsupported(trainer, inputs) -> str | None:
     args = trainer.args
     if trainer.loss_type not in GRPO_LOSS_TYPES:
         return f"loss_type {trainer.loss_type!r} has no fused kernel (fused: {', '.join(GRPO_LOSS_TYPES)})"
-    if inputs["advantages"].dim() != 1:
-        return "per-token advantages ([B, T]) are not supported by r1kernels.grpo_loss"
     checks = (
         (getattr(trainer, "top_entropy_quantile", 1.0) < 1.0, "top_entropy_quantile < 1 (the entropy mask)"),
         (
@@ -135,7 +135,10 @@ def _normaliser(trainer, inputs, B: int) -> tuple[str, float | None, float]:
         return "dapo", float(B * trainer.max_completion_length), accum
     if loss_type == "luspo":  # a sum over each sequence's tokens, then the mean over sequences
         return "dapo", float(B), accum
-    # dapo, cispo: num_items_in_batch spans the generation batch; TRL rescales it to one accumulation window
+    # dapo, cispo, vespo (cispo's kernel: -sg(weight) * A * logp): num_items_in_batch spans the
+    # generation batch; TRL rescales it to one accumulation window
+    if loss_type == "vespo":
+        loss_type = "cispo"
     n = inputs["num_items_in_batch"].clamp(min=1.0).item() / trainer.accelerator.num_processes
     if train:
         n = n * trainer.current_gradient_accumulation_steps / trainer.args.steps_per_generation
@@ -161,6 +164,12 @@ def _grpo_compute_loss(self, model, inputs):
     loss_type, num_items, divisor = _normaliser(self, inputs, B)
     old = inputs.get("old_per_token_logps")
     ref = inputs["ref_per_token_logps"] if self.beta != 0.0 else None
+    advantages, kernel_old, epsilon_high = inputs["advantages"], old, self.epsilon_high
+    if self.loss_type == "vespo":
+        # -phi * A * logp with phi detached: cispo's kernel at ratio 1 (no old log-probs, cap 1) on the
+        # per-token advantages phi * A
+        advantages, phi = _vespo_advantages(self, hidden, head, completion_ids, mask, old, advantages, inputs)
+        kernel_old, epsilon_high = None, 1.0
     # TRL's default with beta != 0 multiplies the KL by the (differentiable) ratio: the kernel takes the
     # policy term and a second, fused log-prob pass the corrected KL term
     corrected = ref is not None and getattr(self.args, "use_bias_correction_kl", False)
@@ -168,14 +177,14 @@ def _grpo_compute_loss(self, model, inputs):
         hidden,
         head.weight,
         completion_ids,
-        inputs["advantages"],
+        advantages,
         mask=mask.bool(),
-        old_logprobs=old,
+        old_logprobs=kernel_old,
         ref_logprobs=None if corrected else ref,
         bias=getattr(head, "bias", None),
         beta=0.0 if corrected else self.beta,
         epsilon_low=self.epsilon_low,
-        epsilon_high=self.epsilon_high,
+        epsilon_high=epsilon_high,
         delta=self.args.delta,
         temperature=self.temperature,
         loss_type=loss_type,
@@ -189,8 +198,32 @@ def _grpo_compute_loss(self, model, inputs):
             self, hidden, head, completion_ids, mask, old, ref, loss_type, num_items
         )
         loss = loss + kl_loss
-    _log_grpo_metrics(self, stats, mask, B)
+    if self.loss_type == "vespo":
+        stats["phi_seq_mean"] = phi.mean()
+    _log_grpo_metrics(self, stats, mask, B, per_token=advantages.dim() == 2)
     return loss / divisor
+
+
+def _vespo_advantages(trainer, hidden, head, targets, mask, old, advantages, inputs):
+    """(phi * A as [B, T] advantages, phi [B, 1]): VESPO's gamma weights from TRL's own
+    get_gamma_weights, on log-probs of one no-grad fused pass."""
+    with torch.no_grad():
+        logp = r1kernels.token_logprobs(
+            hidden, head.weight, targets, bias=getattr(head, "bias", None), temperature=trainer.temperature
+        ).float()
+    A = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+    args = trainer.args
+    phi = trainer.get_gamma_weights(
+        advantages=A,
+        log_ratio_per_token=logp - (logp if old is None else old.float()),
+        mask=mask,
+        importance_sampling_ratio=inputs.get("importance_sampling_ratio"),
+        k_pos=args.vespo_k_pos,
+        lambda_pos=args.vespo_lambda_pos,
+        k_neg=args.vespo_k_neg,
+        lambda_neg=args.vespo_lambda_neg,
+    )
+    return (phi * A).expand(targets.shape).contiguous(), phi
 
 
 def _bias_corrected_kl(trainer, hidden, head, targets, mask, old, ref, loss_type, num_items):
@@ -210,13 +243,13 @@ def _bias_corrected_kl(trainer, hidden, head, targets, mask, old, ref, loss_type
     return loss, kl.detach().sum() / keep.sum().clamp(min=1)
 
 
-def _log_grpo_metrics(trainer, stats: dict, mask: torch.Tensor, B: int) -> None:
+def _log_grpo_metrics(trainer, stats: dict, mask: torch.Tensor, B: int, per_token: bool = False) -> None:
     """TRL's names and its global means: each local mean weighted by its count across processes."""
     mode = "train" if trainer.model.training else "eval"
     tokens = mask.sum().float()
-    clip_count = (
-        torch.tensor(float(B), device=tokens.device) if trainer.importance_sampling_level == "sequence" else tokens
-    )
+    sequences = torch.tensor(float(B), device=tokens.device)
+    # one ratio per sequence under sequence-level sampling, unless the advantages are per token
+    clip_count = sequences if trainer.importance_sampling_level == "sequence" and not per_token else tokens
 
     def global_mean(value, count):
         totals = trainer.accelerator.reduce(torch.stack([value.float() * count, count]), reduction="sum")
@@ -228,6 +261,8 @@ def _log_grpo_metrics(trainer, stats: dict, mask: torch.Tensor, B: int) -> None:
     metrics["entropy"].append(global_mean(stats["entropy"], tokens))
     if trainer.loss_type == "cispo":
         metrics["cispo_clip_ratio"].append(global_mean(stats["clip_high"], clip_count))
+    elif trainer.loss_type == "vespo":
+        metrics["vespo/phi_seq_mean"].append(global_mean(stats["phi_seq_mean"], sequences))
     elif trainer.loss_type != "sapo":
         metrics["clip_ratio/low_mean"].append(global_mean(stats["clip_low"], clip_count))
         metrics["clip_ratio/high_mean"].append(global_mean(stats["clip_high"], clip_count))
