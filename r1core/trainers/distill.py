@@ -24,7 +24,6 @@ ends where an uninterrupted one ends.
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from dataclasses import dataclass
@@ -67,17 +66,6 @@ def teacher_states(teacher, b: DistillBatch) -> torch.Tensor:
         return _last_hidden(teacher, b)[:, :-1][b.loss_mask[:, 1:]]
 
 
-@functools.cache
-def _grpo_loss_takes_token_advantages() -> bool:
-    """Does r1kernels.grpo_loss take advantages [B, T] (per token) as well as [B]?"""
-    h, w = torch.zeros(1, 1, 2), torch.zeros(3, 2)
-    try:
-        r1kernels.grpo_loss(h, w, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1))
-    except ValueError:
-        return False
-    return True
-
-
 class _StudentLoss(torch.nn.Module):
     """The student's loss as a module, so DDP wraps the whole forward (its gradient hooks then cover
     the LM head used outside the base model too). The teacher's side comes in as tensors."""
@@ -110,18 +98,13 @@ class _StudentLoss(torch.nn.Module):
             t_logp = r1kernels.token_logprobs(teacher_hidden, teacher_weight, targets[sel], bias=teacher_bias, temperature=cfg.temperature)
         adv = torch.zeros_like(student_logp)
         adv[sel] = t_logp - student_logp[sel]
-        stats = {"reverse_kl": float(-adv[sel].mean()) if bool(sel.any()) else 0.0, "teacher_logprob": float(t_logp.mean()) if t_logp.numel() else 0.0}
+        any_token = bool(sel.any())
+        stats = {"reverse_kl": float(-adv[sel].mean()) if any_token else 0.0, "teacher_logprob": float(t_logp.mean()) if any_token else 0.0}
         # one update on fresh samples: the ratio is 1 (old log-probs None: the policy's own, detached),
         # so nothing clips and the gradient is -sum(A * grad log p) / N
-        if _grpo_loss_takes_token_advantages():
-            loss, _ = r1kernels.grpo_loss(hidden, weight, targets, adv, mask=sel, bias=bias, temperature=cfg.temperature,
-                                          loss_type="dapo", num_items=num_items)
-            return loss, stats
-        # until grpo_loss takes [B, T] advantages: its value and gradient at ratio 1, -sum(A * w) / N
-        # with w = exp(logp - sg(logp))
-        logp = r1kernels.token_logprobs(hidden[sel], weight, targets[sel], bias=bias, temperature=cfg.temperature)
-        ratio = torch.exp(logp - logp.detach())
-        return -(adv[sel] * ratio).sum() / num_items, stats
+        loss, _ = r1kernels.grpo_loss(hidden, weight, targets, adv, mask=sel, bias=bias, temperature=cfg.temperature,
+                                      loss_type="dapo", num_items=num_items)
+        return loss, stats
 
 
 def tokenizer_mismatch(a, b) -> str | None:
