@@ -181,8 +181,8 @@ def bench_ours(size: str, steps: int, bf16: bool = False, quick: bool = False) -
 def bench_trl(size: str, steps: int, bf16: bool = False, quick: bool = False, setup=None) -> dict:
     """setup(trainer): applied before training (bench_trl_dropins.py's drop-ins)."""
     import datasets
-    from trl import GRPOConfig, GRPOTrainer
     from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
 
     from r1core.rewards import accuracy_reward
 

@@ -28,7 +28,6 @@ import torch
 import r1kernels
 from r1kernels import reference
 
-
 CLOCK = time.perf_counter
 
 

@@ -29,7 +29,6 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 
 import torch  # noqa: E402
-
 from bench_grpo_step import QWEN, bench_ours, bench_trl  # noqa: E402
 
 

@@ -30,19 +30,19 @@ imports. docs/ops.md has this table with the full schemas.
 """
 
 from r1kernels import _library  # noqa: F401  loads the ops before anything registers on them
+from r1kernels.copy_blocks import copy_blocks
 from r1kernels.distill_loss import distill_loss
 from r1kernels.distill_loss_from_logits import distill_loss_from_logits
 from r1kernels.group_advantages import GroupAdvantages, group_advantages
 from r1kernels.grpo_loss import grpo_loss
 from r1kernels.grpo_loss_from_logits import grpo_loss_from_logits
-from r1kernels.token_logprobs import token_logprobs
-from r1kernels.copy_blocks import copy_blocks
 from r1kernels.merge_attention_states import merge_attention_states
+from r1kernels.oproj_mlp import oproj_mlp
 from r1kernels.paged_attention import paged_attention
 from r1kernels.reshape_and_cache import reshape_and_cache
-from r1kernels.oproj_mlp import oproj_mlp
 from r1kernels.rmsnorm_qkv_rope import rmsnorm_qkv_rope
 from r1kernels.skinny_linear import skinny_linear
+from r1kernels.token_logprobs import token_logprobs
 from r1kernels.tree_attention import tree_attention
 
 if _library.HAS_TRITON:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from r1kernels._grpo_stats import grpo_stats
 from r1kernels._grpo_args import LOSS_KIND, check_options, check_sequence_inputs, flat, token_advantages, token_scale
+from r1kernels._grpo_stats import grpo_stats
 from r1kernels._library import op
 from r1kernels._sequence_level import sequence_level_loss
 from r1kernels.token_logprobs import check_head_inputs, token_logprobs

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import torch
 
+from r1kernels._grpo_args import (
+    LOSS_KIND,
+    check_options,
+    check_sequence_inputs,
+    check_targets_in_vocab,
+    flat,
+    token_advantages,
+    token_scale,
+)
 from r1kernels._grpo_stats import grpo_stats
-from r1kernels._grpo_args import (LOSS_KIND, check_options, check_sequence_inputs, check_targets_in_vocab, flat, token_advantages,
-                                  token_scale)
 from r1kernels._library import op
 from r1kernels._sequence_level import sequence_level_loss
 from r1kernels.grpo_loss import _grad_is_one

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _engine_models import char_tokenizer, random_prompts, tiny_model
+
 from r1core.engine import Engine
 
 MAX_NEW = 10
@@ -220,8 +220,12 @@ def assert_same_processed(engine, model, prompts, k, eos, ours: dict, theirs: di
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_logits_processors_match_generate(arch):
-    from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor, NoRepeatNGramLogitsProcessor,
-                              RepetitionPenaltyLogitsProcessor)
+    from transformers import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
 
     model = tiny_model(arch, eos_token_id=None)
     engine = Engine(model, block_size=4, num_blocks=256)

@@ -381,10 +381,10 @@ def test_shipped_base_is_the_recipes_weak_base():
     # tokenizer, weak on held-out problems (its SFT stopped at greedy 0.40 on validation), not solved
     from transformers import AutoModelForCausalLM
 
+    from r1core.engine import Engine
     from r1core.recipes.base_model import BaseModelSpec, build_tokenizer, num_parameters
     from r1core.recipes.evaluate import evaluate
     from r1core.recipes.r1_zero import SHIPPED_BASE, make_splits
-    from r1core.engine import Engine
     from r1core.rewards import accuracy_reward
 
     tok = build_tokenizer()

@@ -7,8 +7,8 @@ import os
 
 import pytest
 import torch
-from conftest import requires_cuda
 from _engine_models import char_tokenizer, full_forward_logprobs, hf_greedy, random_prompts, tiny_model
+from conftest import requires_cuda
 
 from r1core.engine import Engine, SamplingParams
 

@@ -9,8 +9,8 @@ import random
 
 import pytest
 import torch
-
 from _engine_models import char_tokenizer, full_forward_logprobs, hf_greedy, random_prompts, tiny_model
+
 from r1core.engine import CacheFull, Engine, SamplingParams
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _engine_models import random_prompts, tiny_model
 from torch import nn
 
-from _engine_models import random_prompts, tiny_model
 from r1core.engine import Engine, SamplingParams
 from r1core.engine.fast_forward import unsupported_reason
 

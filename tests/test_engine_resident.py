@@ -10,8 +10,8 @@ import pathlib
 
 import pytest
 import torch
-
 from _engine_models import random_prompts, tiny_model
+
 from r1core.engine import BlockManager, Engine, SamplingParams, Scheduler
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -7,8 +7,18 @@ import torch
 
 from r1core.recipes.base_model import build_tokenizer
 from r1core.search import ArithmeticVerifier
-from r1core.search.reward_models import (OutcomeRewardModel, ProcessRewardModel, RewardExample, build_reward_model, collate,
-                                         labels_accuracy, math_shepherd_labels, predict, score_positions, train_reward_model)
+from r1core.search.reward_models import (
+    OutcomeRewardModel,
+    ProcessRewardModel,
+    RewardExample,
+    build_reward_model,
+    collate,
+    labels_accuracy,
+    math_shepherd_labels,
+    predict,
+    score_positions,
+    train_reward_model,
+)
 from r1core.search.step_generator import StepProposal
 from r1core.tasks import arithmetic
 
@@ -153,6 +163,7 @@ def test_shepherd_examples_from_a_noisy_policy_train_a_prm(tok):
     # must be labelled 0 whatever the rollouts do; a right prefix is labelled 1 unless all of its
     # rollouts went wrong
     from _search_fakes import NoisyAdditionPolicy
+
     from r1core.search.reward_models import shepherd_examples
 
     seed = random.randrange(1000)

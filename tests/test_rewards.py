@@ -3,8 +3,7 @@ import random
 
 import pytest
 
-from r1core.rewards import (accuracy_reward, countdown_reward, extract_answer, format_reward,
-                            scratchpad_format_reward, score_expression)
+from r1core.rewards import accuracy_reward, countdown_reward, extract_answer, format_reward, score_expression, scratchpad_format_reward
 
 
 def conv(text):

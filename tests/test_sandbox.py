@@ -14,8 +14,7 @@ import uuid
 
 import pytest
 
-from r1core.sandbox import (CPU_TIMEOUT, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxLimits, SandboxUnavailable, run_python,
-                            sandbox_available)
+from r1core.sandbox import CPU_TIMEOUT, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxLimits, SandboxUnavailable, run_python, sandbox_available
 from r1core.sandbox.view import OUTSIDE_UID
 
 needs_namespaces = pytest.mark.skipif(not sandbox_available(), reason="the kernel refuses user/network namespaces here")

@@ -5,9 +5,20 @@ import random
 
 import pytest
 
-from r1core.search import (ArithmeticVerifier, CountdownVerifier, SearchResult, aggregate_step_scores,
-                           best_of_n, maj_at_k, majority_vote, mean_pass_at_k, pass_at_k, sample_and_select,
-                           select, weighted_best_of_n)
+from r1core.search import (
+    ArithmeticVerifier,
+    CountdownVerifier,
+    SearchResult,
+    aggregate_step_scores,
+    best_of_n,
+    maj_at_k,
+    majority_vote,
+    mean_pass_at_k,
+    pass_at_k,
+    sample_and_select,
+    select,
+    weighted_best_of_n,
+)
 from r1core.search.voting import group_answers
 from r1core.tasks import arithmetic, generate
 

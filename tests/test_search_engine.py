@@ -8,7 +8,7 @@ import torch
 
 from r1core.search import CountdownVerifier
 from r1core.search.beam import beam_search, diverse_verifier_tree_search
-from r1core.search.mcts import mcts, puct_select, Node
+from r1core.search.mcts import Node, mcts, puct_select
 from r1core.search.scoring import Partial, verifier_scorer
 from r1core.search.step_generator import EngineStepGenerator, StepGenerator, StepProposal
 from r1core.tasks import countdown
@@ -487,8 +487,8 @@ def test_branch_generator_matches_the_engine_generator(engine_and_tok, monkeypat
 
 def test_branch_generator_under_a_small_cache_evicts_and_reopens():
     from r1core.engine import Engine
-    from r1core.search import ArithmeticVerifier, BranchStepGenerator
     from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
+    from r1core.search import ArithmeticVerifier, BranchStepGenerator
 
     tok = build_tokenizer()
     model = build_model(tok, BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -5,10 +5,9 @@ from collections import Counter
 import pytest
 
 from r1core.rewards import accuracy_reward, countdown_reward, format_reward, scratchpad_format_reward
-from r1core.tasks import R1_ZERO_TEMPLATE, generate, make_dataset, r1_zero_prompt
-from r1core.tasks import arithmetic, countdown
+from r1core.tasks import R1_ZERO_TEMPLATE, arithmetic, countdown, generate, make_dataset, r1_zero_prompt
 from r1core.tasks.splits import problem_split
-from r1core.tasks.tokenizer import TASK_ALPHABET, TAG_TOKENS, build_tokenizer, load_tokenizer
+from r1core.tasks.tokenizer import TAG_TOKENS, TASK_ALPHABET, build_tokenizer, load_tokenizer
 
 
 def test_r1_zero_template_verbatim():

@@ -6,13 +6,12 @@ import os
 import random
 
 import pytest
+from _search_fakes import NoisyAdditionPolicy
 
 from r1core.recipes.base_model import build_tokenizer
 from r1core.recipes.ttc import ALL_METHODS, TTCConfig, evaluate_methods, exact_verifier, problem_columns, run_ttc
 from r1core.search.scoring import verifier_scorer
 from r1core.tasks import generate
-
-from _search_fakes import NoisyAdditionPolicy
 
 
 def test_methods_on_a_policy_with_known_step_accuracy():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _shapes import ATTN_SHAPES, MODELS, params
 
 import r1kernels
 from r1kernels import reference
-from _shapes import ATTN_SHAPES, MODELS, params
 
 BLOCK = 16
 

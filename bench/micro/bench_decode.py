@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _shapes import ATTN_SHAPES, MODELS, params
 
 import r1kernels
 from r1kernels import reference
-from _shapes import ATTN_SHAPES, MODELS, params
 
 ROWS = [1, 16]  # one sequence, and the 16 samples of a GRPO group
 

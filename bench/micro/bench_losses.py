@@ -7,10 +7,10 @@ import importlib.util
 
 import pytest
 import torch
+from _shapes import ATTN_SHAPES, LOSS_SHAPES, MODELS, params  # noqa: F401
 
 import r1kernels
 from r1kernels import reference
-from _shapes import ATTN_SHAPES, LOSS_SHAPES, MODELS, params  # noqa: F401
 
 HAS_TRL = importlib.util.find_spec("trl") is not None
 HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None

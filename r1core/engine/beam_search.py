@@ -32,6 +32,7 @@ import torch
 from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.sequence import Sequence
 
+
 @dataclass
 class BeamHypothesis:
     token_ids: list[int]  # generated tokens, the eos that ended it included
@@ -195,8 +196,7 @@ def _processors(prompt_len: int, eos: set[int], repetition_penalty: float, no_re
     """The processors of one prompt: the shortcuts in the order `generate` builds them, then the user's."""
     out = []
     if repetition_penalty != 1.0 or no_repeat_ngram_size or (min_new_tokens and eos):
-        from transformers import (MinNewTokensLengthLogitsProcessor, NoRepeatNGramLogitsProcessor,
-                                  RepetitionPenaltyLogitsProcessor)
+        from transformers import MinNewTokensLengthLogitsProcessor, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
         if repetition_penalty != 1.0:
             out.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))

@@ -37,7 +37,6 @@ from r1core.engine.scheduler import Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 from r1core.tasks.tokenizer import encode_prompt
 
-
 # the params of a resident sequence until a step gives it its own (`forward` samples nothing)
 _RESIDENT_PARAMS = SamplingParams(n=1, max_new_tokens=1)
 

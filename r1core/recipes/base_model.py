@@ -28,7 +28,8 @@ class BaseModelSpec:
 
 
 def build_tokenizer():
-    from r1core.tasks.tokenizer import TASK_ALPHABET, build_tokenizer as _build
+    from r1core.tasks.tokenizer import TASK_ALPHABET
+    from r1core.tasks.tokenizer import build_tokenizer as _build
 
     return _build(TASK_ALPHABET)
 

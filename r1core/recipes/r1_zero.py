@@ -64,7 +64,6 @@ from r1core.recipes.flags import option
 from r1core.trainers import GRPOConfig, SFTConfig
 from r1core.trainers.config import NOT_EMPTY, Rule, above, at_least, type_check, within
 
-
 SHIPPED_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "addition3-base")
 
 

@@ -172,8 +172,7 @@ def _resolve_model(cfg: TTCConfig) -> str:
 
 def _train_prm(cfg: TTCConfig, generator, encode, correct, tok, log):
     from r1core.search.reward_models import ProcessRewardModel, build_reward_model, shepherd_examples, train_reward_model
-    from r1core.tasks import generate
-    from r1core.tasks import arithmetic, countdown
+    from r1core.tasks import arithmetic, countdown, generate
 
     kwargs = {"digits": cfg.digits} if cfg.task != "countdown" else {}
     train = generate(cfg.task, "train", cfg.prm_problems, seed=cfg.seed + 7, **kwargs)

@@ -11,7 +11,6 @@ from .format import format_reward, scratchpad_format_reward
 from .language import language_consistency_reward
 
 
-
 def rewards_for_task(task: str, fmt: str = "scratchpad") -> list:
     """The reward functions a task is trained with: its correctness reward, plus the R1-Zero format
     reward for the tagged formats. No format reward for the scratchpad: one that also paid

@@ -9,8 +9,7 @@ mount read-only but an empty tmpfs on /tmp (its working and home directory); an 
 rlimits; the wall clock kills the whole pid namespace. docs/sandbox.md has what is held and how.
 """
 from .limits import SandboxLimits
-from .result import (CPU_TIMEOUT, KILLED_REASONS, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxError, SandboxResult,
-                     SandboxUnavailable)
+from .result import CPU_TIMEOUT, KILLED_REASONS, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxError, SandboxResult, SandboxUnavailable
 from .run import run_python, sandbox_available
 
 __all__ = [

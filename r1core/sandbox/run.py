@@ -11,8 +11,7 @@ import tempfile
 import time
 
 from .limits import SandboxLimits
-from .result import (CPU_TIMEOUT, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxError, SandboxResult,
-                     SandboxUnavailable)
+from .result import CPU_TIMEOUT, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxError, SandboxResult, SandboxUnavailable
 from .view import OUTSIDE_UID, exposures, interpreter_dirs
 
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap.py")

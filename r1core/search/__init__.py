@@ -8,12 +8,19 @@ from .curves import accuracy_by_budget
 from .mcts import mcts, mcts_steps
 from .metrics import maj_at_k, mean_pass_at_k, pass_at_k
 from .result import Candidate, SearchResult
-from .reward_models import (OutcomeRewardModel, ProcessRewardModel, RewardExample, RewardModel, build_reward_model,
-                            math_shepherd_labels, shepherd_examples, train_reward_model)
+from .reward_models import (
+    OutcomeRewardModel,
+    ProcessRewardModel,
+    RewardExample,
+    RewardModel,
+    build_reward_model,
+    math_shepherd_labels,
+    shepherd_examples,
+    train_reward_model,
+)
 from .sampling import METHODS, sample_and_select, select
 from .scoring import Partial, verifier_scorer
-from .step_generator import (BranchStepGenerator, EngineStepGenerator, StepGenerator, StepProposal, StepRequest, drive,
-                             drive_many)
+from .step_generator import BranchStepGenerator, EngineStepGenerator, StepGenerator, StepProposal, StepRequest, drive, drive_many
 from .verifiers import AGGREGATIONS, ArithmeticVerifier, CountdownVerifier, Verifier, aggregate_step_scores
 from .voting import best_of_n, group_answers, majority_vote, weighted_best_of_n
 

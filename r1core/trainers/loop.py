@@ -48,10 +48,8 @@ from typing import Callable, Iterable
 import torch
 
 from r1core.trainers import distributed as dist
-from r1core.trainers.checkpoint import (CorruptCheckpoint, check_writable_dir, list_checkpoints, load_checkpoint, read_state,
-                                       save_checkpoint)
+from r1core.trainers.checkpoint import CorruptCheckpoint, check_writable_dir, list_checkpoints, load_checkpoint, read_state, save_checkpoint
 from r1core.trainers.metrics import MetricsLogger
-
 
 # settings a resumed run may change without a word: how long it runs and what it writes where
 RESUME_FREE = frozenset({"max_steps", "max_seconds", "logging_steps", "save_steps", "save_total_limit", "output_dir"})

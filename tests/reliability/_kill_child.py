@@ -13,6 +13,7 @@ import signal
 import sys
 
 import torch
+
 # imported here, not lazily in each child: the forkserver that imports this module pays them once
 from tokenizers import Tokenizer  # noqa: F401
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: F401

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer, load_model
+from r1core.rewards import accuracy_reward
 from r1core.tasks import generate
 from r1core.tasks.tokenizer import encode_prompt
 from r1core.trainers import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from r1core.trainers.checkpoint import CorruptCheckpoint, list_checkpoints, read_state
-from r1core.rewards import accuracy_reward
 
 TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
 ROWS = [{"prompt": r["prompt"], "completion": r["solution"]} for r in generate("addition", "train", 16, seed=2, digits=2)]

@@ -8,10 +8,9 @@ import random
 
 import pytest
 import torch
+from _engine_models import VOCAB, char_tokenizer, tiny_model
 
 from r1core.engine import Engine, SamplingParams
-
-from _engine_models import VOCAB, char_tokenizer, tiny_model
 
 
 @pytest.fixture(scope="module")

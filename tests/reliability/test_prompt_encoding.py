@@ -8,7 +8,8 @@ import torch
 from r1core.engine import Engine, SamplingParams
 from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
 from r1core.tasks import generate
-from r1core.tasks.tokenizer import build_tokenizer as build_char_tokenizer, encode_prompt
+from r1core.tasks.tokenizer import build_tokenizer as build_char_tokenizer
+from r1core.tasks.tokenizer import encode_prompt
 
 TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
 

@@ -9,9 +9,15 @@ import time
 
 import pytest
 
-from r1core.rewards import (accuracy_reward, answers_match, countdown_reward, format_reward, language_consistency_reward,
-                            scratchpad_format_reward)
-from r1core.rewards import accuracy
+from r1core.rewards import (
+    accuracy,
+    accuracy_reward,
+    answers_match,
+    countdown_reward,
+    format_reward,
+    language_consistency_reward,
+    scratchpad_format_reward,
+)
 from r1core.rewards.verify_worker import worker
 
 TIMEOUT = 0.5
