@@ -148,7 +148,8 @@ def test_config_file_nests_both_sft_configs(tmp_path):
 
 def test_default_budgets():
     cfg = S.StarConfig()
-    assert (cfg.base.max_seconds, cfg.finetune.max_seconds, cfg.base.per_device_train_batch_size, cfg.base.max_seq_length) == (90.0, 90.0, 32, 320)
+    base = cfg.base
+    assert (base.max_seconds, cfg.finetune.max_seconds, base.per_device_train_batch_size, base.max_seq_length) == (90.0, 90.0, 32, 320)
     assert (cfg.iterations, cfg.rationalization, cfg.train_size, cfg.samples_per_problem, cfg.base_size, cfg.finetune_epochs) == (
         3, True, 256, 4, 1000, 4.0)
 

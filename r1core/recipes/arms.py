@@ -182,7 +182,8 @@ def write_summary(run_dir: str, key: str, entries: list[dict], wall: float, **mo
 
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         for e in entries:
-            f.writelines(json.dumps({"stage": e["name"], **rec}) + "\n" for rec in read_jsonl(os.path.join(stage_dir(run_dir, e["name"]), "metrics.jsonl")))
+            records = read_jsonl(os.path.join(stage_dir(run_dir, e["name"]), "metrics.jsonl"))
+            f.writelines(json.dumps({"stage": e["name"], **rec}) + "\n" for rec in records)
     return summary
 
 

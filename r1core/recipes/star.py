@@ -60,7 +60,8 @@ class StarConfig(A.CountdownSetting):
     runs_dir: str = option("runs", "where run folders go")
     seed: int = option(0, "the base, the problems and the samples")
     iterations: int = option(3, "STaR iterations (fine-tunes); the summary has iterations + 1 entries, 0 being the base")
-    rationalization: bool = option(True, "sample the unsolved problems again with the answer as a hint (--no-rationalization: the ablation)")
+    rationalization: bool = option(
+        True, "sample the unsolved problems again with the answer as a hint (--no-rationalization: the ablation)")
     train_size: int = option(256, "training problems sampled each iteration")
     samples_per_problem: int = option(4, "samples per training problem (and per hinted problem) each iteration")
     temperature: float = option(1.0, "the samples' temperature")
