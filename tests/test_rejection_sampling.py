@@ -70,7 +70,10 @@ def test_reproducible_with_a_seed():
 
 def test_truncated_and_too_long_are_never_kept():
     tok, model, rows = _setup(4)
-    always = lambda p, c, **k: [1.0] * len(c)
+
+    def always(p, c, **k):
+        return [1.0] * len(c)
+
     out = rejection_sample(model, tok, rows, [always], n=4, sampling=SamplingParams(max_new_tokens=2, ignore_eos=True), seed=0)
     assert len(out) == 0 and out.summary["truncated"] == 16 and out.summary["mean_length"] is None
     out = rejection_sample(model, tok, rows, [always], n=4, sampling=SAMPLING, max_tokens=3, per_prompt=4, seed=0)
@@ -80,7 +83,10 @@ def test_truncated_and_too_long_are_never_kept():
 
 def test_rows_round_trip_through_jsonl_into_sft(tmp_path):
     tok, model, rows = _setup(4)
-    always = lambda p, c, **k: [1.0] * len(c)
+
+    def always(p, c, **k):
+        return [1.0] * len(c)
+
     out = rejection_sample(model, tok, rows, [always], n=2, sampling=SAMPLING, seed=0)
     path = out.to_jsonl(tmp_path / "d" / "data.jsonl")
     back = read_jsonl(path)

@@ -75,9 +75,12 @@ def _check(rc, what):
         raise SetupError(f"{what}: {os.strerror(err)} (errno {err})")
 
 
+def _encode(text):
+    return None if text is None else text.encode()
+
+
 def _mount(source, target, fstype, flags, data=None):
-    enc = (lambda s: None if s is None else s.encode())
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+    _check(_libc.mount(_encode(source), _encode(target), _encode(fstype), ctypes.c_ulong(flags), _encode(data)),
            f"mount {fstype or source} on {target}")
 
 

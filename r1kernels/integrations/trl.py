@@ -83,7 +83,6 @@ def _warn_once(trainer, reason: str) -> None:
 
 def _unsupported(trainer, inputs) -> str | None:
     """Why this step cannot run through the kernel, or None."""
-    args = trainer.args
     if trainer.loss_type not in GRPO_LOSS_TYPES:
         return f"loss_type {trainer.loss_type!r} has no fused kernel (fused: {', '.join(GRPO_LOSS_TYPES)})"
     checks = (

@@ -50,18 +50,18 @@ def test_rmsnorm_qkv_rope_matches_reference(backend, T, H, Hq, Hkv, D, bias, qk_
 
 
 @pytest.mark.parametrize("T", [1, 5, 16, 33])
-@pytest.mark.parametrize("H,A,I", [(32, 32, 64), (48, 64, 100), (256, 256, 1024)])
+@pytest.mark.parametrize("H,A,inter", [(32, 32, 64), (48, 64, 100), (256, 256, 1024)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_oproj_mlp_matches_reference(backend, T, H, A, I, bias):
+def test_oproj_mlp_matches_reference(backend, T, H, A, inter, bias):
     f = torch.randn
     h, attn = f(T, H) * 2, f(T, A)
-    wo, wg, wu, wd = f(H, A) / A**0.5, f(I, H) / H**0.5, f(I, H) / H**0.5, f(H, I) / I**0.5
-    bo, bg, bu, bd = (f(H), f(I), f(I), f(H)) if bias else (None,) * 4
+    wo, wg, wu, wd = f(H, A) / A**0.5, f(inter, H) / H**0.5, f(inter, H) / H**0.5, f(H, inter) / inter**0.5
+    bo, bg, bu, bd = (f(H), f(inter), f(inter), f(H)) if bias else (None,) * 4
     nw = f(H)
     got = oproj_mlp(h, attn, wo, nw, 1e-6, wg, wu, wd, bo=bo, b_gate=bg, b_up=bu, b_down=bd)
     want = reference.oproj_mlp(h, attn, wo, bo, nw, 1e-6, wg, bg, wu, bu, wd, bd)
     assert got.shape == (T, H)
-    torch.testing.assert_close(got, want, atol=2e-5 * I**0.5, rtol=1e-4)
+    torch.testing.assert_close(got, want, atol=2e-5 * inter**0.5, rtol=1e-4)
 
 
 def test_rows_are_independent_of_the_batch():

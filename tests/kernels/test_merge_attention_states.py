@@ -91,8 +91,8 @@ def test_bad_input():
 
 
 def test_opcheck():
-    o, l = torch.randn(3, 4, 8), torch.randn(3, 4)
-    torch.library.opcheck(torch.ops.r1kernels.merge_attention_states.default, (o, l, o.clone(), l.clone()))
+    out, lse = torch.randn(3, 4, 8), torch.randn(3, 4)
+    torch.library.opcheck(torch.ops.r1kernels.merge_attention_states.default, (out, lse, out.clone(), lse.clone()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -197,5 +197,5 @@ def test_cuda_ops_against_reference(dtype, atol, rtol):
     r1kernels.copy_blocks(kc, vc, mapping)
     reference.copy_blocks(rk, rv, mapping)
     assert torch.equal(kc, rk) and torch.equal(vc, rv)
-    o, l = r1kernels.merge_attention_states(out, lse, ref, ref_lse)
-    torch.testing.assert_close(l, ref_lse + math.log(2), atol=1e-4, rtol=1e-4)
+    merged, merged_lse = r1kernels.merge_attention_states(out, lse, ref, ref_lse)
+    torch.testing.assert_close(merged_lse, ref_lse + math.log(2), atol=1e-4, rtol=1e-4)
