@@ -6,8 +6,9 @@ tokens (eos ignored), one prompt sampled G times:
   generate  model.generate(do_sample=True, num_return_sequences=G)
   gen_batch model.generate_batch([prompt] * G)  (transformers' continuous batching), where it runs
 engine and generate run --repeats times each, interleaved, and the fastest run of each is kept
-(the machine is shared); generate_batch runs once. Reported: generated tokens/s, wall time, the speed-up by process CPU time (less sensitive to other
-processes on a shared machine than wall time), peak RSS growth during the call, KV-cache bytes, the
+(the machine is shared); generate_batch runs once. Reported: generated tokens/s, wall time, the
+speed-up by process CPU time (less sensitive to other processes on a shared machine than wall time),
+peak RSS growth during the call, KV-cache bytes, the
 matmul-bound floor of the case (every Linear of the model timed on the case's row counts in this
 run: one prefill of the prompt plus one decode step per new token), and the engine's mean decode
 step against the floor of one decode step.
@@ -220,19 +221,23 @@ def main():
                                  floor_tps=toks / floor, e_step=e_step, step_floor=decode_floor, e_cpu=e_cpu, g_cpu=g_cpu))
                 r = rows[-1]
                 print(f"{r['model']:>12} P={P:<4} G={G:<3} engine {r['e_tps']:8.1f} tok/s ({e_wall:6.2f}s)  generate {r['g_tps']:8.1f} "
-                      f"tok/s ({g_wall:6.2f}s)  x{r['e_tps'] / r['g_tps']:.2f} (CPU time x{g_cpu / e_cpu:.2f})  decode step {e_step * 1e3:.1f} ms "
+                      f"tok/s ({g_wall:6.2f}s)  x{r['e_tps'] / r['g_tps']:.2f} (CPU time x{g_cpu / e_cpu:.2f})  "
+                      f"decode step {e_step * 1e3:.1f} ms "
                       f"(floor {decode_floor * 1e3:.1f} ms)", flush=True)
     print()
-    print("| model | prompt | G | engine tok/s | generate tok/s | generate_batch tok/s | engine / generate | wall s (engine / generate / batch) "
-          "| by CPU time | peak RSS MB (engine / generate / batch) | KV MB (engine / generate) | matmul floor tok/s | engine decode step ms (floor) |")
+    print("| model | prompt | G | engine tok/s | generate tok/s | generate_batch tok/s | engine / generate "
+          "| wall s (engine / generate / batch) | by CPU time | peak RSS MB (engine / generate / batch) "
+          "| KV MB (engine / generate) | matmul floor tok/s | engine decode step ms (floor) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gb_tps = f"{r['gb_tps']:.1f}" if r["gb_tps"] else (f"error: {r['gb_err']}" if r["gb_err"] else "-")
         gb_wall = f"{r['gb_wall']:.2f}" if r["gb_wall"] else "-"
         gb_mem = fmt_mb(r["gb_mem"]) if r["gb_mem"] is not None else "-"
         print(f"| {r['model']} | {r['P']} | {r['G']} | {r['e_tps']:.1f} | {r['g_tps']:.1f} | {gb_tps} | {r['e_tps'] / r['g_tps']:.2f}x "
-              f"| {r['e_wall']:.2f} / {r['g_wall']:.2f} / {gb_wall} | {r['g_cpu'] / r['e_cpu']:.2f}x | {fmt_mb(r['e_mem'])} / {fmt_mb(r['g_mem'])} / {gb_mem} "
-              f"| {fmt_mb(r['e_kv'])} / {fmt_mb(r['g_kv'])} | {r['floor_tps']:.0f} | {r['e_step'] * 1e3:.1f} ({r['step_floor'] * 1e3:.1f}) |")
+              f"| {r['e_wall']:.2f} / {r['g_wall']:.2f} / {gb_wall} | {r['g_cpu'] / r['e_cpu']:.2f}x "
+              f"| {fmt_mb(r['e_mem'])} / {fmt_mb(r['g_mem'])} / {gb_mem} "
+              f"| {fmt_mb(r['e_kv'])} / {fmt_mb(r['g_kv'])} | {r['floor_tps']:.0f} "
+              f"| {r['e_step'] * 1e3:.1f} ({r['step_floor'] * 1e3:.1f}) |")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ process: B branches of T tokens each hanging off one P-token prompt that lives i
   cascade:    paged_attention over the prefix once (causal=False, all B*T rows as one sequence),
               paged_attention over each branch's own blocks, merge_attention_states.
 
-Times: median of alternating runs, and the ratio of the fastest runs as well (wall clock and torch's intra-op threads; --cpu-time --threads 1
-for the single-core CPU time, steadier where other processes share the machine). Also the per-call cost
-of a decode-sized paged_attention (16 sequences x 1 query) and of the cache writes.
+Times: median of alternating runs, and the ratio of the fastest runs as well (wall clock and torch's
+intra-op threads; --cpu-time --threads 1 for the single-core CPU time, steadier where other processes
+share the machine). Also the per-call cost of a decode-sized paged_attention (16 sequences x 1 query)
+and of the cache writes.
 
     python bench/bench_tree_attention.py            # 16 x 32 tokens on a 512-token prefix
     python bench/bench_tree_attention.py --quick    # small shapes (seconds)
@@ -88,8 +89,10 @@ def make_case(branches, tokens, prefix, hq, hkv, d, block_size, dtype, seed=0):
     full = prefix // block_size
     cascade = dict(
         prefix=dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=prefix_blocks[:full].unsqueeze(0).contiguous(),
-                    seq_lens=torch.tensor([full * block_size], dtype=torch.int32), cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32), causal=False),
-        suffix=dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=table[:, full:].contiguous(), seq_lens=seq_lens - full * block_size, cu_seqlens_q=cu_q),
+                    seq_lens=torch.tensor([full * block_size], dtype=torch.int32),
+                    cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32), causal=False),
+        suffix=dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=table[:, full:].contiguous(),
+                    seq_lens=seq_lens - full * block_size, cu_seqlens_q=cu_q),
     )
     return tree, paged, cascade
 
@@ -110,7 +113,8 @@ def bench_tree(args, dtype):
         torch.testing.assert_close(out_tree, out_paged, atol=tol, rtol=tol)
         torch.testing.assert_close(out_cascade, out_paged, atol=tol, rtol=tol)
         if args.check_reference:
-            ref, _ = reference.tree_attention(*(tree[k] for k in ("q", "k", "v", "parents", "cu_nodes", "k_cache", "v_cache", "block_tables", "prefix_lens")))
+            names = ("q", "k", "v", "parents", "cu_nodes", "k_cache", "v_cache", "block_tables", "prefix_lens")
+            ref, _ = reference.tree_attention(*(tree[k] for k in names))
             torch.testing.assert_close(out_tree, ref, atol=tol, rtol=tol)
         best = {}
         t = timeit({"tree": lambda: r1kernels.tree_attention(**tree), "per-branch": lambda: r1kernels.paged_attention(**paged),
@@ -129,7 +133,8 @@ def bench_decode(args, dtype, seqs=16, kv=600, hq=8, hkv=2, d=64, bs=16):
     cu_q = torch.arange(seqs + 1, dtype=torch.int32)
     key = torch.randn(seqs, hkv, d, generator=g).to(dtype)
     slots = (table[:, -1].long() * bs + (kv - 1) % bs).contiguous()
-    tiny = dict(q=q[:1], k_cache=k_cache, v_cache=v_cache, block_tables=table[:1], seq_lens=torch.tensor([1], dtype=torch.int32), cu_seqlens_q=cu_q[:2])
+    tiny = dict(q=q[:1], k_cache=k_cache, v_cache=v_cache, block_tables=table[:1], seq_lens=torch.tensor([1], dtype=torch.int32),
+                cu_seqlens_q=cu_q[:2])
     op = torch.ops.r1kernels
 
     def index_write():  # the same write with torch indexing
@@ -171,9 +176,11 @@ def main():
     if args.quick:
         args.branches, args.tokens, args.prefix, args.reps = 4, 8, 64, 5
     clock = "process CPU time" if args.cpu_time else "wall clock"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock}; B={args.branches} branches x T={args.tokens} tokens on a "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock}; "
+          f"B={args.branches} branches x T={args.tokens} tokens on a "
           f"P={args.prefix}-token paged prefix, Hq={args.hq} Hkv={args.hkv} D={args.d} block_size={args.block_size}")
-    print("| dtype | tree (ms) | per-branch paged (ms) | cascade (ms) | per-branch / tree | cascade / tree | per-branch / tree, fastest runs |")
+    print("| dtype | tree (ms) | per-branch paged (ms) | cascade (ms) | per-branch / tree | cascade / tree "
+          "| per-branch / tree, fastest runs |")
     print("|---|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
         t, best = bench_tree(args, dtype)

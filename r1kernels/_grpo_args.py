@@ -64,7 +64,9 @@ def check_sequence_inputs(B, T, device, targets, advantages, mask, old_logprobs,
             raise ValueError(f"{name} must have shape [B, T] = {[B, T]}, got {list(t.shape)}")
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("ref_logprobs is required when beta != 0 (the KL term needs the reference log-probs)")
-    for name, t in (("targets", targets), ("advantages", advantages), ("mask", mask), ("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs)):
+    named = (("targets", targets), ("advantages", advantages), ("mask", mask), ("old_logprobs", old_logprobs),
+             ("ref_logprobs", ref_logprobs))
+    for name, t in named:
         if t is not None and t.device != device:
             raise ValueError(f"{name} is on {t.device}, expected {device}")
     if not tracing:

@@ -35,7 +35,8 @@ def _python_checks_data(op_name: str, device_type: str) -> bool:
 def check_cache(k_cache, v_cache):
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if not isinstance(c, torch.Tensor) or c.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor [num_blocks, block_size, kv_heads, head_dim], got {getattr(c, 'shape', type(c))}")
+            raise ValueError(f"{name} must be a 4-D tensor [num_blocks, block_size, kv_heads, head_dim], "
+                             f"got {getattr(c, 'shape', type(c))}")
         if c.dtype not in CACHE_DTYPES:
             raise ValueError(f"{name} must be float32, bfloat16 or float16, got {c.dtype}")
         if not c.is_contiguous():
@@ -72,7 +73,8 @@ def check_block_tables(block_tables, lens, lens_name, k_cache, num_rows, check_d
     and every block a sequence uses within [0, num_blocks)."""
     dev = k_cache.device
     if not isinstance(block_tables, torch.Tensor) or block_tables.dim() != 2:
-        raise ValueError(f"block_tables must be a 2-D int32 tensor [num_seqs, max_blocks], got {getattr(block_tables, 'shape', type(block_tables))}")
+        raise ValueError("block_tables must be a 2-D int32 tensor [num_seqs, max_blocks], "
+                         f"got {getattr(block_tables, 'shape', type(block_tables))}")
     if block_tables.dtype != torch.int32:
         raise ValueError(f"block_tables must be int32, got {block_tables.dtype}")
     if block_tables.shape[0] != num_rows:

@@ -23,7 +23,8 @@ def _(k_cache, v_cache, block_mapping):
 def copy_blocks(k_cache: torch.Tensor, v_cache: torch.Tensor, block_mapping: torch.Tensor) -> None:
     check_cache(k_cache, v_cache)
     if not isinstance(block_mapping, torch.Tensor) or block_mapping.dim() != 2 or block_mapping.shape[1] != 2:
-        raise ValueError(f"block_mapping must be an int64 tensor [M, 2] of (src, dst) rows, got {getattr(block_mapping, 'shape', type(block_mapping))}")
+        raise ValueError("block_mapping must be an int64 tensor [M, 2] of (src, dst) rows, "
+                         f"got {getattr(block_mapping, 'shape', type(block_mapping))}")
     if block_mapping.dtype != torch.int64:
         raise ValueError(f"block_mapping must be int64, got {block_mapping.dtype}")
     if block_mapping.device != k_cache.device:

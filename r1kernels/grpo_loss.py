@@ -29,7 +29,8 @@ from r1kernels.token_logprobs import check_head_inputs, token_logprobs
 
 
 @torch.library.register_fake("r1kernels::fused_grpo_loss")
-def _(hidden, weight, bias, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad):
+def _(hidden, weight, bias, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, temperature,
+      loss_kind, sapo_tpos, sapo_tneg, compute_grad):
     n = hidden.shape[0]
     f = hidden.new_empty(n, dtype=torch.float32)
     if compute_grad:

@@ -23,7 +23,8 @@ from r1kernels.grpo_loss import _grad_is_one
 
 
 @torch.library.register_fake("r1kernels::logits_grpo_loss")
-def _(logits, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad):
+def _(logits, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, temperature, loss_kind,
+      sapo_tpos, sapo_tneg, compute_grad):
     n = logits.shape[0]
     f = logits.new_empty(n, dtype=torch.float32)
     g = torch.empty_like(logits) if compute_grad else logits.new_empty(0)

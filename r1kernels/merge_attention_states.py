@@ -29,10 +29,12 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or not t.is_floating_point():
             raise ValueError(f"{name} must be a 3-D floating tensor [N, H, D], got {getattr(t, 'shape', type(t))}")
     if out_b.shape != out_a.shape or out_b.dtype != out_a.dtype:
-        raise ValueError(f"out_b must match out_a in shape and dtype, got {list(out_b.shape)} {out_b.dtype} and {list(out_a.shape)} {out_a.dtype}")
+        raise ValueError("out_b must match out_a in shape and dtype, "
+                         f"got {list(out_b.shape)} {out_b.dtype} and {list(out_a.shape)} {out_a.dtype}")
     for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
         if not isinstance(t, torch.Tensor) or t.shape != out_a.shape[:2] or t.dtype != torch.float32:
-            raise ValueError(f"{name} must be a float32 tensor of shape {list(out_a.shape[:2])}, got {getattr(t, 'shape', type(t))} {getattr(t, 'dtype', '')}")
+            raise ValueError(f"{name} must be a float32 tensor of shape {list(out_a.shape[:2])}, "
+                             f"got {getattr(t, 'shape', type(t))} {getattr(t, 'dtype', '')}")
     for name, t in (("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)):
         if t.device != out_a.device:
             raise ValueError(f"{name} is on {t.device}, expected {out_a.device} (out_a's device)")

@@ -74,5 +74,6 @@ def paged_attention(
                               or scale <= 0):
         raise ValueError(f"scale must be None (1 / sqrt(head_dim)) or a finite number > 0, got {scale!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    out, lse = op("paged_attention")(q.contiguous(), k_cache, v_cache, block_tables.contiguous(), seq_lens.contiguous(), cu_seqlens_q.contiguous(), scale, bool(causal))
+    out, lse = op("paged_attention")(q.contiguous(), k_cache, v_cache, block_tables.contiguous(), seq_lens.contiguous(),
+                                     cu_seqlens_q.contiguous(), scale, bool(causal))
     return (out, lse) if return_lse else out

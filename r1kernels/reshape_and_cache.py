@@ -20,11 +20,13 @@ def _(key, value, k_cache, v_cache, slot_mapping):
     return None
 
 
-def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      slot_mapping: torch.Tensor) -> None:
     check_cache(k_cache, v_cache)
     for name, t in (("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or tuple(t.shape[1:]) != tuple(k_cache.shape[2:]):
-            raise ValueError(f"{name} must be [N, {k_cache.shape[2]}, {k_cache.shape[3]}] (kv_heads and head_dim of the cache), got {getattr(t, 'shape', type(t))}")
+            raise ValueError(f"{name} must be [N, {k_cache.shape[2]}, {k_cache.shape[3]}] (kv_heads and head_dim of the cache), "
+                             f"got {getattr(t, 'shape', type(t))}")
         if t.dtype != k_cache.dtype:
             raise ValueError(f"{name} must have the cache's dtype {k_cache.dtype}, got {t.dtype}")
         if t.device != k_cache.device:

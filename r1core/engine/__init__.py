@@ -10,4 +10,5 @@ from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.scheduler import CacheFull, Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup
 
-__all__ = ["BlockManager", "Branch", "BranchStep", "CacheFull", "CompletionOutput", "Engine", "RequestOutput", "SamplingParams", "Scheduler", "Sequence", "SequenceGroup"]
+__all__ = ["BlockManager", "Branch", "BranchStep", "CacheFull", "CompletionOutput", "Engine", "RequestOutput", "SamplingParams",
+           "Scheduler", "Sequence", "SequenceGroup"]

@@ -312,7 +312,8 @@ def _commands(sub) -> dict[str, Command]:
         Section(GRPOConfig, "grpo", GRPO_DEFAULTS, GRPO_OWNED, RUN_GRPO_ALIASES,
                 title=f"GRPO (RunConfig.grpo, a GRPOConfig; set by the run: {', '.join(GRPO_OWNED)})"),
         Section(SFTConfig, "sft", SFT_DEFAULTS, SFT_OWNED, RUN_SFT_ALIASES,
-                title=f"the base model's SFT with --base-model train (RunConfig.sft, an SFTConfig; set by the run: {', '.join(SFT_OWNED)})"),
+                title="the base model's SFT with --base-model train "
+                      f"(RunConfig.sft, an SFTConfig; set by the run: {', '.join(SFT_OWNED)})"),
     ], func=cmd_run)}
 
     p = sub.add_parser("sft", help="SFT on a generated task's gold completions (loss on completion tokens only)")

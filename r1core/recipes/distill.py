@@ -54,7 +54,8 @@ def _fail(name: str, expected: str, got) -> None:
 class DistillRunConfig:
     teacher: str | None = option(None, "the teacher: a model folder (save_pretrained), e.g. runs/r1-zero/final (required)")
     student: str | None = option(None, "the student: a model folder or 'tiny' (a fresh ~1M-parameter Qwen2); or --student-config")
-    student_config: str | None = option(None, "a fresh student from a JSON/YAML file: a transformers config (model_type) or BaseModelSpec fields")
+    student_config: str | None = option(
+        None, "a fresh student from a JSON/YAML file: a transformers config (model_type) or BaseModelSpec fields")
     mode: Literal["sequence", "logit", "on-policy", "reverse-kl"] = option("logit", "sequence | logit | on-policy | reverse-kl")
     name: str = option("distill", "the run's folder under runs_dir")
     runs_dir: str = option("runs", "where run folders go")
@@ -90,7 +91,8 @@ class DistillRunConfig:
         if not self.name or "/" in self.name:
             _fail("name", "a folder name (not empty, no '/')", self.name)
         given = self.distill if isinstance(self.distill, dict) else {}
-        defaults = {**DISTILL_DEFAULTS, **({"lmbda": DEFAULT_LMBDA[self.mode]} if self.mode in DEFAULT_LMBDA and "lmbda" not in given else {})}
+        mode_lmbda = {"lmbda": DEFAULT_LMBDA[self.mode]} if self.mode in DEFAULT_LMBDA and "lmbda" not in given else {}
+        defaults = {**DISTILL_DEFAULTS, **mode_lmbda}
         mode = MODES[self.mode] or "logit"
         self.distill = _trainer_config("distill", DistillConfig, self.distill, defaults, lambda d: {
             "mode": mode, "output_dir": self.run_dir, "seed": self.seed, "completion_field": "solution"}, DISTILL_OWNED)
@@ -104,7 +106,8 @@ class DistillRunConfig:
 
 @dataclass
 class DistillOptions:
-    resume: bool = option(False, "continue the run's training from its last checkpoint (written every --distill.save-steps / --sft.save-steps)")
+    resume: bool = option(
+        False, "continue the run's training from its last checkpoint (written every --distill.save-steps / --sft.save-steps)")
 
 
 # ---- the models ----------------------------------------------------------------------------------
@@ -344,7 +347,8 @@ def commands(sub) -> dict[str, Command]:
     out = {"rejection-sample": Command(p, [Section(RejectionSampleOptions, title="rejection-sample options"), data],
                                        required=("model", "out"),
                                        func=cmd_rejection_sample)}
-    p = sub.add_parser("distill", help="distil a teacher into a student: sequence (rejection sampling + SFT), logit, on-policy or reverse-kl",
+    p = sub.add_parser("distill",
+                       help="distil a teacher into a student: sequence (rejection sampling + SFT), logit, on-policy or reverse-kl",
                        description="Evaluate the teacher and the student on held-out addition problems, train the student by --mode "
                                    "(--distill.* for logit, on-policy and reverse-kl; --sft.* for sequence), evaluate it again; writes "
                                    "runs/<name>/ (metrics.jsonl, plots, summary.json, final/).")

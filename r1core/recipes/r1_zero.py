@@ -175,7 +175,8 @@ def make_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
                 test.append(r)
         draw += 1
         if draw > 20:
-            raise ValueError(f"RunConfig.val_size + eval_size ({cfg.val_size + cfg.eval_size}) exceed the distinct test problems for digits={cfg.digits}")
+            raise ValueError(f"RunConfig.val_size + eval_size ({cfg.val_size + cfg.eval_size}) exceed the distinct test problems "
+                             f"for digits={cfg.digits}")
     return train, test[:cfg.val_size], test[cfg.val_size:]
 
 

@@ -11,4 +11,5 @@ from r1core.trainers.grpo_config import GRPOConfig
 from r1core.trainers.loop import NumericalFault, Trainer
 from r1core.trainers.sft import SFTConfig, SFTTrainer
 
-__all__ = ["CorruptCheckpoint", "DistillConfig", "DistillTrainer", "GRPOConfig", "GRPOTrainer", "NumericalFault", "RolloutBatch", "SFTConfig", "SFTTrainer", "Trainer", "TrainerConfig"]
+__all__ = ["CorruptCheckpoint", "DistillConfig", "DistillTrainer", "GRPOConfig", "GRPOTrainer", "NumericalFault", "RolloutBatch",
+           "SFTConfig", "SFTTrainer", "Trainer", "TrainerConfig"]

@@ -152,7 +152,8 @@ class GRPOTrainer(Trainer):
                 raise ValueError(f"reward_funcs[{i}] is not callable: {f!r}")
         self.reward_names = [_func_name(f) for f in self.reward_funcs]
         if cfg.reward_weights is not None and len(cfg.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"GRPOConfig.reward_weights has {len(cfg.reward_weights)} entries for {len(self.reward_funcs)} reward functions")
+            raise ValueError(f"GRPOConfig.reward_weights has {len(cfg.reward_weights)} entries "
+                             f"for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(cfg.reward_weights or [1.0] * len(self.reward_funcs), dtype=torch.float32)
         # the function whose reward >= 1 counts as a correct sample in the logged `accuracy`
         if isinstance(accuracy_func, str) and accuracy_func not in self.reward_names:
@@ -181,7 +182,8 @@ class GRPOTrainer(Trainer):
             if not ids:
                 raise ValueError(f"train_dataset row {i}: the prompt {r['prompt']!r} encodes to no tokens")
             if cfg.max_prompt_length is not None and len(ids) > cfg.max_prompt_length:
-                raise ValueError(f"train_dataset row {i}: the prompt has {len(ids)} tokens, more than max_prompt_length={cfg.max_prompt_length}")
+                raise ValueError(f"train_dataset row {i}: the prompt has {len(ids)} tokens, "
+                                 f"more than max_prompt_length={cfg.max_prompt_length}")
             self.prompt_ids.append(ids)
         self._check_reward_columns(columns)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -198,7 +200,8 @@ class GRPOTrainer(Trainer):
             # which takes seconds to allocate and that much memory): prompts x G, whole blocks
             block = 16
             per_seq = -(-(max(len(p) for p in self.prompt_ids) + cfg.max_completion_length) // block) + 1
-            engine = Engine(model, tokenizer=tokenizer, block_size=block, num_blocks=cfg.prompts_per_step * cfg.num_generations * per_seq + 16)
+            num_blocks = cfg.prompts_per_step * cfg.num_generations * per_seq + 16
+            engine = Engine(model, tokenizer=tokenizer, block_size=block, num_blocks=num_blocks)
         self.engine = engine
         self.optimizer = build_optimizer(model, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay)
         budget = self.budget_spent if cfg.max_seconds is not None else None

@@ -31,13 +31,15 @@ def score_completions(reward_funcs, prompts: list[str], texts: list[str], comple
             n = None
         if n != len(texts):
             got = f"{n} rewards" if n is not None else repr(vals)
-            raise ValueError(f"reward function {name!r} returned {got} for {len(texts)} completions: expected a list of {len(texts)} numbers or None")
+            raise ValueError(f"reward function {name!r} returned {got} for {len(texts)} completions: "
+                             f"expected a list of {len(texts)} numbers or None")
         for i, v in enumerate(vals):
             if v is not None and not isinstance(v, (int, float)) and not (hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1):
                 raise ValueError(f"reward function {name!r} returned {v!r} for completion {i}: expected a number or None")
             x = math.nan if v is None else float(v)
             if math.isinf(x):  # would turn a whole group's advantages into NaN
-                raise ValueError(f"reward function {name!r} returned {x} for completion {i}: expected a finite number or None (NaN: not scorable)")
+                raise ValueError(f"reward function {name!r} returned {x} for completion {i}: "
+                                 "expected a finite number or None (NaN: not scorable)")
             out[i, j] = x
     return out
 

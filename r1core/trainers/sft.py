@@ -111,7 +111,8 @@ def completion_logprobs(model, input_ids, position_ids, loss_mask, attention_mas
     """Log-probs [N] (float32) of the target tokens (where loss_mask is True; the first token of a
     row is never a target) under model, through the fused kernel."""
     base, weight, bias = lm_head_params(model)
-    hidden = base(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [R, T, H]
+    out = base(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = out.last_hidden_state  # [R, T, H]
     sel = loss_mask[:, 1:]  # [R, T-1]: token t+1 is predicted from position t
     h = hidden[:, :-1][sel]  # [N, H]
     targets = input_ids[:, 1:][sel]  # [N]
@@ -209,7 +210,8 @@ class SFTTrainer(Trainer):
         if "data_rng" not in js:
             raise ValueError(f"checkpoint {path!r} holds no SFT state (data_rng): not written by SFTTrainer")
         if js["num_examples"] != len(self.examples):
-            raise ValueError(f"checkpoint {path!r} was written for {js['num_examples']} training examples; this run has {len(self.examples)}")
+            raise ValueError(f"checkpoint {path!r} was written for {js['num_examples']} training examples; "
+                             f"this run has {len(self.examples)}")
         self.order = list(js["data_order"])
         version, internal, gauss = js["data_rng"]
         self.rng.setstate((version, tuple(internal), gauss))

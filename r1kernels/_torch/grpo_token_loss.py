@@ -47,7 +47,8 @@ def token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_
 
 
 def grpo_token_loss(logp, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg):
-    per_token, grad = token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg)
+    per_token, grad = token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind,
+                                          sapo_tpos, sapo_tneg)
     scale = token_scale.float()
     active = scale != 0  # a masked token adds nothing, even where its per-token loss is not finite
     zero = torch.zeros_like(scale)

@@ -78,7 +78,8 @@ def _tree_attention_kernel(
 
     out = acc / l_i[:, None]  # l_i >= 1: every node sees itself
     lse = m_i + tl.log(l_i)
-    tl.store(out_ptr + (node64 * HQ + heads[:, None]) * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+    tl.store(out_ptr + (node64 * HQ + heads[:, None]) * D + d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=g_ok[:, None] & d_ok[None, :])
     tl.store(lse_ptr + node64 * HQ + heads, lse, mask=g_ok)
 
 
