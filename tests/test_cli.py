@@ -110,7 +110,8 @@ def test_nested_flags_and_their_older_flat_names(tmp_path):
                        (["--grpo.learning-rate", "3e-4", "--learning-rate", "2e-4"], 2e-4)):
         assert parse(["run", *argv]).build(RunConfig).grpo.learning_rate == want
     for old, nested, value in (("--sft-learning-rate", "learning_rate", 1e-3), ("--sft-check-every", "logging_steps", 4),
-                               ("--sft-max-steps", "max_steps", 9), ("--sft-max-seconds", "max_seconds", 12.0), ("--sft-save-steps", "save_steps", None)):
+                               ("--sft-max-steps", "max_steps", 9), ("--sft-max-seconds", "max_seconds", 12.0),
+                               ("--sft-save-steps", "save_steps", None)):
         assert getattr(parse(["run", old, str(value)]).build(RunConfig).sft, nested) == value, old
     cfg = parse(["run", "--grpo.bf16", "--grpo.no-bf16", "--sft.no-add-eos", "--grpo.stop", "none"]).build(RunConfig)
     assert (cfg.grpo.bf16, cfg.sft.add_eos, cfg.grpo.stop) == (False, False, None)
@@ -188,7 +189,8 @@ def test_run_config_holds_the_trainer_configs():
     cfg = RunConfig(seed=4, num_prompts=2, grpo={"num_generations": 3, "learning_rate": 1e-4}, sft=SFTConfig(max_steps=7))
     assert (cfg.grpo.num_generations, cfg.grpo.per_device_train_batch_size, cfg.grpo.learning_rate, cfg.grpo.seed) == (3, 6, 1e-4, 4)
     assert cfg.grpo.max_completion_length == 48  # a dict is over the recipe's defaults ...
-    assert (cfg.sft.max_steps, cfg.sft.learning_rate, cfg.sft.completion_field) == (7, SFTConfig().learning_rate, "solution")  # ... a config is whole
+    # ... a config is whole
+    assert (cfg.sft.max_steps, cfg.sft.learning_rate, cfg.sft.completion_field) == (7, SFTConfig().learning_rate, "solution")
     assert json.loads(json.dumps(dataclasses.asdict(cfg)))["grpo"]["learning_rate"] == 1e-4
     other = dataclasses.replace(cfg, seed=2, name="b")  # the trainers' seed and folders follow the run's
     assert (other.grpo.seed, other.sft.seed, other.grpo.output_dir, other.sft.output_dir) == (
@@ -254,7 +256,8 @@ def test_config_file_sets_command_options_and_flags_win(tmp_path, monkeypatch):
     o = built["SFTOptions"]
     assert (o.task, o.digits, o.train_size, o.model, o.save) == ("addition", 3, 30, "runs/sft/model", "x")
     assert built["SFTConfig"].max_steps == 5
-    p.write_text(json.dumps({"model": "tiny", "rewards": "accuracy,format"}))  # a list as one comma-separated string, as on the command line
+    # a list as one comma-separated string, as on the command line
+    p.write_text(json.dumps({"model": "tiny", "rewards": "accuracy,format"}))
     assert _build_all(["grpo", "--config", str(p)])["GRPOOptions"].rewards == ["accuracy", "format"]
 
 
@@ -405,7 +408,8 @@ def test_run_config_base_model_is_checked(tmp_path):
 
 def test_sft_grpo_eval_commands(tmp_path):
     sft_dir = tmp_path / "sft"
-    sft = ["sft", "--per-device-train-batch-size", "8", "--train-size", "50", "--output-dir", str(sft_dir), "--logging-steps", "1", "--save-steps", "2"]
+    sft = ["sft", "--per-device-train-batch-size", "8", "--train-size", "50", "--output-dir", str(sft_dir), "--logging-steps", "1",
+           "--save-steps", "2"]
     assert main([*sft, "--max-steps", "2"]) == 0
     assert (sft_dir / "model" / "model.safetensors").exists() and (sft_dir / "checkpoint-2").is_dir()
     with pytest.raises(SystemExit, match="holds no checkpoint"):
@@ -414,8 +418,9 @@ def test_sft_grpo_eval_commands(tmp_path):
     assert main([*sft, "--max-steps", "3", "--resume"]) == 0
     assert [json.loads(line)["step"] for line in (sft_dir / "sft_metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     out = tmp_path / "grpo"
-    assert main(["grpo", "--model", str(sft_dir / "model"), "--max-steps", "1", "--num-generations", "2", "--per-device-train-batch-size", "4",
-                 "--max-completion-length", "40", "--train-size", "20", "--output-dir", str(out), "--rewards", "accuracy,scratchpad_format"]) == 0
+    assert main(["grpo", "--model", str(sft_dir / "model"), "--max-steps", "1", "--num-generations", "2",
+                 "--per-device-train-batch-size", "4", "--max-completion-length", "40", "--train-size", "20", "--output-dir", str(out),
+                 "--rewards", "accuracy,scratchpad_format"]) == 0
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     with pytest.raises(SystemExit, match="checkpoint"):  # one line naming it, not a traceback
         main(["grpo", "--model", str(sft_dir / "model"), "--max-steps", "1", "--train-size", "20",
@@ -424,7 +429,8 @@ def test_sft_grpo_eval_commands(tmp_path):
     res = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out / "final"), "--n", "4", "--samples", "2", "--output", str(res)]) == 0
     missing = ["--model", str(tmp_path / "missing")]  # one loader for every command: a folder or 'tiny'
-    for argv in (["eval", *missing], ["grpo", *missing, "--output-dir", str(tmp_path / "o")], ["sft", *missing, "--output-dir", str(tmp_path / "o")]):
+    for argv in (["eval", *missing], ["grpo", *missing, "--output-dir", str(tmp_path / "o")],
+                 ["sft", *missing, "--output-dir", str(tmp_path / "o")]):
         with pytest.raises(SystemExit, match="--model: model '.*missing' is not a folder \\(write one with `r1core sft --save DIR`"):
             main(argv)
     r = json.loads(res.read_text())

@@ -45,7 +45,8 @@ def test_rejection_sample_writes_passing_rows_and_a_summary(tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     summary = json.loads((tmp_path / "data.summary.json").read_text())
     assert rows and len(rows) == summary["kept"] <= 16 and summary["samples"] == 48 and len(summary["per_prompt_stats"]) == 16
-    assert accuracy_reward([r["prompt"] for r in rows], [r["completion"] for r in rows], answer=[r["answer"] for r in rows]) == [1.0] * len(rows)
+    scores = accuracy_reward([r["prompt"] for r in rows], [r["completion"] for r in rows], answer=[r["answer"] for r in rows])
+    assert scores == [1.0] * len(rows)
     printed = capsys.readouterr().out
     assert f"prompts 16, samples 48, accepted {summary['accepted']}" in printed and "mean length" in printed
     again = tmp_path / "again.jsonl"

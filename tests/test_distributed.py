@@ -46,7 +46,8 @@ def _trainer(seed: int, loss_type: str, per_device: int):
     rows = [{"prompt": f"{i:03d}+{i:03d}=", "answer": str(2 * i)} for i in range(16)]
     name, _, option = loss_type.partition("+")
     cfg = GRPOConfig(num_generations=G, per_device_train_batch_size=per_device, max_completion_length=C, loss_type=name,
-                     beta=0.04, learning_rate=1e-3, output_dir="/tmp/unused", seed=seed, exclude_zero_std_from_normalizer=option == "exclude")
+                     beta=0.04, learning_rate=1e-3, output_dir="/tmp/unused", seed=seed,
+                     exclude_zero_std_from_normalizer=option == "exclude")
     tr = GRPOTrainer(model, tok, [lambda p, c, **k: [0.0] * len(c)], rows, cfg, engine=object())
     return tr, tok
 
@@ -58,7 +59,8 @@ def _run(tr, batch):
 
 def _rank_info(rank: int) -> dict:
     """Logged metrics as one rank sees them: counts, rates and means that differ per rank."""
-    return {"gen_tokens": 10 * (rank + 1), "trained_samples": 4 + rank, "dynamic_sampling_short": rank, "tokens_per_second": 100.0 * (rank + 1),
+    return {"gen_tokens": 10 * (rank + 1), "trained_samples": 4 + rank, "dynamic_sampling_short": rank,
+            "tokens_per_second": 100.0 * (rank + 1),
             "reward": float(rank), "zero_std_frac": 0.5 * rank, "completion_length": 3.0 + rank, "kl": 0.1 * rank,
             "loss": 1.5, "grad_norm": 2.0, "lr": 0.1}
 

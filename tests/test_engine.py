@@ -223,7 +223,8 @@ def test_stop_strings_and_stop_tokens():
     m = next(m for m in range(1, 25) if stop in tok.decode(free.token_ids[:m], skip_special_tokens=True))
     assert out.token_ids == free.token_ids[:m]
     stop_id = free.token_ids[5]
-    out = engine.generate([tok(prompt)["input_ids"]], SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True, stop_token_ids=[stop_id]))[0].outputs[0]
+    stop_at = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True, stop_token_ids=[stop_id])
+    out = engine.generate([tok(prompt)["input_ids"]], stop_at)[0].outputs[0]
     first = free.token_ids.index(stop_id)
     assert out.finish_reason == "stop" and out.token_ids == free.token_ids[: first + 1]
 

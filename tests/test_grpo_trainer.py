@@ -129,8 +129,10 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, loss_type):
     # the accumulation steps, which is the full batch's mean when the micro-batches hold equal
     # numbers of sequences (here 4 and 4); bnpo: a token mean per micro-batch, averaged (equal to the
     # full batch only when the halves hold equal token counts, so checked against that formula)
-    a = make(tmp_path, seed=3, per_device_train_batch_size=8, gradient_accumulation_steps=1, loss_type=loss_type, reward_funcs=[random_reward])
-    b = make(tmp_path, seed=3, per_device_train_batch_size=4, gradient_accumulation_steps=2, loss_type=loss_type, reward_funcs=[random_reward])
+    a = make(tmp_path, seed=3, per_device_train_batch_size=8, gradient_accumulation_steps=1, loss_type=loss_type,
+             reward_funcs=[random_reward])
+    b = make(tmp_path, seed=3, per_device_train_batch_size=4, gradient_accumulation_steps=2, loss_type=loss_type,
+             reward_funcs=[random_reward])
     batch, _ = a.rollout()
     batch.advantages = torch.randn(batch.advantages.shape, generator=torch.Generator().manual_seed(1))  # random rewards can all tie
     if loss_type == "bnpo":  # halves of different token counts: where bnpo's accumulation differs from one big batch
@@ -160,7 +162,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, loss_type):
 
 
 def test_samples_without_advantage_are_skipped_exactly(tmp_path):
-    tr = make(tmp_path, reward_funcs=[random_reward], beta=0.0, loss_type="dapo", per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    tr = make(tmp_path, reward_funcs=[random_reward], beta=0.0, loss_type="dapo", per_device_train_batch_size=4,
+              gradient_accumulation_steps=2)
     batch, _ = tr.rollout()
     batch.advantages[:4] = 0.0  # one dead group
     batch.advantages[5] = 0.0
@@ -244,7 +247,8 @@ def test_bad_reward_functions_are_named(tmp_path):
         return [0.0] * (len(completions) - 1) + [-math.inf]
 
     for f, err, pat in ((broken, RuntimeError, "'broken' raised KeyError"), (short, ValueError, "'short' returned 1 rewards for 8"),
-                        (wrong_type, ValueError, "'wrong_type' returned 'yes'"), (scalar, ValueError, "'scalar' returned 1.0 for 8 completions"),
+                        (wrong_type, ValueError, "'wrong_type' returned 'yes'"),
+                        (scalar, ValueError, "'scalar' returned 1.0 for 8 completions"),
                         (infinite, ValueError, "'infinite' returned -inf for completion 7: expected a finite number")):
         tr = make(tmp_path, reward_funcs=[f])
         with pytest.raises(err, match=pat):
@@ -369,7 +373,9 @@ def test_exclude_zero_std_from_normalizer_counts_only_live_groups(tmp_path, loss
         if loss_type == "dr_grpo":
             return ell.sum() / (live.sum() * C) if exclude else ell.view(3, 4, C).sum((1, 2)).div(4 * C).mean()
         if loss_type == "bnpo":
-            return ell.sum() / (m * live.unsqueeze(-1)).sum() if exclude else (ell.view(3, 4, C).sum((1, 2)) / m.view(3, 4, C).sum((1, 2))).mean()
+            if exclude:
+                return ell.sum() / (m * live.unsqueeze(-1)).sum()
+            return (ell.view(3, 4, C).sum((1, 2)) / m.view(3, 4, C).sum((1, 2))).mean()
         return ell.sum() / ((m * live.unsqueeze(-1)).sum() if exclude else m.sum())  # dapo
 
     grads = {}

@@ -66,7 +66,8 @@ def test_sft_learns(tmp_path):
 
 def test_stop_rule_and_callback(tmp_path):
     tok, model, rows = _setup(4)
-    tr = SFTTrainer(model, tok, rows, SFTConfig(max_steps=50, per_device_train_batch_size=2, completion_field="solution", output_dir=str(tmp_path)))
+    cfg = SFTConfig(max_steps=50, per_device_train_batch_size=2, completion_field="solution", output_dir=str(tmp_path))
+    tr = SFTTrainer(model, tok, rows, cfg)
     calls = []
     tr.train(callback=lambda s: calls.append(s) or {"greedy_accuracy": 0.1 * len(calls)}, every=5, progress=False,
              stop=lambda rec: rec["greedy_accuracy"] >= 0.3)
@@ -86,7 +87,8 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="row 0: the completion is empty and add_eos is False"):
         SFTTrainer(model, tok, [{**rows[0], "solution": ""}], SFTConfig(completion_field="solution", add_eos=False))
     for field, value in (("learning_rate", -1.0), ("max_steps", 0), ("lr_scheduler_type", "step"), ("max_grad_norm", 0.0),
-                         ("max_grad_norm", "big"), ("weight_decay", -0.1), ("save_steps", 0), ("save_total_limit", 0), ("warmup_steps", True),
+                         ("max_grad_norm", "big"), ("weight_decay", -0.1), ("save_steps", 0), ("save_total_limit", 0),
+                         ("warmup_steps", True),
                          ("packing", "yes"), ("seed", 0.5), ("max_seconds", float("nan")), ("completion_field", ""), ("max_seq_length", 0)):
         with pytest.raises(ValueError, match=f"SFTConfig.{field}"):
             SFTConfig(**{field: value})
@@ -95,8 +97,8 @@ def test_bad_input(tmp_path):
 def _resumable(out, seed, model_seed, rows):
     tok = build_tokenizer()
     model = build_model(tok, TINY, seed=model_seed)
-    cfg = SFTConfig(learning_rate=3e-3, per_device_train_batch_size=4, max_steps=6, save_steps=3, logging_steps=1, completion_field="solution",
-                    output_dir=str(out), seed=seed, lr_scheduler_type="linear", warmup_steps=2)
+    cfg = SFTConfig(learning_rate=3e-3, per_device_train_batch_size=4, max_steps=6, save_steps=3, logging_steps=1,
+                    completion_field="solution", output_dir=str(out), seed=seed, lr_scheduler_type="linear", warmup_steps=2)
     return SFTTrainer(model, tok, rows, cfg)
 
 

@@ -59,7 +59,8 @@ def test_a_new_config_gets_the_checks_from_its_annotations():
 
     assert ToyConfig(ratio=0.5, names=["a"]).ratio == 0.5
     for kw, msg in ((dict(steps=0), "ToyConfig.steps must be an int >= 1"),
-                    (dict(ratio=2.0), r"ToyConfig.ratio must be None or a number in \[0, 1\]"), (dict(ratio=float("inf")), "ToyConfig.ratio"),
+                    (dict(ratio=2.0), r"ToyConfig.ratio must be None or a number in \[0, 1\]"),
+                    (dict(ratio=float("inf")), "ToyConfig.ratio"),
                     (dict(names=[1]), "ToyConfig.names must be None or a list of strings")):
         with pytest.raises(ValueError, match=msg):
             ToyConfig(**kw)

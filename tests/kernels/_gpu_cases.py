@@ -21,7 +21,8 @@ def _within_torch_error(ours, lowp_torch, exact, atol, what):
     ours, lowp_torch, exact = (t.detach().float().cpu() for t in (ours, lowp_torch, exact))
     bound = 2 * (lowp_torch - exact).abs() + atol
     err = (ours - exact).abs()
-    assert (err <= bound).all(), f"{what}: error {err.max().item():.3g} beyond 2x torch's own (worst excess {(err - bound).max().item():.3g})"
+    assert (err <= bound).all(), (f"{what}: error {err.max().item():.3g} beyond 2x torch's own "
+                                  f"(worst excess {(err - bound).max().item():.3g})")
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"]
 

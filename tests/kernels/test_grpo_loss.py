@@ -443,6 +443,8 @@ def test_opcheck_cuda():
     checks = ("test_schema", "test_faketensor")
     torch.library.opcheck(op("group_advantages"), (torch.randn(12, device="cuda"), 4, 0, False, 1e-4), test_utils=checks)
     torch.library.opcheck(op("fused_logprobs"), (h, w, b, t, 0.9), test_utils=checks)
-    torch.library.opcheck(op("fused_grpo_loss"), (h, w, b, t, s, a, old, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True), test_utils=checks)
-    torch.library.opcheck(op("logits_grpo_loss"), (h @ w.T, t, s, a, old, None, 0.0, 0.2, 0.2, 2.0, 1.0, 0, 1.0, 1.05, True), test_utils=checks)
+    torch.library.opcheck(op("fused_grpo_loss"), (h, w, b, t, s, a, old, None, 0.0, 0.2, 0.2, None, 1.0, 0, 1.0, 1.05, True),
+                          test_utils=checks)
+    torch.library.opcheck(op("logits_grpo_loss"), (h @ w.T, t, s, a, old, None, 0.0, 0.2, 0.2, 2.0, 1.0, 0, 1.0, 1.05, True),
+                          test_utils=checks)
     torch.library.opcheck(op("grpo_token_loss"), (old, s, a, None, None, 0.0, 0.2, 0.2, None, 0, 1.0, 1.05), test_utils=checks)

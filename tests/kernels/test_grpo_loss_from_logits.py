@@ -192,7 +192,8 @@ def test_clip_stats_sequence_level_are_per_sequence(both_losses):
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", FP32)
-@pytest.mark.parametrize("loss_type, beta, delta, temperature", [("grpo", 0.04, 1.5, 0.7), ("dapo", 0.0, None, 1.0), ("sapo", 0.04, None, 1.2)])
+@pytest.mark.parametrize("loss_type, beta, delta, temperature",
+                         [("grpo", 0.04, 1.5, 0.7), ("dapo", 0.0, None, 1.0), ("sapo", 0.04, None, 1.2)])
 def test_triton_launcher(dtype, atol, rtol, loss_type, beta, delta, temperature):
     B, T, V = 2, 3, 150
     logits = (torch.randn(B, T, V, device=DEVICE) * 2).to(dtype)
@@ -238,7 +239,8 @@ def test_grpo_loss_from_logits_cuda(dtype, atol, rtol, loss_type):
     old, ref = cur + 0.3 * torch.randn(B, T), cur + 0.5 * torch.randn(B, T)
     kw = dict(beta=0.04, loss_type=loss_type, temperature=1.1, epsilon_high=5.0 if loss_type == "cispo" else 0.28)
     z = logits.cuda().requires_grad_()
-    loss, stats = r1kernels.grpo_loss_from_logits(z, targets.cuda(), adv.cuda(), mask=mask.cuda(), old_logprobs=old.cuda(), ref_logprobs=ref.cuda(), **kw)
+    loss, stats = r1kernels.grpo_loss_from_logits(z, targets.cuda(), adv.cuda(), mask=mask.cuda(), old_logprobs=old.cuda(),
+                                                  ref_logprobs=ref.cuda(), **kw)
     loss.backward()
     zr = logits.detach().clone().requires_grad_()
     rloss, rstats = reference.grpo_loss_from_logits(zr, targets, adv, mask, old, ref, **kw)

@@ -31,8 +31,8 @@ def test_grpo_token_loss_matches_torch_kernel(loss_kind):
 
     logp = -torch.rand(50) * 3
     scale = (torch.rand(50) < 0.7).float() / 7
-    args = (logp, scale, torch.randn(50), logp + 0.2 * torch.randn(50), logp + 0.2 * torch.randn(50), 0.04, 0.2, 0.28 if loss_kind != 1 else 4.0,
-            1.3 if loss_kind == 0 else None, loss_kind, 1.0, 1.05)
+    args = (logp, scale, torch.randn(50), logp + 0.2 * torch.randn(50), logp + 0.2 * torch.randn(50), 0.04, 0.2,
+            0.28 if loss_kind != 1 else 4.0, 1.3 if loss_kind == 0 else None, loss_kind, 1.0, 1.05)
     for a, b in zip(op("grpo_token_loss")(*args), torch_token_loss.grpo_token_loss(*args)):
         torch.testing.assert_close(a, b)
 
@@ -42,7 +42,8 @@ def test_grpo_token_loss_matches_torch_kernel(loss_kind):
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", FP32)
-@pytest.mark.parametrize("loss_kind, beta, delta, with_old", [(0, 0.04, 1.5, True), (0, 0.0, None, False), (1, 0.04, None, True), (2, 0.1, None, True)])
+@pytest.mark.parametrize("loss_kind, beta, delta, with_old",
+                         [(0, 0.04, 1.5, True), (0, 0.0, None, False), (1, 0.04, None, True), (2, 0.1, None, True)])
 def test_triton_launcher(dtype, atol, rtol, loss_kind, beta, delta, with_old):
     N = 37  # not a multiple of the block of 16
     logp = -torch.rand(N, device=DEVICE) * 4

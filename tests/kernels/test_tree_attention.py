@@ -53,7 +53,8 @@ def test_tree_attention_with_prefix(backend, dtype, atol, rtol, hq, hkv, d):
     kc, vc, table, pl = make_cache(prefix_lens, 16, hkv, d, dtype, max_blocks=4)
     n = sum(sizes)
     q, k, v = torch.randn(n, hq, d).to(dtype), torch.randn(n, hkv, d).to(dtype), torch.randn(n, hkv, d).to(dtype)
-    out, lse = r1kernels.tree_attention(q, k, v, parents, cu_nodes=cu_nodes, k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=pl, return_lse=True)
+    out, lse = r1kernels.tree_attention(q, k, v, parents, cu_nodes=cu_nodes, k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=pl,
+                                        return_lse=True)
     ref, ref_lse = reference.tree_attention(q, k, v, parents, cu_nodes, kc, vc, table, pl)
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
     torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
@@ -164,7 +165,9 @@ def test_chain_equals_causal_paged_attention(chain_backend):
     slots = torch.tensor([int(table[0, p // bs]) * bs + p % bs for p in range(P, P + n)])
     r1kernels.reshape_and_cache(k, v, kc, vc, slots)
     paged = r1kernels.paged_attention(q, kc, vc, table, pl, cu([n]))
-    tree = r1kernels.tree_attention(q, k, v, torch.arange(-1, n - 1, dtype=torch.int32), k_cache=kc, v_cache=vc, block_tables=table, prefix_lens=torch.tensor([P], dtype=torch.int32))
+    chain = torch.arange(-1, n - 1, dtype=torch.int32)
+    tree = r1kernels.tree_attention(q, k, v, chain, k_cache=kc, v_cache=vc, block_tables=table,
+                                    prefix_lens=torch.tensor([P], dtype=torch.int32))
     torch.testing.assert_close(tree, paged, atol=2e-5, rtol=2e-5)
 
 
@@ -185,7 +188,8 @@ def _tree_args():
         (lambda a: a.update(parents=a["parents"].long()), "parents must be"),
         (lambda a: a.update(parents=a["parents"][:-1]), "parents must have 7"),
         (lambda a: a.update(k_cache=None), "must be given together"),
-        (lambda a: a.update(k=a["k"][:, :1].expand(7, 3, 8).contiguous(), v=a["v"][:, :1].expand(7, 3, 8).contiguous()), "multiple of k's kv heads"),
+        (lambda a: a.update(k=a["k"][:, :1].expand(7, 3, 8).contiguous(), v=a["v"][:, :1].expand(7, 3, 8).contiguous()),
+         "multiple of k's kv heads"),
         (lambda a: a.update(cu_nodes=torch.tensor([0, 3, 6], dtype=torch.int32)), "cu_nodes must start at 0"),
         (lambda a: a.update(prefix_lens=torch.tensor([5, 99], dtype=torch.int32)), "prefix_lens must be in"),
         (lambda a: a.update(v=a["v"].double()), "v must have q's dtype"),
@@ -204,7 +208,8 @@ def test_opcheck():
         torch.ops.r1kernels.tree_attention.default,
         (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], a["k_cache"], a["v_cache"], a["block_tables"], a["prefix_lens"], 0.35),
     )
-    torch.library.opcheck(torch.ops.r1kernels.tree_attention.default, (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], None, None, None, None, 0.35))
+    torch.library.opcheck(torch.ops.r1kernels.tree_attention.default,
+                          (a["q"], a["k"], a["v"], a["parents"], a["cu_nodes"], None, None, None, None, 0.35))
 
 
 def test_public_ops_trace_under_torch_compile():

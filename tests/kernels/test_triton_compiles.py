@@ -48,7 +48,8 @@ def test_kernels_compile_for_sm80_and_sm90a():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_PTXAS_PATH"] = PTXAS
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_triton_aot.py")], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_triton_aot.py")], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-6000:]}"
     compiled = [line for line in proc.stdout.splitlines() if line.endswith(" ok")]
     assert any(line.startswith("sm_80 ") for line in compiled) and any(line.startswith("sm_90 ") for line in compiled)
