@@ -8,7 +8,7 @@ run:
 	@bash scripts/setup.sh && $(ACT) && python -m r1core.recipes.cli run
 
 test:
-	@bash scripts/setup.sh && $(ACT) && python -m pytest -q tests
+	@bash scripts/setup.sh && $(ACT) && ruff check . && python -m pytest -q tests
 
 # the microbenchmark suite (docs/benchmarks.md); the end-to-end scripts are bench/bench_*.py
 bench:
