@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from r1core.sandbox import CPU_TIMEOUT, OUTPUT_LIMIT, WALL_TIMEOUT, SandboxLimits, SandboxUnavailable, run_python, sandbox_available
+from r1core.sandbox.result import SandboxError
 from r1core.sandbox.view import OUTSIDE_UID
 
 needs_namespaces = pytest.mark.skipif(not sandbox_available(), reason="the kernel refuses user/network namespaces here")
@@ -350,6 +351,25 @@ def test_text_that_is_not_valid_unicode_fails_in_the_program_not_the_call():
 def test_site_packages_only_when_asked():
     assert _run("import numpy").returncode == 1
     assert _run("import numpy", site_packages=True).ok
+
+
+def test_an_interpreter_under_tmp_is_bound_back_in_read_only():
+    # CI clones (and so makes its venv) under /tmp, which the run's own directory covers
+    from r1core.sandbox.view import RUN_DIR, exposures
+
+    base = os.path.join(RUN_DIR, f"r1core-test-{uuid.uuid4().hex}")
+    venv = os.path.join(base, "venv")
+    os.makedirs(venv, mode=0o755)
+    try:
+        os.chmod(base, 0o700)  # its host ancestors do not matter: the directory itself is bound
+        assert exposures((venv,)) == [[RUN_DIR, [venv]]]
+        os.chmod(venv, 0o700)
+        exposures.cache_clear()
+        with pytest.raises(SandboxError, match="not readable by other users"):
+            exposures((venv,))
+    finally:
+        exposures.cache_clear()
+        shutil.rmtree(base)
 
 
 @needs_namespaces

@@ -155,21 +155,31 @@ def _expose(hidden, paths, fds):
     only `paths` (the interpreter's directories), bound in read-only from the real ones (`fds`,
     opened while this process could still enter `hidden`)."""
     _mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    _bind_read_only(paths, fds)
+    _mount(None, hidden, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _bind_read_only(paths, fds):
     for p, fd in zip(paths, fds):
         os.makedirs(p, mode=0o755, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
         _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
         os.close(fd)
-    _mount(None, hidden, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _filesystem(cfg, exposed_fds):
     _read_only_root()
+    under_workdir = []
     for (hidden, paths), fds in zip(cfg["expose"], exposed_fds):
-        _expose(hidden, paths, fds)
+        if hidden == WORKDIR:  # an interpreter under /tmp: bound in once the run's tmpfs covers it
+            under_workdir.append((paths, fds))
+        else:
+            _expose(hidden, paths, fds)
     size = cfg["disk_bytes"]
     _mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={size},nr_inodes=4096,mode=0700,uid={PROGRAM_UID},gid={PROGRAM_UID}")
+    for paths, fds in under_workdir:
+        _bind_read_only(paths, fds)
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0755")
 
 

@@ -42,14 +42,24 @@ def _first_closed_ancestor(path: str) -> str | None:
 
 @functools.cache
 def exposures(dirs: tuple[str, ...]) -> list[list]:
-    """[[closed directory, [interpreter dirs under it]], ...] for the bootstrap to reveal."""
+    """[[closed directory, [interpreter dirs under it]], ...] for the bootstrap to reveal; the
+    interpreter dirs under the run's directory come as [RUN_DIR, [dirs]]."""
     plan: dict[str, list[str]] = {}
     for d in dirs:
         if any(c in d for c in "\t\n"):  # the bootstrap's arguments separate paths with tabs
             raise SandboxError(f"the interpreter's directory {d!r} has a tab or newline in its name")
-        if d == RUN_DIR or d.startswith(RUN_DIR + "/"):
-            raise SandboxError(f"the interpreter's directory {d} is under {RUN_DIR}, which the sandbox "
-                               "covers with the run's own empty directory; use an interpreter installed elsewhere")
+        if d == RUN_DIR:
+            raise SandboxError(f"the interpreter's directory is {RUN_DIR} itself, which the sandbox covers with "
+                               "the run's own empty directory; use an interpreter installed elsewhere")
+        if d.startswith(RUN_DIR + "/"):
+            # a checkout under /tmp (CI clones there): bound back in, read-only, over the run's own
+            # directory, so only the directory's own mode matters, not its host ancestors'
+            mode = os.stat(d).st_mode
+            if not (mode & stat.S_IROTH and mode & stat.S_IXOTH):
+                raise SandboxError(f"the interpreter's directory {d} is not readable by other users (mode "
+                                   f"{stat.filemode(mode)}); the sandboxed program runs unprivileged")
+            plan.setdefault(RUN_DIR, []).append(d)
+            continue
         closed = _first_closed_ancestor(d)
         if closed == d or (not os.stat(d).st_mode & stat.S_IROTH):
             raise SandboxError(f"the interpreter's directory {d} is not readable by other users (mode "
