@@ -84,6 +84,8 @@ def test_bad_input(tmp_path):
         SFTTrainer(model, tok, rows, SFTConfig(completion_field="solution", max_seq_length=8))
     with pytest.raises(ValueError, match="row 1: 'solution' must be a string, got NoneType"):
         SFTTrainer(model, tok, [rows[0], {"prompt": rows[1]["prompt"]}], SFTConfig(completion_field="solution"))
+    with pytest.raises(ValueError, match="completion: .*characters the tokenizer does not know"):
+        SFTTrainer(model, tok, [{**rows[0], "solution": rows[0]["solution"] + "\u00e9"}], SFTConfig(completion_field="solution"))
     with pytest.raises(ValueError, match="row 0: the completion is empty and add_eos is False"):
         SFTTrainer(model, tok, [{**rows[0], "solution": ""}], SFTConfig(completion_field="solution", add_eos=False))
     for field, value in (("learning_rate", -1.0), ("max_steps", 0), ("lr_scheduler_type", "step"), ("max_grad_norm", 0.0),

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 import r1kernels
-from r1core.tasks.tokenizer import encode_prompt
+from r1core.tasks.tokenizer import check_no_unknown, encode_prompt
 from r1core.trainers.config import NOT_EMPTY, TRAINING_RULES, TrainerConfig, at_least
 from r1core.trainers.loop import Trainer
 from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
@@ -65,6 +65,7 @@ def tokenize_example(tokenizer, prompt: str, completion: str, add_eos: bool = Tr
     """(token ids, loss mask): the mask is True on completion (and eos) tokens."""
     p = encode_prompt(tokenizer, prompt)
     c = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    check_no_unknown(tokenizer, completion, c, what="completion")
     if add_eos:
         if tokenizer.eos_token_id is None:
             raise ValueError("add_eos=True but the tokenizer has no eos_token_id")
