@@ -26,8 +26,9 @@ def make_inputs(B, T, H, V, dtype=torch.float32, bias=False, mask="random", nois
         m = torch.ones(B, T, dtype=torch.bool)
     with torch.no_grad():
         lp = reference.token_logprobs(hidden, weight, targets, bias=b, temperature=temperature)
-    old = lp + noise * torch.randn(B, T)
-    ref = lp + noise * torch.randn(B, T)
+    # log-probs of other policies: near this one's, and never above 0 (the ops refuse that)
+    old = (lp + noise * torch.randn(B, T)).clamp(max=0.0)
+    ref = (lp + noise * torch.randn(B, T)).clamp(max=0.0)
     return dict(hidden=hidden, weight=weight, bias=b, targets=targets, advantages=advantages, mask=m, old=old, ref=ref)
 
 
