@@ -37,8 +37,8 @@ def _gpu_inputs(B, T, H, V, dtype, with_bias, temperature, beta):
     mask = torch.rand(B, T, generator=g) > 0.2
     mask[-1] = False  # a fully masked sequence
     cur = reference.token_logprobs(hidden, weight, targets, bias, temperature)
-    old = cur + 0.3 * torch.randn(B, T, generator=g)
-    ref = cur + 0.5 * torch.randn(B, T, generator=g) if beta else None
+    old = (cur + 0.3 * torch.randn(B, T, generator=g)).clamp(max=0.0)  # log-probs: never above 0
+    ref = (cur + 0.5 * torch.randn(B, T, generator=g)).clamp(max=0.0) if beta else None
     return hidden, weight, bias, targets, advantages, mask, old, ref
 
 

@@ -202,8 +202,8 @@ def test_triton_launcher(dtype, atol, rtol, loss_type, beta, delta, temperature)
     mask = _mask(B, T, "ragged")
     with torch.no_grad():
         cur = (logits.float() / temperature).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    old = cur + 0.3 * torch.randn_like(cur)
-    ref = cur + 0.5 * torch.randn_like(cur) if beta else None
+    old = (cur + 0.3 * torch.randn_like(cur)).clamp(max=0.0)  # log-probs: never above 0
+    ref = (cur + 0.5 * torch.randn_like(cur)).clamp(max=0.0) if beta else None
     N = B * T
     original = logits.clone()
     loss, logp, entropy, grad = tgll.logits_grpo_loss(
@@ -236,7 +236,7 @@ def test_grpo_loss_from_logits_cuda(dtype, atol, rtol, loss_type):
     adv = torch.randn(B)
     mask = torch.rand(B, T) > 0.3
     cur = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    old, ref = cur + 0.3 * torch.randn(B, T), cur + 0.5 * torch.randn(B, T)
+    old, ref = (cur + 0.3 * torch.randn(B, T)).clamp(max=0.0), (cur + 0.5 * torch.randn(B, T)).clamp(max=0.0)
     kw = dict(beta=0.04, loss_type=loss_type, temperature=1.1, epsilon_high=5.0 if loss_type == "cispo" else 0.28)
     z = logits.cuda().requires_grad_()
     loss, stats = r1kernels.grpo_loss_from_logits(z, targets.cuda(), adv.cuda(), mask=mask.cuda(), old_logprobs=old.cuda(),
