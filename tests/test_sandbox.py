@@ -437,4 +437,8 @@ def test_refused_namespaces_raise_a_clear_error_and_the_opt_in_runs_without():
     assert not os.path.exists(stdout.strip())  # its directory is removed after
     assert out["timeout"] == [WALL_TIMEOUT, True]
     # the opt-in still kills the run's process group: the background sleep is gone
+    # (SIGKILL is delivered at once, but the process leaves the table only once reaped: allow 5 s)
+    deadline = time.monotonic() + 5
+    while subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, check=False).stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, check=False).stdout == b""
