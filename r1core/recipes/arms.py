@@ -1,6 +1,7 @@
-"""What the study recipes (`r1core journey`, `r1core star`) share: the countdown setting they train
-and evaluate on, a model over the trace alphabet, the held-out evaluation as a summary entry, the
-stages kept on disk for `--resume`, the summary's one shape and the table.
+"""What the study recipes (`r1core journey`, `r1core star`, `r1core study distill`) share: the
+countdown setting they train and evaluate on, a model over the trace alphabet, the held-out
+evaluation as a summary entry, the stages kept on disk for `--resume`, the run loop over stages,
+the summary's one shape and the table, and the command each recipe is.
 
 The summary of every study recipe is `{"arms" | "iterations": [entry, ...], "wall_seconds": ...}`,
 each entry `{"name", "accuracy" (pass@1 of samples at temperature 1), "greedy_accuracy",
@@ -17,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from r1core.recipes.flags import option
+from r1core.recipes.flags import Command, Given, Section, option
 
 ENTRY_KEYS = ("name", "accuracy", "greedy_accuracy", "format_rate", "mean_completion_tokens", "seconds")
 
@@ -109,16 +112,18 @@ def engine_for(model, tok, cfg, batch: int = 256):
     return Engine(model, tokenizer=tok, num_blocks=batch * per_seq + 16)
 
 
-def evaluate_entry(cfg, name: str, model, tok, problems: list[dict], seconds: float, engine=None) -> dict:
+def evaluate_entry(cfg, name: str, model, tok, problems: list[dict], seconds: float, engine=None, reward_func=None,
+                   format_func=None) -> dict:
     """The summary entry of a model: held-out pass@1 of cfg.eval_samples samples at temperature 1,
     greedy accuracy, format rate, mean completion tokens; `seconds` is the stage's (the evaluation's
-    added)."""
+    added). The reward and format check are countdown's unless given."""
     from r1core.recipes.evaluate import evaluate
     from r1core.rewards import countdown_reward, format_reward
 
     model.eval()
-    ev = evaluate(engine or engine_for(model, tok, cfg), tok, problems, reward_func=countdown_reward, format_func=format_reward,
-                  samples=cfg.eval_samples, temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
+    ev = evaluate(engine or engine_for(model, tok, cfg), tok, problems, reward_func=reward_func or countdown_reward,
+                  format_func=format_func or format_reward, samples=cfg.eval_samples, temperature=1.0,
+                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
     return {"name": name, "accuracy": ev.get("accuracy"), "greedy_accuracy": ev["greedy_accuracy"],
             "format_rate": ev.get("format_rate", ev.get("greedy_format_rate")),
             "mean_completion_tokens": ev.get("completion_length", ev.get("greedy_completion_length")),
@@ -169,6 +174,61 @@ def has_checkpoint(path: str) -> bool:
     from r1core.trainers.checkpoint import latest_checkpoint
 
     return os.path.isdir(path) and latest_checkpoint(path) is not None
+
+
+# ---- the run loop --------------------------------------------------------------------------------
+def begin_run(cfg, resume: bool, *more: str) -> float:
+    """The run's start (its perf_counter): a fresh run clears the old stages (and `more`), then the
+    threads, the seed and run_config.json."""
+    from r1core.recipes.r1_zero import start_run
+
+    t0 = time.perf_counter()
+    if not resume:
+        clear_stages(cfg.run_dir, *more)
+    start_run(cfg)
+    return t0
+
+
+def each_stage(run_dir: str, names: list[str], resume: bool, run_stage: Callable[[str], dict]) -> Iterator[dict]:
+    """Each stage's entry in order: a done one's from disk on --resume, else run_stage(name)'s; the
+    caller's loop body runs before the next stage starts."""
+    for name in names:
+        entry = done_entry(run_dir, name) if resume else None
+        yield entry if entry is not None else run_stage(name)
+
+
+def finish_run(cfg, key: str, entries: list[dict], t0: float, title: str, plot_keys: dict[str, list[str]],
+               extra: tuple[str, ...] = (), more_plots: Callable[[list[dict]], list[str]] | None = None, **more) -> dict:
+    """summary.json, metrics.jsonl and the plots of a run whose stages are done; the table on the terminal."""
+    wall = time.perf_counter() - t0
+    summary = write_summary(cfg.run_dir, key, entries, wall, **more)
+    summary["plots"] = write_plots(cfg.run_dir, entries, plot_keys) + (more_plots(entries) if more_plots else [])
+    if cfg.progress:
+        print_entries(title, entries, extra=extra)
+        print(f"wall {wall:.0f} s; written to {cfg.run_dir}/")
+    return summary
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def study_command(sub, name: str, config: type, options: type, run: Callable, has_run: Callable, trainers: list[Section],
+                  help: str, description: str, what: str = "") -> dict[str, Command]:
+    """The command of a study recipe: `config`'s fields, `options` (with `resume`) and the nested
+    trainer sections as flags; it runs run(cfg, resume=) and turns a ValueError into one line. A
+    --resume where has_run(cfg) is false is refused before any work (naming `what`, "<name> run" unless given)."""
+    def cmd(given: Given) -> int:
+        try:
+            cfg, resume = given.build(config), given.build(options).resume
+            if resume and not has_run(cfg):
+                raise SystemExit(f"error: --resume: {cfg.run_dir!r} holds no {what or name + ' run'} to resume; check --name, "
+                                 "or start without --resume")
+            run(cfg, resume=resume)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        return 0
+
+    p = sub.add_parser(name, help=help, description=description)
+    sections = [Section(config, title=f"{config.__name__} fields"), Section(options, title=f"{name} options"), *trainers]
+    return {name: Command(p, sections, func=cmd)}
 
 
 # ---- the report ----------------------------------------------------------------------------------

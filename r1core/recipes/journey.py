@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass, field
 
 from r1core.recipes import arms as A
-from r1core.recipes.flags import Command, Given, Section, option
+from r1core.recipes.flags import Command, Section, option
 from r1core.trainers import GRPOConfig, SFTConfig
 
 ARMS = ("journey", "shortcut", "journey+grpo", "shortcut+grpo")
@@ -157,34 +156,22 @@ def grpo_arm(cfg: JourneyConfig, arm: str, problems_train: list[dict], problems:
 
 def run_journey(cfg: JourneyConfig, resume: bool = False) -> dict:
     """The whole study; returns the summary written to runs/<name>/summary.json."""
-    from r1core.recipes.r1_zero import start_run
-
-    t0 = time.perf_counter()
-    if not resume:
-        A.clear_stages(cfg.run_dir, "init")
-    start_run(cfg)
+    t0 = A.begin_run(cfg, resume, "init")
     traces = training_traces(cfg)
     problems = A.held_out(cfg)
     initial_model(cfg, traces)
-    entries = []
-    for arm in cfg.arms:
-        entry = A.done_entry(cfg.run_dir, arm) if resume else None
-        if entry is None:
-            if arm.endswith("+grpo"):
-                plain = [{k: r[k] for k in ("prompt", "numbers", "target")} for r in traces["journey"]]
-                entry = grpo_arm(cfg, arm, plain, problems, resume)
-            else:
-                entry = sft_arm(cfg, arm, traces[arm], problems, resume)
-        entries.append(entry)
-    wall = time.perf_counter() - t0
-    summary = A.write_summary(cfg.run_dir, "arms", entries, wall, seed=cfg.seed, train_problems=len(traces["journey"]),
-                              train_problems_drawn=cfg.train_size, eval_prompts=len(problems), eval_samples=cfg.eval_samples)
-    summary["plots"] = A.write_plots(cfg.run_dir, entries, {"reward": ["reward", "accuracy", "completion_length", "kl", "grad_norm"],
-                                                            "loss": ["loss", "grad_norm"]})
-    if cfg.progress:
-        A.print_entries("journey vs shortcut on Countdown (held-out)", entries)
-        print(f"wall {wall:.0f} s; written to {cfg.run_dir}/")
-    return summary
+
+    def run_arm(arm: str) -> dict:
+        if arm.endswith("+grpo"):
+            plain = [{k: r[k] for k in ("prompt", "numbers", "target")} for r in traces["journey"]]
+            return grpo_arm(cfg, arm, plain, problems, resume)
+        return sft_arm(cfg, arm, traces[arm], problems, resume)
+
+    entries = list(A.each_stage(cfg.run_dir, cfg.arms, resume, run_arm))
+    return A.finish_run(cfg, "arms", entries, t0, "journey vs shortcut on Countdown (held-out)",
+                        {"reward": ["reward", "accuracy", "completion_length", "kl", "grad_norm"], "loss": ["loss", "grad_norm"]},
+                        seed=cfg.seed, train_problems=len(traces["journey"]), train_problems_drawn=cfg.train_size,
+                        eval_prompts=len(problems), eval_samples=cfg.eval_samples)
 
 
 def has_run(cfg: JourneyConfig) -> bool:
@@ -192,29 +179,16 @@ def has_run(cfg: JourneyConfig) -> bool:
 
 
 # ---- the command ---------------------------------------------------------------------------------
-def cmd_journey(given: Given) -> int:
-    cfg, resume = given.build(JourneyConfig), given.build(JourneyOptions).resume
-    if resume and not has_run(cfg):
-        raise SystemExit(f"error: --resume: {cfg.run_dir!r} holds no journey run to resume; check --name, or start without --resume")
-    try:
-        run_journey(cfg, resume=resume)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return 0
-
-
 def commands(sub) -> dict[str, Command]:
-    p = sub.add_parser("journey", help="journey vs shortcut learning on Countdown: SFT on search traces vs solution paths, then GRPO",
-                       description="Two students from one initialisation, SFT'd on journey traces (search with backtracking) and on "
-                                   "shortcut traces (the solution path) of the same problems (--sft.*), evaluated on held-out problems, "
-                                   "then GRPO'd by the same budget (--grpo.*) and evaluated again; writes runs/<name>/ "
-                                   "(metrics.jsonl, plots, summary.json, stages/<arm>/model).")
-    return {"journey": Command(p, [
-        Section(JourneyConfig, title="JourneyConfig fields"),
-        Section(JourneyOptions, title="journey options"),
-        Section(SFTConfig, "sft", SFT_DEFAULTS, SFT_OWNED, title=f"the SFT arms (set by the run: {', '.join(SFT_OWNED)})"),
-        Section(GRPOConfig, "grpo", GRPO_DEFAULTS, GRPO_OWNED, title=f"the +grpo arms (set by the run: {', '.join(GRPO_OWNED)})"),
-    ], func=cmd_journey)}
+    return A.study_command(
+        sub, "journey", JourneyConfig, JourneyOptions, run_journey, has_run, trainers=[
+            Section(SFTConfig, "sft", SFT_DEFAULTS, SFT_OWNED, title=f"the SFT arms (set by the run: {', '.join(SFT_OWNED)})"),
+            Section(GRPOConfig, "grpo", GRPO_DEFAULTS, GRPO_OWNED, title=f"the +grpo arms (set by the run: {', '.join(GRPO_OWNED)})")],
+        help="journey vs shortcut learning on Countdown: SFT on search traces vs solution paths, then GRPO",
+        description="Two students from one initialisation, SFT'd on journey traces (search with backtracking) and on shortcut traces "
+                    "(the solution path) of the same problems (--sft.*), evaluated on held-out problems, then GRPO'd by the same "
+                    "budget (--grpo.*) and evaluated again; writes runs/<name>/ (metrics.jsonl, plots, summary.json, "
+                    "stages/<arm>/model).")
 
 
 __all__ = ["ARMS", "JourneyConfig", "JourneyOptions", "commands", "run_journey"]

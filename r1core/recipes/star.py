@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from r1core.recipes import arms as A
-from r1core.recipes.flags import Command, Given, Section, option
+from r1core.recipes.flags import Command, Section, option
 from r1core.trainers import SFTConfig
 
 BASE_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 32, "max_steps": 100_000, "max_seconds": 90.0,
@@ -237,31 +237,21 @@ def run_iteration(cfg: StarConfig, i: int, base: str, kept: list[dict], problems
 def run_star(cfg: StarConfig, resume: bool = False) -> dict:
     """The whole run; returns the summary written to runs/<name>/summary.json."""
     from r1core.data import read_jsonl
-    from r1core.recipes.r1_zero import start_run
 
-    t0 = time.perf_counter()
-    if not resume:
-        A.clear_stages(cfg.run_dir, "base")
-    start_run(cfg)
+    t0 = A.begin_run(cfg, resume, "base")
     problems = A.countdown_problems(cfg, "train", cfg.train_size, cfg.seed)
     held = A.held_out(cfg)
     base = base_dir(cfg, resume)
     entries, kept = [], []
-    for i in range(cfg.iterations + 1):
-        entry = A.done_entry(cfg.run_dir, str(i)) if resume else None
-        if entry is None:
-            entry = run_iteration(cfg, i, base, kept, problems, held, resume)
-        kept = read_jsonl(os.path.join(A.stage_dir(cfg.run_dir, str(i)), "kept.jsonl"))
+    names = [str(i) for i in range(cfg.iterations + 1)]
+    for entry in A.each_stage(cfg.run_dir, names, resume, lambda i: run_iteration(cfg, int(i), base, kept, problems, held, resume)):
+        kept = read_jsonl(os.path.join(A.stage_dir(cfg.run_dir, entry["name"]), "kept.jsonl"))  # the next iteration trains on it
         entries.append(entry)
-    wall = time.perf_counter() - t0
-    summary = A.write_summary(cfg.run_dir, "iterations", entries, wall, seed=cfg.seed, rationalization=cfg.rationalization,
-                              base_model=base, train_problems=len(problems), eval_prompts=len(held), eval_samples=cfg.eval_samples)
-    summary["plots"] = A.write_plots(cfg.run_dir, entries, {"loss": ["loss", "grad_norm"]}) + _plot_iterations(cfg, entries)
-    if cfg.progress:
-        A.print_entries(f"STaR on Countdown ({'with' if cfg.rationalization else 'without'} rationalisation): per iteration, held-out",
-                        entries, extra=("solved_fraction",))
-        print(f"wall {wall:.0f} s; written to {cfg.run_dir}/")
-    return summary
+    return A.finish_run(cfg, "iterations", entries, t0,
+                        f"STaR on Countdown ({'with' if cfg.rationalization else 'without'} rationalisation): per iteration, held-out",
+                        {"loss": ["loss", "grad_norm"]}, extra=("solved_fraction",), more_plots=lambda es: _plot_iterations(cfg, es),
+                        seed=cfg.seed, rationalization=cfg.rationalization, base_model=base, train_problems=len(problems),
+                        eval_prompts=len(held), eval_samples=cfg.eval_samples)
 
 
 def _plot_iterations(cfg: StarConfig, entries: list[dict]) -> list[str]:
@@ -278,30 +268,17 @@ def has_run(cfg: StarConfig) -> bool:
 
 
 # ---- the command ---------------------------------------------------------------------------------
-def cmd_star(given: Given) -> int:
-    try:
-        cfg, resume = given.build(StarConfig), given.build(StarOptions).resume
-        if resume and not has_run(cfg):
-            raise SystemExit(f"error: --resume: {cfg.run_dir!r} holds no STaR run to resume; check --name, or start without --resume")
-        run_star(cfg, resume=resume)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return 0
-
-
 def commands(sub) -> dict[str, Command]:
-    p = sub.add_parser("star", help="STaR on Countdown: sample, keep correct rationales (and hinted ones), fine-tune from the base; repeat",
-                       description="Iterations of STaR from a base (SFT'd here by --base.*, or --base-model DIR): each samples the "
-                                   "training problems, keeps the correct rationales (with rationalisation, those reached with the answer "
-                                   "as a hint, kept without it) and fine-tunes the base on everything kept so far (--finetune.*); "
-                                   "solved fraction and held-out accuracy per iteration in runs/<name>/summary.json.")
-    return {"star": Command(p, [
-        Section(StarConfig, title="StarConfig fields"),
-        Section(StarOptions, title="star options"),
-        Section(SFTConfig, "base", BASE_DEFAULTS, BASE_OWNED, title=f"the base's SFT (set by the run: {', '.join(BASE_OWNED)})"),
-        Section(SFTConfig, "finetune", FINETUNE_DEFAULTS, FINETUNE_OWNED,
-                title=f"each iteration's fine-tune from the base (set by the run: {', '.join(FINETUNE_OWNED)})"),
-    ], func=cmd_star)}
+    return A.study_command(
+        sub, "star", StarConfig, StarOptions, run_star, has_run, what="STaR run", trainers=[
+            Section(SFTConfig, "base", BASE_DEFAULTS, BASE_OWNED, title=f"the base's SFT (set by the run: {', '.join(BASE_OWNED)})"),
+            Section(SFTConfig, "finetune", FINETUNE_DEFAULTS, FINETUNE_OWNED,
+                    title=f"each iteration's fine-tune from the base (set by the run: {', '.join(FINETUNE_OWNED)})")],
+        help="STaR on Countdown: sample, keep correct rationales (and hinted ones), fine-tune from the base; repeat",
+        description="Iterations of STaR from a base (SFT'd here by --base.*, or --base-model DIR): each samples the training "
+                    "problems, keeps the correct rationales (with rationalisation, those reached with the answer as a hint, kept "
+                    "without it) and fine-tunes the base on everything kept so far (--finetune.*); solved fraction and held-out "
+                    "accuracy per iteration in runs/<name>/summary.json.")
 
 
 __all__ = ["StarConfig", "StarOptions", "commands", "run_star", "sample_rationales", "training_rows"]
