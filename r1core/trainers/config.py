@@ -123,11 +123,12 @@ class TrainerConfig:
             raise ValueError(f"{type(self).__name__}.{name} must be {expected}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # the settable fields only: a field a subclass fixes (init=False) is not a setting to save or restore
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     @classmethod
     def from_dict(cls, d: dict):
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"{cls.__name__} has no field(s) {unknown}")

@@ -11,15 +11,19 @@ student's cross-entropy on the completion tokens beside the soft loss).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from r1core.trainers.config import NOT_EMPTY, TRAINING_RULES, TrainerConfig, above, at_least, one_of, within
+from r1core.trainers.config import above, at_least, one_of, within
+from r1core.trainers.sft import SFTConfig
 
 MODES = ("logit", "reverse_kl_pg")
 
 
 @dataclass
-class DistillConfig(TrainerConfig):
+class DistillConfig(SFTConfig):
+    """SFTConfig's fields (as TRL's GKDConfig extends its SFTConfig), other defaults where
+    distillation differs, and the distillation's own."""
+
     # what is distilled, and from which completions
     mode: str = "logit"  # "logit": the fused JSD on both models' logits; "reverse_kl_pg": policy gradient on sampled tokens
     lmbda: float = 0.5  # probability that a step's completions are sampled from the student (on-policy, GKD)
@@ -28,31 +32,18 @@ class DistillConfig(TrainerConfig):
     seq_kd: bool = False  # off-policy steps take the teacher's samples instead of the dataset's completions
     max_new_tokens: int = 128
     weight_hard_loss: float = 0.0
-    # SFTConfig's
+    # SFTConfig's, with distillation's defaults
     learning_rate: float = 1e-3
     per_device_train_batch_size: int = 16  # prompt/completion rows per step and process
-    max_steps: int = 1000
-    max_seconds: float | None = None
-    max_seq_length: int = 512
-    warmup_steps: int = 0
-    lr_scheduler_type: str = "constant"
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
-    add_eos: bool = True
-    logging_steps: int = 10
-    save_steps: int | None = None
-    save_total_limit: int | None = 2
     output_dir: str = "runs/distill"
-    seed: int = 0
-    max_bad_steps: int = 3  # NaN/inf loss or gradient: skipped steps in a row before the run stops (as SFTConfig)
+    # the teacher's and student's passes read rows as they are: not a setting here (and so not a flag)
+    packing: bool = field(default=False, init=False)
 
-    rules = {**TRAINING_RULES, "mode": one_of(MODES), "lmbda": within(0, 1), "beta": within(0, 1), "temperature": above(0),
-             "max_new_tokens": at_least(1), "weight_hard_loss": at_least(0), "max_seq_length": at_least(1),
-             "prompt_field": NOT_EMPTY, "completion_field": NOT_EMPTY}
+    rules = {**SFTConfig.rules, "mode": one_of(MODES), "lmbda": within(0, 1), "beta": within(0, 1), "temperature": above(0),
+             "max_new_tokens": at_least(1), "weight_hard_loss": at_least(0)}
 
     def _check_together(self) -> None:
+        super()._check_together()
         if self.mode == "reverse_kl_pg":
             # the student samples every step there: the off-policy switches would be silently ignored
             self._require(not self.seq_kd, "seq_kd", "False with mode='reverse_kl_pg' (the student samples every step)")
