@@ -77,12 +77,19 @@ class Engine:
     `r1core.engine.fast_forward.LeanForward`, the same ops on the same modules without transformers'
     module plumbing (bitwise the same hidden states); "auto" uses it where it is exact and falls
     back to the modules' own forward otherwise (hooks, LoRA-wrapped layers, other architectures),
-    True requires it, False never uses it."""
+    True requires it, False never uses it.
+
+    tree_attention: the rows of one request in a step (a prompt's beams, a search node's children)
+    attend through one `r1kernels.tree_attention` call over their shared prefix and their new
+    tokens: True (every step of several rows), False, or "auto" (where it measured faster: forks
+    whose new tokens are all they differ in, several tokens each, a long shared prefix; see
+    `ModelRunner.choose_trees`). The same results either way, to float rounding."""
 
     def __init__(self, model, tokenizer=None, block_size: int = 16, num_blocks: int | None = None,
                  memory_budget_bytes: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", fast_forward: bool | str = "auto"):
+                 cache_dtype: torch.dtype | None = None, cascade: bool | str = "auto", fast_forward: bool | str = "auto",
+                 tree_attention: bool | str = "auto"):
         if not getattr(model, "_supports_attention_backend", False) and not hasattr(model, "set_attn_implementation"):
             raise ValueError("model must be a transformers model whose attention goes through AttentionInterface")
         _check_sizes(block_size=block_size, num_blocks=num_blocks, memory_budget_bytes=memory_budget_bytes,
@@ -95,7 +102,8 @@ class Engine:
         self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
         useful = max_num_seqs * -(-self.max_positions // block_size) if self.max_positions else None
         self.model_runner = ModelRunner(model, block_size, num_blocks, memory_budget_bytes, cache_dtype, cascade,
-                                        max_useful_blocks=useful, fast_forward=fast_forward)
+                                        max_useful_blocks=useful, fast_forward=fast_forward,
+                                        tree_attention=tree_attention)
         self.block_manager = BlockManager(self.model_runner.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.sampler = Sampler()

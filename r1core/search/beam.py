@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from r1core.rewards.completions import extract_answer
 
 from .result import Candidate, SearchResult
-from .scoring import Partial, Scorer
+from .scoring import Partial, Scorer, score_partials
 from .step_generator import Release, StepRequest, check_positive_int, drive
 from .voting import Normalize, majority_index, weighted_index
 
@@ -47,8 +47,7 @@ def _check_common(budget, beam_width, max_steps, max_step_tokens, max_tokens, se
 
 
 def _score(scorer: Scorer, partials: Sequence[Partial]) -> None:
-    for p in partials:
-        s = float(scorer(p.text, p.finished))
+    for p, s in zip(partials, score_partials(scorer, partials)):
         if math.isnan(s):
             raise ValueError(f"scorer: returned NaN for {p.text!r}")
         p.score = s

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 from r1core.rewards.completions import extract_answer
 
 from .result import Candidate, SearchResult
-from .scoring import Partial, Scorer
+from .scoring import Partial, Scorer, score_partials
 from .step_generator import Release, StepRequest, check_positive_int, drive
 
 VALUES = ("verifier", "rollout")
@@ -211,9 +211,11 @@ def _evaluate(st: _Search, fresh: list[Node], scorer: Scorer, outcome_scorer: Sc
               max_rollout_tokens: int):
     """evaluate (a coroutine: the rollouts are one request list): each new child's score, and its
     value (the score, or the mean outcome of its rollouts)."""
-    for ch in fresh:
-        p = ch.partial
-        p.score = float((outcome_scorer if p.finished else scorer)(p.text, p.finished))
+    # the siblings in one call each to the scorer and the outcome scorer (score_many, where they have it)
+    for sc, kids in ((scorer, [ch for ch in fresh if not ch.partial.finished]),
+                     (outcome_scorer, [ch for ch in fresh if ch.partial.finished])):
+        for ch, s in zip(kids, score_partials(sc, [ch.partial for ch in kids])):
+            ch.partial.score = s
     values = [ch.partial.score for ch in fresh]
     if value == "rollout":
         open_ = [i for i, ch in enumerate(fresh) if not ch.partial.finished]

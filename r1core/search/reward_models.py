@@ -184,18 +184,25 @@ def train_reward_model(model: RewardModel, tokenizer, examples: Sequence[RewardE
     return losses
 
 
+def _scored_inputs(tokenizer, prompt: str, completions: Sequence[str], kind: str,
+                   separator: str) -> tuple[list[list[int]], list[list[int]]]:
+    """(input ids, scored positions in them) of each completion."""
+    ids, pos = [], []
+    p = _prompt_ids(tokenizer, prompt)
+    for c in completions:
+        cids = _encode(tokenizer, c)
+        ids.append(p + cids)
+        pos.append([len(p) + j for j in score_positions(tokenizer, cids, kind, separator)])
+    return ids, pos
+
+
 @torch.no_grad()
 def predict(model: RewardModel, tokenizer, prompt: str, completions: Sequence[str], kind: str,
             separator: str = ",") -> list[list[float]]:
     """Sigmoid scores at the scored positions of each completion (one list per completion)."""
     if not completions:
         return []
-    ids, pos = [], []
-    for c in completions:
-        p = _prompt_ids(tokenizer, prompt)
-        cids = _encode(tokenizer, c)
-        ids.append(p + cids)
-        pos.append([len(p) + j for j in score_positions(tokenizer, cids, kind, separator)])
+    ids, pos = _scored_inputs(tokenizer, prompt, completions, kind, separator)
     T = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
@@ -210,15 +217,36 @@ def predict(model: RewardModel, tokenizer, prompt: str, completions: Sequence[st
     return [probs[i, p].tolist() for i, p in enumerate(pos)]
 
 
+@torch.no_grad()
+def predict_tree(model: RewardModel, tokenizer, prompt: str, completions: Sequence[str], kind: str,
+                 separator: str = ",") -> list[list[float]]:
+    """`predict` in one forward over the completions' packed tree (`r1core.engine.tree_forward`):
+    the prompt and whatever the completions share (a node's steps, under its sibling steps) are
+    computed once. The same scores as `predict`, to float rounding."""
+    from r1core.engine.tree_forward import tree_hidden_states
+
+    if not completions:
+        return []
+    ids, pos = _scored_inputs(tokenizer, prompt, completions, kind, separator)
+    hidden = tree_hidden_states(model.backbone, ids)
+    return [torch.sigmoid(model.head(h[p]).squeeze(-1).float()).tolist() for h, p in zip(hidden, pos)]
+
+
+TREE_ATTENTION = (True, False, "auto")
+
+
 class _TrainedVerifier(Verifier):
     kind = "prm"
 
     def __init__(self, model: RewardModel, tokenizer, split: Callable[[str], tuple[list[str], str | None]],
-                 separator: str = ","):
+                 separator: str = ",", tree_attention: bool | str = "auto"):
         if not isinstance(separator, str) or not separator:
             raise ValueError(f"separator: expected a non-empty string, got {separator!r}")
+        if not isinstance(tree_attention, (bool, str)) or tree_attention not in TREE_ATTENTION:
+            raise ValueError(f"tree_attention: expected True, False or 'auto', got {tree_attention!r}")
         self.model, self.tokenizer, self._split, self.separator = model, tokenizer, split, separator
         self.step_separator = separator
+        self.tree_attention = tree_attention
 
     def split(self, completion: str):
         return self._split(completion)
@@ -226,9 +254,18 @@ class _TrainedVerifier(Verifier):
     def _completion_scores(self, prompt: str, completion: str) -> list[float]:
         return predict(self.model, self.tokenizer, prompt, [completion], self.kind, self.separator)[0]
 
+    def completions_scores(self, prompt: str, completions: Sequence[str]) -> list[list[float]]:
+        """The scores of several completions of `prompt` (a node's sibling steps): in one forward over
+        their packed tree (tree_attention True, or "auto" for more than one completion), or each
+        completion scored alone (False). The same scores either way, to float rounding."""
+        if self.tree_attention is True or (self.tree_attention == "auto" and len(completions) > 1):
+            return predict_tree(self.model, self.tokenizer, prompt, completions, self.kind, self.separator)
+        return [self._completion_scores(prompt, c) for c in completions]
+
 
 class ProcessRewardModel(_TrainedVerifier):
-    """A trained PRM as a Verifier: step i's score is the model's probability at the end of step i."""
+    """A trained PRM as a Verifier: step i's score is the model's probability at the end of step i.
+    tree_attention: how `scorer(...).score_many` scores sibling steps (`completions_scores`)."""
     kind = "prm"
 
     def score(self, prompt: str, steps: Sequence[str], **_: Any) -> list[float]:
@@ -246,10 +283,16 @@ class ProcessRewardModel(_TrainedVerifier):
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate: expected one of {AGGREGATIONS}, got {aggregate!r}")
 
-        def score(completion: str, finished: bool) -> float:
-            scores = self._completion_scores(prompt, completion)
+        def agg(scores: list[float]) -> float:
             return aggregate_step_scores(scores, aggregate) if scores else 1.0
 
+        def score(completion: str, finished: bool) -> float:
+            return agg(self._completion_scores(prompt, completion))
+
+        def score_many(completions: Sequence[str], finished: Sequence[bool]) -> list[float]:
+            return [agg(s) for s in self.completions_scores(prompt, completions)]
+
+        score.score_many = score_many
         return score
 
 
@@ -266,7 +309,16 @@ class OutcomeRewardModel(_TrainedVerifier):
         return [s[-1] for s in predict(self.model, self.tokenizer, prompt, texts, "orm", self.separator)]
 
     def scorer(self, prompt: str) -> Scorer:
-        return lambda completion, finished: self.outcome(prompt, completion) if completion else 1.0
+        def score(completion: str, finished: bool) -> float:
+            return self.outcome(prompt, completion) if completion else 1.0
+
+        def score_many(completions: Sequence[str], finished: Sequence[bool]) -> list[float]:
+            scores = self.completions_scores(prompt, [c for c in completions if c])
+            it = iter(scores)
+            return [(next(it)[-1] if c else 1.0) for c in completions]
+
+        score.score_many = score_many
+        return score
 
 
 def math_shepherd_labels(generator, prompt_ids: Sequence[int], steps: Sequence[Any], is_correct: Callable[[str], bool],

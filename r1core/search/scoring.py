@@ -1,10 +1,13 @@
 """Scoring partial and finished solutions for the step-wise searches, and the partial solution
 they grow. A `Scorer` is `score(completion_text, finished) -> float`; `verifier_scorer` builds one
-from any `Verifier` (the exact rule-based ones, or a trained outcome / process reward model)."""
+from any `Verifier` (the exact rule-based ones, or a trained outcome / process reward model). A
+scorer may also have `score_many(completions, finished) -> list[float]` (the trained reward
+models' scorers do: a node's sibling steps in one forward over their packed tree); the searches
+score the candidates of a node, or of a round, through `score_partials`, which uses it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .verifiers import AGGREGATIONS, Verifier, aggregate_step_scores
 
@@ -41,6 +44,18 @@ def verifier_scorer(verifier: Verifier, prompt: str, problem: dict | None = None
         return aggregate_step_scores(scores, aggregate)
 
     return score
+
+
+def score_partials(scorer: Scorer, partials: Sequence["Partial"]) -> list[float]:
+    """Each partial's score: one `scorer.score_many` call where the scorer has it, else one
+    `scorer(text, finished)` call each."""
+    many = getattr(scorer, "score_many", None)
+    if many is None or not partials:
+        return [float(scorer(p.text, p.finished)) for p in partials]
+    scores = [float(s) for s in many([p.text for p in partials], [p.finished for p in partials])]
+    if len(scores) != len(partials):
+        raise ValueError(f"scorer.score_many: returned {len(scores)} scores for {len(partials)} completions")
+    return scores
 
 
 @dataclass
