@@ -9,6 +9,10 @@ tensors in a second safetensors file, written atomically.
         config.json, tokenizer*     the model's config and its tokenizer (when the trainer has them),
                                     so `from_pretrained` and `r1core eval` load a checkpoint as they
                                     load a saved model
+        shards/                     FSDP runs only (r1core.trainers.sharded_checkpoint): the model and
+                                    the optimizer through torch.distributed.checkpoint, each rank its
+                                    shards; model.safetensors is then their consolidated weights and
+                                    trainer_state.safetensors holds the RNGs only
 
 Each file is written under a temporary name and moved into place with os.replace, inside a
 temporary directory that is renamed to `checkpoint-<step>` only when every file is complete: a
@@ -32,6 +36,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.json"
 TENSOR_FILE = "trainer_state.safetensors"
+SHARDS_DIR = "shards"  # FSDP runs: the model and optimizer as torch.distributed.checkpoint wrote them
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -141,16 +146,37 @@ def _remove_leftovers(output_dir: str) -> None:
                 os.rename(path, final)
 
 
-def save_checkpoint(output_dir: str, step: int, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    state: dict | None = None, save_total_limit: int | None = None, tokenizer=None) -> str:
-    """Writes <output_dir>/checkpoint-<step> atomically and returns its path; with the model's
-    config.json and `tokenizer`'s files beside the weights, so the folder loads as a model."""
+def checkpoint_tmp_dir(output_dir: str, step: int) -> str:
+    """A fresh hidden folder in output_dir for checkpoint-<step> to be written into (what killed saves
+    left there is cleared first)."""
     os.makedirs(output_dir, exist_ok=True)
-    final = os.path.join(output_dir, f"checkpoint-{step}")
     _remove_leftovers(output_dir)
-    tmp_dir = tempfile.mkdtemp(dir=output_dir, prefix=f".checkpoint-{step}.tmp-")
+    return tempfile.mkdtemp(dir=output_dir, prefix=f".checkpoint-{step}.tmp-")
+
+
+def tied_duplicates(model: torch.nn.Module) -> set[str]:
+    """State-dict names of parameters that are another name's tensor (tied embeddings): a
+    consolidated state dict stores each tensor once, under its first name, as save_model does."""
+    first = {n for n, _ in model.named_parameters()}
+    return {n for n, _ in model.named_parameters(remove_duplicate=False)} - first
+
+
+def save_checkpoint(output_dir: str, step: int, model: torch.nn.Module, optimizer=None, scheduler=None,
+                    state: dict | None = None, save_total_limit: int | None = None, tokenizer=None,
+                    tmp_dir: str | None = None, weights: dict | None = None) -> str:
+    """Writes <output_dir>/checkpoint-<step> atomically and returns its path; with the model's
+    config.json and `tokenizer`'s files beside the weights, so the folder loads as a model.
+    tmp_dir: a `checkpoint_tmp_dir` already holding files of the checkpoint (DCP's shards);
+    weights: the model's full state dict to write instead of reading model's own tensors."""
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp_dir = tmp_dir or checkpoint_tmp_dir(output_dir, step)
     try:
-        _atomic_write(os.path.join(tmp_dir, MODEL_FILE), lambda p: save_model(unwrap(model), p))
+        if weights is None:
+            _atomic_write(os.path.join(tmp_dir, MODEL_FILE), lambda p: save_model(unwrap(model), p))
+        else:
+            drop = tied_duplicates(unwrap(model))
+            kept = {k: v.contiguous() for k, v in weights.items() if k not in drop}
+            _atomic_write(os.path.join(tmp_dir, MODEL_FILE), lambda p: save_file(kept, p, metadata={"format": "pt"}))
         config = getattr(unwrap(model), "config", None)
         if hasattr(config, "to_json_file"):
             config.to_json_file(os.path.join(tmp_dir, "config.json"))
@@ -256,6 +282,8 @@ def read_state(path: str) -> dict:
     sizes = js.get("file_sizes", {})
     for name in (MODEL_FILE, TENSOR_FILE):
         _check_safetensors(path, name, sizes.get(name))
+    if js.get("sharded") and not os.path.exists(os.path.join(path, SHARDS_DIR, ".metadata")):
+        raise _corrupt(path, os.path.join(SHARDS_DIR, ".metadata"), "missing (the sharded model and optimizer)")
     return js
 
 

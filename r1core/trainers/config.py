@@ -100,6 +100,10 @@ def _field_checks(cls) -> tuple:
 class TrainerConfig:
     # per field, the condition beyond its type (see the module docstring)
     rules: ClassVar[dict[str, Rule]] = {}
+    # FSDP2 under torchrun: each decoder layer and the loss module sharded over the processes, checkpoints
+    # through torch.distributed.checkpoint (docs/parallel.md); False: one process, or DDP under torchrun
+    fsdp: bool = dataclasses.field(default=False, metadata={"help": "shard the model, gradients and optimizer over the torchrun "
+                                                                      "processes (FSDP2; docs/parallel.md); needs torchrun"})
 
     def __post_init__(self):
         self._normalise()

@@ -24,6 +24,7 @@ ends where an uninterrupted one ends.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ class DistillTrainer(Trainer):
         self.optimizer = build_optimizer(model, cfg.learning_rate, weight_decay=cfg.weight_decay)
         budget = self.budget_spent if cfg.max_seconds is not None else None
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.warmup_steps, cfg.max_steps, budget)
-        self.loss_module = dist.wrap_ddp(_StudentLoss(model, cfg))
+        self.loss_module = self.wrap_loss(_StudentLoss(model, cfg))  # DDP, FSDP2 (cfg.fsdp) or as it is
         self.consumed = 0  # rows taken from the stream (all ranks)
         self.rng = random.Random(cfg.seed)  # the on-policy draws (the same on every rank)
 
@@ -243,7 +244,8 @@ class DistillTrainer(Trainer):
         was_training = model.training
         model.eval()
         try:
-            outs = self._engine(who).generate([self.prompt_ids[self._row_index(k)] for k in positions], params)
+            with self.full_weights() if who == "student" else contextlib.nullcontext():  # FSDP: the student whole
+                outs = self._engine(who).generate([self.prompt_ids[self._row_index(k)] for k in positions], params)
         finally:
             model.train(was_training)
         return [o.outputs[0] for o in outs]

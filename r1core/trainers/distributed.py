@@ -15,12 +15,18 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env(backend: str | None = None) -> bool:
+def under_torchrun() -> bool:
+    """The environment describes a process group (torchrun, or a launcher that sets the same variables)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def init_from_env(backend: str | None = None, single: bool = False) -> bool:
     """Joins the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...); False when
-    the environment names no group or the world has one process."""
+    the environment names no group, or the world has one process and `single` is False (FSDP asks
+    for a group of one: its checkpoints and sharding are the same code at any size)."""
     if dist.is_available() and dist.is_initialized():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not under_torchrun() or (int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not single):
         return False
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -88,6 +94,32 @@ def broadcast_object(obj, src: int = 0):
 def barrier() -> None:
     if is_initialized():
         dist.barrier()
+
+
+def mode(fsdp: bool = False) -> str:
+    """'fsdp', 'ddp' (a process group of several) or 'single'."""
+    if fsdp:
+        return "fsdp"
+    return "ddp" if world()[1] > 1 else "single"
+
+
+def _memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def describe(model: torch.nn.Module, fsdp: bool = False) -> str:
+    """One line for the start of a run: world size, mode, and per rank the parameter bytes it holds
+    (a shard of each under FSDP) and the process's memory (peak RSS on the CPU, peak allocated on a
+    GPU). Every rank must call it (the numbers are gathered); rank 0 prints it."""
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in model.parameters())
+    per_rank = all_gather_object((local, _memory_bytes(device_for_rank())))
+    mib = 2**20
+    ranks = ", ".join(f"rank {r}: parameters {p / mib:.1f} MiB, process {m / mib:.0f} MiB" for r, (p, m) in enumerate(per_rank))
+    return f"world size {world()[1]}, mode {mode(fsdp)}; {ranks}"
 
 
 def wrap_ddp(module: torch.nn.Module) -> torch.nn.Module:

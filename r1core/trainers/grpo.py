@@ -206,7 +206,7 @@ class GRPOTrainer(Trainer):
         self.optimizer = build_optimizer(model, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay)
         budget = self.budget_spent if cfg.max_seconds is not None else None
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.num_warmup_steps(), cfg.max_steps, budget)
-        self.loss_module = dist.wrap_ddp(_PolicyLoss(model, cfg))
+        self.loss_module = self.wrap_loss(_PolicyLoss(model, cfg), bf16=cfg.bf16)  # DDP, FSDP2 (cfg.fsdp) or as it is
 
         self.consumed = 0  # prompts taken from the data stream (all ranks)
         self.best_reward = -math.inf
@@ -261,7 +261,8 @@ class GRPOTrainer(Trainer):
         the run's seed and the step, so a resumed run samples what an uninterrupted one would."""
         base = (self.config.seed * 1_000_003 + self.consumed * 8191) % (2**31)
         params = [self._sampling_params((base + j * 104_729) % (2**31)) for j in range(len(idx))]
-        outs = self.engine.generate([self.prompt_ids[i] for i in idx], params)
+        with self.full_weights():  # FSDP: the engine reads whole parameters, gathered once for the generation
+            outs = self.engine.generate([self.prompt_ids[i] for i in idx], params)
         return [c for o in outs for c in o.outputs]  # B = len(idx) * G, groups contiguous
 
     def score(self, idx: list[int], completions: list) -> torch.Tensor:
@@ -386,7 +387,8 @@ class GRPOTrainer(Trainer):
         t0, c0 = time.perf_counter(), time.process_time()
         batch, info = self.rollout()
         if cfg.num_iterations > 1:
-            batch.old_logprobs = policy_logprobs(self.model, batch, cfg.temperature, cfg.bf16)
+            with self.full_weights():
+                batch.old_logprobs = policy_logprobs(self.model, batch, cfg.temperature, cfg.bf16)
         if self.ref_model is not None:
             batch.ref_logprobs = policy_logprobs(self.ref_model, batch, cfg.temperature, cfg.bf16)
         t1 = time.perf_counter()

@@ -48,8 +48,17 @@ from typing import Callable, Iterable
 import torch
 
 from r1core.trainers import distributed as dist
-from r1core.trainers.checkpoint import CorruptCheckpoint, check_writable_dir, list_checkpoints, load_checkpoint, read_state, save_checkpoint
+from r1core.trainers.checkpoint import (
+    CorruptCheckpoint,
+    check_writable_dir,
+    list_checkpoints,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+    tied_duplicates,
+)
 from r1core.trainers.metrics import MetricsLogger
+from r1core.trainers.sharded_checkpoint import load_sharded, save_sharded
 
 # settings a resumed run may change without a word: how long it runs and what it writes where
 RESUME_FREE = frozenset({"max_steps", "max_seconds", "logging_steps", "save_steps", "save_total_limit", "output_dir"})
@@ -84,6 +93,11 @@ class Trainer:
         self.bad_steps = 0  # optimizer steps skipped for a NaN/inf loss or gradient, in the whole run
         self.bad_in_a_row = 0  # ... since the last good one
         self.elapsed = 0.0  # seconds of training so far, resumed runs included: the time budget's clock
+        self.fsdp = bool(getattr(config, "fsdp", False))
+        if self.fsdp and not dist.is_initialized():
+            raise ValueError(f"{type(config).__name__}.fsdp=True needs a process group: start the run with torchrun "
+                             f"(`torchrun --nproc-per-node N ...`; N=1 for one process), or set fsdp=False")
+        self.sharded_root: torch.nn.Module | None = None  # the FSDP root (the loss module) once wrap_loss sharded it
 
     # ---- what a trainer supplies ---------------------------------------------------------------
     def training_step(self) -> dict:
@@ -98,6 +112,29 @@ class Trainer:
     def end_of_step(self, record: dict, log: MetricsLogger) -> bool:
         """After a step is logged; True stops the run (after the step's checkpoint)."""
         return False
+
+    # ---- parallelism ---------------------------------------------------------------------------
+    def wrap_loss(self, module: torch.nn.Module, bf16: bool = False) -> torch.nn.Module:
+        """The trainer's loss module (which holds self.model) for this run's mode: FSDP2 with
+        config.fsdp (each decoder layer and the module itself sharded, the optimizer pointed at the
+        shards; bf16: MixedPrecisionPolicy), DDP under a process group of several, else as it is."""
+        if not self.fsdp:
+            return dist.wrap_ddp(module)
+        from r1core.trainers import fsdp
+
+        before = dict(self.model.named_parameters())
+        fsdp.shard(module, self.model, bf16=bf16)
+        if self.optimizer is not None:
+            fsdp.retarget_optimizer(self.optimizer, before, dict(self.model.named_parameters()))
+        self.sharded_root = module
+        return module
+
+    def full_weights(self):
+        """A context in which self.model's parameters are whole (for a rollout or a no-grad pass
+        outside the loss module); under FSDP every rank must enter it together."""
+        from r1core.trainers import fsdp
+
+        return fsdp.full_weights(self.sharded_root)
 
     # ---- pieces of a step ----------------------------------------------------------------------
     def backward_micro_batches(self, micro_batches: Iterable, loss_fn: Callable, mean_over: int | None = None) -> tuple[float, dict]:
@@ -130,7 +167,8 @@ class Trainer:
         gradient norm (or the step's `loss`) is NaN or inf the update is skipped, with a warning:
         the weights and AdamW's moments stay as they were, the step and the schedule still advance,
         and the record gets `skipped_steps: 1`; `max_bad_steps` of them in a row stop the run."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf")).item()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
+        grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP: a DTensor
         if loss is not None and not math.isfinite(loss):
             bad = f"loss is {loss}"
         elif not math.isfinite(grad_norm):
@@ -178,6 +216,9 @@ class Trainer:
         log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), filename=self.metrics_file, total=cfg.max_steps, desc=self.name,
                             initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds,
                             report_to=getattr(cfg, "report_to", None))
+        line = dist.describe(self.model, self.fsdp)
+        if progress and dist.is_main():
+            print(f"{self.name}: {line}", flush=True)
         self._clock_start = time.perf_counter() - self.elapsed
         try:
             while self.global_step < cfg.max_steps:
@@ -244,10 +285,13 @@ class Trainer:
         """<output_dir>/checkpoint-<step>: everything a resumed run needs, written by the main
         process; returns its path there (None on the other ranks)."""
         cfg = self.config
+        state = {"global_step": self.global_step, **self.trainer_state(), "elapsed": self.elapsed, "config": cfg.to_dict(),
+                 "world_size": self.world_size, "bad_steps": self.bad_steps}
+        if self.sharded_root is not None:  # every rank writes its shards (torch.distributed.checkpoint)
+            return save_sharded(cfg.output_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,
+                                cfg.save_total_limit, tokenizer=self.tokenizer)
         path = None
         if dist.is_main():
-            state = {"global_step": self.global_step, **self.trainer_state(), "elapsed": self.elapsed, "config": cfg.to_dict(),
-                     "world_size": self.world_size, "bad_steps": self.bad_steps}
             path = save_checkpoint(cfg.output_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,
                                    cfg.save_total_limit, tokenizer=self.tokenizer)
         dist.barrier()
@@ -268,12 +312,27 @@ class Trainer:
         raise ValueError(f"resume_from_checkpoint=True but no checkpoint in {self.config.output_dir!r} is complete "
                          f"(tried steps {[s for s, _ in ckpts]}; the warnings name the broken files)")
 
+    def _check_unsharded_fits(self, js: dict, path: str) -> None:
+        """A checkpoint of whole tensors (a run without fsdp) loads only into a run like it."""
+        if self.fsdp:
+            raise ValueError(f"checkpoint {path!r} was written by a run without fsdp (whole tensors, no shards/): resume it with "
+                             f"fsdp=False; the checkpoints of an fsdp=True run load at any world size")
+        if js.get("world_size", 1) != self.world_size:
+            raise ValueError(f"checkpoint {path!r} was written by {js.get('world_size')} processes; this run has {self.world_size}: "
+                             f"resume with {js.get('world_size')} (a run without fsdp writes whole tensors; only the checkpoints "
+                             f"of an fsdp=True run reshard to another world size)")
+
     def _check_resume_config(self, js: dict, path: str) -> None:
-        """Refuse a resume whose resume_fixed fields changed; warn about any other change."""
+        """Refuse a resume whose resume_fixed fields changed; warn about any other change. A sharded
+        checkpoint resumed at another world size may change per_device_train_batch_size so that the
+        global batch (per device x processes) stays the same."""
         old = js.get("config")
         if not isinstance(old, dict):
             return
         new = json.loads(json.dumps(self.config.to_dict()))  # as the checkpoint holds it (tuples as lists)
+        key, before = "per_device_train_batch_size", js.get("world_size", 1)
+        if js.get("sharded") and key in old and key in new and old[key] * before == new[key] * self.world_size:
+            old = {**old, key: new[key]}
         changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k] and k not in RESUME_FREE}
         fixed = {k: v for k, v in changed.items() if k in self.resume_fixed}
         if fixed:
@@ -287,11 +346,14 @@ class Trainer:
     def load_state(self, path: str) -> None:
         """Restore everything `save_state` wrote; the files are checked before anything is loaded
         (`CorruptCheckpoint` names a broken one), then the settings (`resume_fixed`)."""
-        self._check_resume_config(read_state(path), path)
-        js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        js = read_state(path)
+        self._check_resume_config(js, path)
+        if js.get("sharded"):  # DCP reshards: any world size, FSDP or not
+            load_sharded(path, js, self.model, self.optimizer, self.scheduler)
+        else:
+            self._check_unsharded_fits(js, path)
+            js = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.restore_trainer_state(js, path)
-        if js.get("world_size", 1) != self.world_size:
-            raise ValueError(f"checkpoint {path!r} was written by {js.get('world_size')} processes; this run has {self.world_size}")
         self.global_step = js["global_step"]
         self.elapsed = js.get("elapsed", 0.0)
         self.bad_steps, self.bad_in_a_row = js.get("bad_steps", 0), 0  # a checkpoint follows a good step
@@ -299,11 +361,21 @@ class Trainer:
     def save_model(self, path: str) -> None:
         """The weights (model.safetensors), the model's config.json and the tokenizer, from the
         main process."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file, save_model
 
+        full = None
+        if self.sharded_root is not None:  # gathered on every rank, kept on rank 0
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if dist.is_main():
             check_writable_dir(path, "save_model path")
-            save_model(self.model, os.path.join(path, "model.safetensors"))
+            if full is None:
+                save_model(self.model, os.path.join(path, "model.safetensors"))
+            else:
+                drop = tied_duplicates(self.model)
+                save_file({k: v.contiguous() for k, v in full.items() if k not in drop}, os.path.join(path, "model.safetensors"),
+                          metadata={"format": "pt"})
             self.model.config.to_json_file(os.path.join(path, "config.json"))
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(path)

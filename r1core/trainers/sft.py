@@ -30,6 +30,7 @@ import torch
 
 import r1kernels
 from r1core.tasks.tokenizer import check_no_unknown, encode_prompt
+from r1core.trainers import distributed as dist
 from r1core.trainers.config import NOT_EMPTY, TRAINING_RULES, TrainerConfig, at_least
 from r1core.trainers.loop import Trainer
 from r1core.trainers.optim import build_optimizer, build_scheduler, lm_head_params
@@ -120,6 +121,22 @@ def completion_logprobs(model, input_ids, position_ids, loss_mask, attention_mas
     return r1kernels.token_logprobs(h, weight, targets, bias=bias)
 
 
+class _CompletionLoss(torch.nn.Module):
+    """SFT's loss as a module, so DDP or FSDP wraps the whole forward (the LM head is read outside
+    the base model's forward). The loss is the sum over this rank's target tokens divided by the
+    step's count over all ranks, times the world size: DDP and FSDP average the gradients, so the
+    step's gradient is that of the mean over every target token of the global batch."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, loss_mask, attention_mask, num_items: float, world_size: int):
+        logp = completion_logprobs(self.model, input_ids, position_ids, loss_mask, attention_mask)  # [N]
+        loss = -logp.mean() if world_size == 1 else -logp.sum() * (world_size / num_items)
+        return loss, int(logp.numel())
+
+
 class SFTTrainer(Trainer):
     """SFT on (prompt, completion) rows; `train(resume_from_checkpoint=True)` continues from the
     last checkpoint in output_dir (weights, AdamW, scheduler, RNGs, step and the data order), so a
@@ -127,6 +144,8 @@ class SFTTrainer(Trainer):
 
     name = "sft"
     metrics_file = "sft_metrics.jsonl"
+    summed_metrics = frozenset({"tokens"})
+    global_metrics = Trainer.global_metrics | {"skipped_steps"}
     resume_fixed = ("per_device_train_batch_size", "packing", "max_seq_length", "seed", "add_eos", "prompt_field", "completion_field")
 
     def __init__(self, model, tokenizer, train_dataset, config: SFTConfig | None = None):
@@ -161,6 +180,7 @@ class SFTTrainer(Trainer):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.optimizer = build_optimizer(model, cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.warmup_steps, cfg.max_steps)
+        self.loss_module = self.wrap_loss(_CompletionLoss(model))
         self.rng = random.Random(cfg.seed)
         self.order: list[int] = []  # what is left of this epoch's order, taken from the end
 
@@ -174,25 +194,30 @@ class SFTTrainer(Trainer):
         self.global_step = value
 
     def _next_batch(self):
+        """This rank's share of the step's per_device_train_batch_size x world_size examples (every
+        rank draws the same order and keeps its own slice)."""
         cfg = self.config
+        per = cfg.per_device_train_batch_size
         picked = []
-        while len(picked) < cfg.per_device_train_batch_size:
+        while len(picked) < per * self.world_size:
             if not self.order:  # a new epoch in a fresh seeded order
                 self.order = list(range(len(self.examples)))
                 self.rng.shuffle(self.order)
             picked.append(self.examples[self.order.pop()])
-        t = collate(picked, self.pad_id, cfg.packing, cfg.max_seq_length)
+        t = collate(picked[self.rank * per:(self.rank + 1) * per], self.pad_id, cfg.packing, cfg.max_seq_length)
         return tuple(x.to(self.device) if x is not None else None for x in t)
 
     def training_step(self) -> dict:
         self.model.train()
         input_ids, position_ids, loss_mask, attn = self._next_batch()
-        logp = completion_logprobs(self.model, input_ids, position_ids, loss_mask, attn)  # [N]
-        loss = -logp.mean()
+        n_local = int(loss_mask[:, 1:].sum())
+        num_items = float(dist.all_reduce_sum(torch.tensor([float(n_local)])).item()) if self.world_size > 1 else float(n_local)
+        loss, tokens = self.loss_module(input_ids, position_ids, loss_mask, attn, num_items, self.world_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt = self.optimizer_step(loss.item())
-        return {"loss": loss.item(), "grad_norm": opt["grad_norm"], "tokens": int(logp.numel()), **opt}
+        loss_value = loss.item() if self.world_size == 1 else float(dist.all_reduce_mean(loss.detach().reshape(1)).item())
+        opt = self.optimizer_step(loss_value)
+        return {"loss": loss_value, "grad_norm": opt["grad_norm"], "tokens": tokens, **opt}
 
     def train(self, callback: Callable[[int], dict | None] | None = None, every: int = 10, progress: bool = True,
               stop: Callable[[dict], bool] | None = None, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
@@ -220,5 +245,6 @@ class SFTTrainer(Trainer):
     def save_model(self, path: str) -> None:
         """The loop's (weights, config.json, tokenizer) and this run's sft_config.json."""
         super().save_model(path)
-        with open(os.path.join(path, "sft_config.json"), "w") as f:
-            json.dump(self.config.to_dict(), f, indent=1)
+        if dist.is_main():
+            with open(os.path.join(path, "sft_config.json"), "w") as f:
+                json.dump(self.config.to_dict(), f, indent=1)
