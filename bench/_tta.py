@@ -106,13 +106,13 @@ class Evaluator:
 
 
 def recipe_config(seed: int, budget: float, out_dir: str, name: str, eval_size: int, eval_samples: int,
-                  train_size: int | None = None, grpo: dict | None = None):
-    """The default run's RunConfig for a seed, GRPO capped at `budget` training seconds."""
+                  run: dict | None = None, grpo: dict | None = None):
+    """The default run's RunConfig for a seed, GRPO capped at `budget` training seconds; `run` and
+    `grpo` change RunConfig's and its GRPOConfig's fields (the tests' smaller runs)."""
     from r1core.recipes.r1_zero import RunConfig
 
-    extra = {} if train_size is None else {"train_size": train_size}
     return RunConfig(name=name, runs_dir=out_dir, seed=seed, eval_size=eval_size, eval_samples=eval_samples, progress=False,
-                     grpo={"max_seconds": budget, **(grpo or {})}, **extra)
+                     grpo={"max_seconds": budget, **(grpo or {})}, **(run or {}))
 
 
 def _start(cfg):
@@ -124,15 +124,18 @@ def _start(cfg):
     return train, held_out, load_base(cfg, SHIPPED_BASE)
 
 
-def _result(trainer: str, cfg, ev: Evaluator, steps: int, train_seconds: float, setup_seconds: float, **extra) -> dict:
+def _result(trainer: str, cfg, ev: Evaluator, steps: int, train_seconds: float, setup_seconds: float, t_setup: float,
+            **extra) -> dict:
+    """wall_seconds: from the start of the set-up to now (set-up, training and evaluation are disjoint parts of it)."""
     return {"trainer": trainer, "seed": cfg.seed, "budget": ev.budget, "eval_every": ev.every, "steps": steps,
             "train_seconds": round(train_seconds, 3), "eval_seconds": round(ev.seconds, 3), "setup_seconds": round(setup_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - t_setup, 3),
             "threads": torch.get_num_threads(), "eval_prompts": len(ev.held_out), "eval_samples": cfg.eval_samples,
             "points": ev.points, **extra}
 
 
 def run_r1core(seed: int, budget: float, eval_every: float, eval_size: int, eval_samples: int,
-               train_size: int | None = None, grpo: dict | None = None, label: str = "r1core") -> dict:
+               run: dict | None = None, grpo: dict | None = None, label: str = "r1core") -> dict:
     """r1core's GRPOTrainer on the recipe (as `r1core run` trains it), evaluated through the loop's
     callback, which runs after every step; the loop's clock is moved on by each evaluation's
     seconds, so neither the budget nor the time-based lr decay counts them."""
@@ -141,7 +144,7 @@ def run_r1core(seed: int, budget: float, eval_every: float, eval_size: int, eval
 
     t_setup = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        cfg = recipe_config(seed, budget, out, "r1core", eval_size, eval_samples, train_size, grpo)
+        cfg = recipe_config(seed, budget, out, "r1core", eval_size, eval_samples, run, grpo)
         train, held_out, policy = _start(cfg)
         ev = Evaluator(cfg, policy, held_out, eval_every, budget, f"{label} seed {seed}")
         ev.evaluate(0.0, 0)
@@ -164,7 +167,7 @@ def run_r1core(seed: int, budget: float, eval_every: float, eval_size: int, eval
                                f"{wall:.1f} s of training): moving Trainer._clock_start no longer pauses it")
         if not ev.points or ev.points[-1]["step"] != trainer.global_step:  # stopped by something other than the budget
             ev.evaluate(trainer.elapsed, trainer.global_step)
-        return _result(label, cfg, ev, trainer.global_step, trainer.elapsed, setup, collapsed=trainer.collapsed)
+        return _result(label, cfg, ev, trainer.global_step, trainer.elapsed, setup, t_setup, collapsed=trainer.collapsed)
 
 
 def trl_config(cfg, out_dir: str):
@@ -230,7 +233,7 @@ def _trl_callback(ev: Evaluator, clock: TrainClock, budget: float):
 
 
 def run_trl(seed: int, budget: float, eval_every: float, eval_size: int, eval_samples: int,
-            train_size: int | None = None, label: str = "trl") -> dict:
+            run: dict | None = None, label: str = "trl") -> dict:
     """TRL's GRPOTrainer on the recipe: TRL's generation (transformers' generate, no vLLM), its loss
     and optimizer, the settings of trl_config; evaluated by the same code as r1core's side."""
     import datasets
@@ -241,7 +244,7 @@ def run_trl(seed: int, budget: float, eval_every: float, eval_size: int, eval_sa
 
     t_setup = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        cfg = recipe_config(seed, budget, out, "trl", eval_size, eval_samples, train_size)
+        cfg = recipe_config(seed, budget, out, "trl", eval_size, eval_samples, run)
         train, held_out, policy = _start(cfg)
         tok = policy.tokenizer
         ev = Evaluator(cfg, policy, held_out, eval_every, budget, f"{label} seed {seed}")
@@ -264,7 +267,7 @@ def run_trl(seed: int, budget: float, eval_every: float, eval_size: int, eval_sa
         steps, elapsed = trainer.state.global_step, clock.elapsed()
         if not ev.points or ev.points[-1]["step"] != steps:
             ev.evaluate(elapsed, steps)
-        return _result(label, cfg, ev, steps, elapsed, setup, differs=compare_configs(cfg.grpo, args))
+        return _result(label, cfg, ev, steps, elapsed, setup, t_setup, differs=compare_configs(cfg.grpo, args))
 
 
 def trl_settings() -> list[str]:
