@@ -213,10 +213,17 @@ def main(argv=None):
         print(f"TRL {trl.__version__}: settings that differ from TRL's defaults beyond the recipe's values, and why:")
         for line in trl_settings():
             print(f"  - {line}")
-    per_seed = len(args.trainer_list) * (args.budget + (args.budget / args.eval_every + 2) * 8)
+    # per trainer: imports and set-up (~25 s), the budget, and its evaluations at ~4 s for the run's 256 x (4 + 1)
+    # sequences on 2 quiet cores
+    evals = (args.budget // args.eval_every + 2) * 4.0 * args.eval_size * (args.eval_samples + 1) / 1280
+    per_seed = len(args.trainer_list) * (25 + args.budget + evals)
     print(f"torch {torch.__version__}, seeds {args.seeds}, trainers {args.trainer_list}, budget {args.budget:g} s of training "
           f"each, evaluation every {args.eval_every:g} s on {args.eval_size} held-out prompts x {args.eval_samples} samples + greedy; "
           f"load {os.getloadavg()[0]:.1f}; about {per_seed / 60:.0f} min per seed")
+    if "r1core-async" in args.trainer_list:
+        print("r1core-async: the rollout worker may finish the batch it is generating while the clock is paused for an "
+              "evaluation (at most one batch per evaluation point), which favours that mode by at most one generation's "
+              "time per point; a larger --eval-every shrinks it")
     t0 = time.perf_counter()
     results = [run_child(trainer, seed, args) for seed in args.seeds for trainer in args.trainer_list]
     print_runs(results)
