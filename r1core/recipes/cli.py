@@ -197,12 +197,15 @@ def cmd_sft(given: Given) -> int:
     import torch
 
     from r1core.trainers import SFTConfig, SFTTrainer
+    from r1core.trainers import distributed as dist
 
     opts = given.build(SFTOptions)
     torch.set_num_threads(opts.threads)
     cfg = given.build(SFTConfig)
     _check_dir(opts.save or os.path.join(cfg.output_dir, "model"), "--save")
+    dist.init_from_env(single=cfg.fsdp)  # torchrun: DDP, or FSDP2 with --fsdp (docs/parallel.md)
     model, tok = _load(opts.model, cfg.seed, opts.task)
+    model.to(dist.device_for_rank())
     rows = _user_rows(given, tok, prompt_field=cfg.prompt_field, completion_field=cfg.completion_field)
     rows = rows or _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)
     try:
@@ -211,9 +214,13 @@ def cmd_sft(given: Given) -> int:
     except ValueError as e:  # bad data, or nothing to resume: the message names it
         raise SystemExit(f"error: {e}") from None
     save = opts.save or os.path.join(cfg.output_dir, "model")
-    model.save_pretrained(save)
-    tok.save_pretrained(save)
-    print(f"saved the model to {save}/")
+    if cfg.fsdp:  # the shards gathered into one model.safetensors (every rank takes part)
+        trainer.save_model(save)
+    elif dist.is_main():
+        model.save_pretrained(save)
+        tok.save_pretrained(save)
+    if dist.is_main():
+        print(f"saved the model to {save}/")
     return 0
 
 
@@ -225,8 +232,8 @@ def cmd_grpo(given: Given) -> int:
 
     opts = given.build(GRPOOptions)
     torch.set_num_threads(opts.threads)
-    dist.init_from_env()
     cfg = given.build(GRPOConfig)
+    dist.init_from_env(single=cfg.fsdp)
     model, tok = _load(opts.model, cfg.seed, opts.task)
     model.to(dist.device_for_rank())
     rows = _user_rows(given, tok) or _rows(opts.task, "train", opts.train_size, cfg.seed, opts.digits)

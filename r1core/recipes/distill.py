@@ -33,6 +33,7 @@ from typing import Literal
 
 from r1core.recipes.flags import Command, Given, Section, option, read_config_file
 from r1core.trainers import DistillConfig, SFTConfig
+from r1core.trainers import distributed as dist
 
 MODES = {"sequence": None, "logit": "logit", "on-policy": "logit", "reverse-kl": "reverse_kl_pg"}  # --mode -> DistillConfig.mode
 DEFAULT_LMBDA = {"logit": 0.0, "on-policy": 1.0}
@@ -268,8 +269,11 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False) -> dict:
     train_seconds = time.perf_counter() - t_train
     trainer.save_model(os.path.join(cfg.run_dir, "final"))
     student_engine.weights_updated()
-    after = evaluate_model(cfg, student_engine, tok, held_out)
+    with trainer.full_weights():  # FSDP: the student whole for its evaluation
+        after = evaluate_model(cfg, student_engine, tok, held_out)
     wall = time.perf_counter() - t0
+    if not dist.is_main():  # under torchrun the other ranks trained and evaluated alongside; rank 0 writes the run's files
+        return {}
     summary = summarize(cfg, before, after, teacher_eval, trainer, data_summary, student, teacher, {"wall": wall, "train": train_seconds})
     summary["plots"] = write_plots(cfg)
     if cfg.progress:
@@ -329,6 +333,7 @@ def cmd_rejection_sample(given: Given) -> int:
 def cmd_distill(given: Given) -> int:
     try:
         cfg = given.build(DistillRunConfig)
+        dist.init_from_env(single=cfg.distill.fsdp or cfg.sft.fsdp)  # torchrun: DDP, or FSDP2 with --distill.fsdp/--sft.fsdp
         run_distill(cfg, resume=given.build(DistillOptions).resume)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

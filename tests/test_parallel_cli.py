@@ -1,0 +1,72 @@
+"""The commands under torchrun: `r1core grpo --fsdp` as 2 nodes of 1 process (two launchers sharing
+a c10d rendezvous on localhost, as on a real cluster), `r1core distill` at 2 processes with DDP
+and with FSDP. Tiny model, 1-2 steps: the launchers' start is most of the time."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
+
+TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args, "-m", "r1core.recipes.cli"]
+
+
+def _wait(procs, timeout=120) -> list[str]:
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        outs.append(out)
+        assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def test_grpo_fsdp_on_two_nodes(tmp_path):
+    port, out = _free_port(), tmp_path / "grpo"
+    args = ["grpo", "--model", "tiny", "--fsdp", "--max-steps", "2", "--save-steps", "1", "--train-size", "16", "--num-generations", "2",
+            "--per-device-train-batch-size", "4", "--max-completion-length", "4", "--threads", "1", "--output-dir", str(out)]
+    procs = [subprocess.Popen(_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(n), "--rdzv-backend", "c10d",
+                                        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "r1core-test") + args,
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(2)]
+    outs = _wait(procs)
+    assert any("world size 2, mode fsdp" in o for o in outs), outs
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert (out / "checkpoint-2" / "shards" / ".metadata").exists() and (out / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_distill_under_torchrun(tmp_path, fsdp):
+    tok = build_tokenizer()
+    teacher = tmp_path / "teacher"
+    build_model(tok, TINY, seed=1).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    args = ["distill", "--teacher", str(teacher), "--student", "tiny", "--mode", "on-policy", "--runs-dir", str(tmp_path), "--name", "d",
+            "--train-size", "32", "--eval-size", "2", "--eval-samples", "1", "--threads", "1", "--no-progress",
+            "--distill.max-steps", "2", "--distill.per-device-train-batch-size", "2", "--distill.max-new-tokens", "4"]
+    args += ["--distill.fsdp"] if fsdp else []
+    proc = subprocess.Popen(_torchrun("--nproc-per-node", "2", "--master-port", str(_free_port())) + args,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait([proc])
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["train_steps"] == 2
+    recs = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] == 2 and recs[-1]["on_policy"] == 1.0
+    assert (tmp_path / "d" / "final" / "model.safetensors").exists()
