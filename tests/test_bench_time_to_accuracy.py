@@ -104,3 +104,12 @@ def test_trl_side_small_budget_same_base_and_settings(r1core_small):
     # the same base and the same evaluation: identical points at 0 s
     strip = lambda p: {k: v for k, v in p.items() if k != "eval_seconds"}  # noqa: E731
     assert strip(res["points"][0]) == strip(r1core_small["points"][0])
+
+
+def test_async_flag_needs_the_config_field(capsys):
+    if _tta.has_async_rollouts():
+        assert tta.parse_args(["--r1core-async"]).trainer_list == ["trl", "r1core", "r1core-async"]
+    else:
+        with pytest.raises(SystemExit):
+            tta.parse_args(["--r1core-async"])
+        assert "--r1core-async" in capsys.readouterr().err
