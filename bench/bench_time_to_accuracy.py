@@ -203,6 +203,9 @@ def main(argv=None):
 
     kw = dict(budget=args.budget, eval_every=args.eval_every, eval_size=args.eval_size, eval_samples=args.eval_samples)
     if args.child:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the base model's loading bar on every child's stderr
         print(json.dumps(SIDES[args.child](seed=args.seeds[0], **kw)))
         return
     if "trl" in args.trainer_list:
