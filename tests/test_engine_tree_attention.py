@@ -164,3 +164,24 @@ def test_sibling_step_scoring_equals_scoring_each_alone():
         assert score_partials(sc, partials) == pytest.approx(alone, abs=1e-5), t
     with pytest.raises(ValueError, match="tree_attention"):
         ProcessRewardModel(reward, tok, split=arithmetic.split_completion, tree_attention=1)
+
+
+def test_ttc_flag_sets_the_switch(tmp_path, monkeypatch):
+    from r1core.recipes.cli import main
+    from r1core.recipes.ttc import TTCConfig
+
+    seen = []
+    real = Engine.__init__
+
+    def init(self, *args, **kwargs):
+        seen.append(kwargs.get("tree_attention", "auto"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "__init__", init)
+    for word, value in (("off", False), ("on", True)):
+        assert main(["ttc", "--model", "tiny", "--runs-dir", str(tmp_path), "--name", word, "--num-problems", "1",
+                     "--budgets", "2", "--methods", "beam_search", "--max-new-tokens", "8", "--no-progress",
+                     "--tree-attention", word]) == 0
+        assert seen[-1] is value
+    with pytest.raises(ValueError, match="tree_attention"):
+        TTCConfig(tree_attention="yes")

@@ -32,6 +32,7 @@ SAMPLING_METHODS = ("majority", "best_of_n", "weighted_best_of_n")
 STEP_METHODS = ("beam_search", "dvts", "mcts")
 ALL_METHODS = SAMPLING_METHODS + STEP_METHODS
 VERIFIERS = ("exact", "prm")
+TREE_ATTENTION = {"auto": "auto", "on": True, "off": False}  # the flag's words, the switch's values
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TTCConfig:
     prm_rollouts: int = 4
     prm_steps: int = 300
     prm_soft_labels: bool = False  # Math-Shepherd soft labels (share of correct rollouts) instead of hard
+    tree_attention: str = "auto"  # "on" / "off" / "auto": the engine's and the PRM's tree attention (sibling steps at once)
     seed: int = 0
     threads: int = 2
     output: str = "ttc"  # file stem in runs/<name>/
@@ -80,6 +82,8 @@ class TTCConfig:
         bad = [m for m in self.methods if m not in ALL_METHODS]
         if bad or not self.methods:
             raise ValueError(f"TTCConfig.methods must be a non-empty list from {ALL_METHODS}, got {self.methods!r}")
+        if self.tree_attention not in TREE_ATTENTION:
+            raise ValueError(f"TTCConfig.tree_attention must be one of {tuple(TREE_ATTENTION)}, got {self.tree_attention!r}")
         if self.verifier not in VERIFIERS:
             raise ValueError(f"TTCConfig.verifier must be one of {VERIFIERS}, got {self.verifier!r}")
         from r1core.search.scoring import FINISHED_SCORES
@@ -188,8 +192,8 @@ def _train_prm(cfg: TTCConfig, generator, encode, correct, tok, log):
     log(f"PRM: {len(exs)} solutions, {pos:.2f} of step labels positive, loss {losses[0]:.3f} -> "
         f"{sum(losses[-10:]) / min(10, len(losses)):.3f}, {time.perf_counter() - t0:.0f} s")
     split = countdown.split_completion if cfg.task == "countdown" else arithmetic.split_completion
-    return ProcessRewardModel(model, tok, split=split, separator=","), {"examples": len(exs), "positive_fraction": pos,
-                                                                      "first_loss": losses[0], "last_loss": losses[-1]}
+    prm = ProcessRewardModel(model, tok, split=split, separator=",", tree_attention=TREE_ATTENTION[cfg.tree_attention])
+    return prm, {"examples": len(exs), "positive_fraction": pos, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 def write_outputs(rows: list[dict], run_dir: str, stem: str, title: str, meta: dict) -> dict:
@@ -265,7 +269,7 @@ def run_ttc(cfg: TTCConfig) -> dict:
         model, tok = load_model(model_path, cfg.seed)
     except ValueError as e:
         raise ValueError(f"TTCConfig.model: {e}") from None
-    engine = Engine(model, tokenizer=tok)
+    engine = Engine(model, tokenizer=tok, tree_attention=TREE_ATTENTION[cfg.tree_attention])
     generator = BranchStepGenerator(engine, ",", end_marker=";A", temperature=cfg.temperature, seed=cfg.seed)
     kwargs = {"digits": cfg.digits} if cfg.task != "countdown" else {}
     rows = generate(cfg.task, "test", cfg.num_problems, seed=cfg.seed + 101, **kwargs)
