@@ -312,7 +312,11 @@ def _commands(sub) -> dict[str, Command]:
                        description=f"Take the ~1M-parameter base model shipped in the repository (--base-model shipped; made by SFT "
                                    f"until greedy accuracy {run.sft_target_accuracy:.2f} on validation prompts) or SFT one the same way "
                                    f"first (--base-model train, --sft-target-accuracy, --sft.*), GRPO it (--grpo.*), evaluate before "
-                                   "and after; writes runs/<name>/ (metrics.jsonl, plots, summary.json).")
+                                   "and after; writes runs/<name>/ (metrics.jsonl, plots, summary.json).",
+                       epilog="Parallel modes (docs/parallel.md): this recipe runs in one process. `r1core sft`, `r1core grpo` and "
+                              "`r1core distill` run in one process, under torchrun with DDP (torchrun --nproc-per-node N -m "
+                              "r1core.recipes.cli grpo ...), with FSDP2 (add --fsdp; --distill.fsdp for distill), and on several "
+                              "nodes (torchrun --nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT ... on each node).")
     commands = {"run": Command(p, [
         Section(RunConfig, title="RunConfig fields"),
         Section(RunOptions, title="run options"),
