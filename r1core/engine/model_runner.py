@@ -156,23 +156,19 @@ class ModelRunner:
     def shared_prefix_tokens(self, batch: ScheduledBatch) -> list[tuple[int, int, int]]:
         """(first row, rows, shared full blocks) for each run of consecutive rows of one request in a
         decode-only batch; the shared blocks are the leading blocks all its rows have in common."""
-        groups = []
-        seqs = batch.seqs
-        i = 0
-        while i < len(seqs):
-            j = i + 1
-            while j < len(seqs) and seqs[j].group is seqs[i].group:
-                j += 1
-            shared = 0
-            if j - i > 1:
-                first = seqs[i].block_table
-                # blocks wholly below every row's new token: full, never written in this step
-                limit = min(s.num_computed_tokens for s in seqs[i:j]) // self.block_size
-                while shared < limit and all(s.block_table[shared] == first[shared] for s in seqs[i + 1 : j]):
-                    shared += 1
-            groups.append((i, j - i, shared))
-            i = j
-        return groups
+        return [(first, rows, self._shared_blocks(batch.seqs[first : first + rows])) for first, rows in self.request_runs(batch)]
+
+    def _shared_blocks(self, seqs) -> int:
+        """The leading blocks every one of `seqs` holds, wholly below each one's new tokens (full,
+        never written in this step)."""
+        if len(seqs) < 2:
+            return 0
+        lead = seqs[0].block_table
+        limit = min(s.num_computed_tokens for s in seqs) // self.block_size
+        shared = 0
+        while shared < limit and all(s.block_table[shared] == lead[shared] for s in seqs[1:]):
+            shared += 1
+        return shared
 
     def _cascade(self, batch: ScheduledBatch, seq_lens: list[int], groups) -> CascadeMetadata:
         bs = self.block_size
@@ -208,33 +204,35 @@ class ModelRunner:
         saved = sum((rows - 1) * shared for _, rows, shared in groups) * self.block_size
         return groups if self.cascade is True or saved >= self.cascade_min_saved_tokens else None
 
-    def tree_groups(self, batch: ScheduledBatch) -> list[tuple[int, int, int, bool]]:
-        """(first row, rows, prefix tokens, whole) for each run of consecutive rows of one request (a
-        prompt's beams, a node's children): the cached tokens all its rows share, read once as the
-        tree's prefix. whole: every row's cached tokens are that prefix (forks whose new tokens are
-        all they differ in); otherwise the prefix is their common full blocks and each row has own
-        cached tokens past it."""
-        bs = self.block_size
-        groups = []
+    @staticmethod
+    def request_runs(batch: ScheduledBatch) -> list[tuple[int, int]]:
+        """(first row, rows) of each run of consecutive rows of one request in the batch."""
+        runs = []
         seqs = batch.seqs
         i = 0
         while i < len(seqs):
             j = i + 1
             while j < len(seqs) and seqs[j].group is seqs[i].group:
                 j += 1
-            first = seqs[i]
-            c = first.num_computed_tokens
-            rows = seqs[i + 1 : j]
-            if all(s.num_computed_tokens == c for s in rows) and all(s.token_ids[:c] == first.token_ids[:c] for s in rows):
-                groups.append((i, j - i, c, True))  # the same tokens hold the same KV, whichever row's blocks
-            else:
-                limit = min(s.num_computed_tokens for s in seqs[i:j]) // bs
-                shared = 0
-                while shared < limit and all(s.block_table[shared] == first.block_table[shared] for s in rows):
-                    shared += 1
-                groups.append((i, j - i, shared * bs, False))
+            runs.append((i, j - i))
             i = j
-        return groups
+        return runs
+
+    def tree_prefix(self, batch: ScheduledBatch, first: int, rows: int) -> tuple[int, bool]:
+        """(prefix tokens, whole) of one run's tree: the cached tokens all its rows share, read once
+        as the tree's prefix. whole: every row's cached tokens are that prefix (forks whose new
+        tokens are all they differ in: the same full blocks, the same tokens in the partly filled
+        last one, so the same KV whichever row's blocks it is read from); otherwise the prefix is
+        their common full blocks and each row has own cached tokens past it."""
+        bs = self.block_size
+        seqs = batch.seqs[first : first + rows]
+        lead = seqs[0]
+        c = lead.num_computed_tokens
+        full = c // bs
+        if all(s.num_computed_tokens == c and s.block_table[:full] == lead.block_table[:full]
+               and s.token_ids[full * bs : c] == lead.token_ids[full * bs : c] for s in seqs[1:]):
+            return c, True
+        return self._shared_blocks(seqs) * bs, False
 
     def _tree(self, batch: ScheduledBatch, trees: list[tuple[int, int, int, bool]]) -> TreeMetadata:
         bs = self.block_size
@@ -261,7 +259,8 @@ class ModelRunner:
         )
 
     def choose_trees(self, batch: ScheduledBatch) -> list[tuple[int, int, int, bool]] | None:
-        """The trees of `tree_groups` for tree attention, or None for paged (or cascade) attention
+        """(first row, rows, prefix tokens, whole) of each request's run of rows (`request_runs`,
+        `tree_prefix`) for tree attention, or None for paged (or cascade) attention
         (`tree_attention`: True / False / "auto"). "auto" takes them where they measured faster:
         every tree of several rows is forks whose new tokens are all they differ in (no own pass,
         no merge), each with at least `tree_min_tokens` new tokens per row (or `tree_min_rows`
@@ -273,14 +272,17 @@ class ModelRunner:
         cascade attention, which already read a shared prefix once."""
         if self.tree_attention is False:
             return None
-        trees = self.tree_groups(batch)
+        runs = self.request_runs(batch)
+        if self.tree_attention == "auto":  # the cheap conditions first: this runs before every step
+            many = [(first, rows) for first, rows in runs if rows > 1]
+            if not many or any(rows < self.tree_min_rows and min(batch.num_new_tokens[first : first + rows]) < self.tree_min_tokens
+                               for first, rows in many):
+                return None
+        trees = [(first, rows, *self.tree_prefix(batch, first, rows)) for first, rows in runs]
         if self.tree_attention is True:
             return trees
         many = [t for t in trees if t[1] > 1]
-        if not many or not all(whole for *_, whole in many):
-            return None
-        if any(rows < self.tree_min_rows and min(batch.num_new_tokens[first : first + rows]) < self.tree_min_tokens
-               for first, rows, _, _ in many):
+        if not all(whole for *_, whole in many):
             return None
         saved = sum((rows - 1) * prefix for _, rows, prefix, _ in many)
         return trees if saved >= self.tree_min_saved_tokens else None
