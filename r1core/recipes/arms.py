@@ -213,7 +213,8 @@ def finish_run(cfg, key: str, entries: list[dict], t0: float, title: str, plot_k
 def study_command(sub, name: str, config: type, options: type, run: Callable, has_run: Callable, trainers: list[Section],
                   help: str, description: str, what: str = "") -> dict[str, Command]:
     """The command of a study recipe: `config`'s fields, `options` (with `resume`) and the nested
-    trainer sections as flags; it runs run(cfg, resume=) and turns a ValueError into one line. A
+    trainer sections as flags; it runs run(cfg, resume=) and turns a ValueError into one line (exit
+    status 1 where run's result names sub-runs that "failed"). A
     --resume where has_run(cfg) is false is refused before any work (naming `what`, "<name> run" unless given)."""
     def cmd(given: Given) -> int:
         try:
@@ -221,10 +222,10 @@ def study_command(sub, name: str, config: type, options: type, run: Callable, ha
             if resume and not has_run(cfg):
                 raise SystemExit(f"error: --resume: {cfg.run_dir!r} holds no {what or name + ' run'} to resume; check --name, "
                                  "or start without --resume")
-            run(cfg, resume=resume)
+            out = run(cfg, resume=resume)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
-        return 0
+        return 1 if isinstance(out, dict) and out.get("failed") else 0  # a study whose sub-runs failed says so
 
     p = sub.add_parser(name, help=help, description=description)
     sections = [Section(config, title=f"{config.__name__} fields"), Section(options, title=f"{name} options"), *trainers]
