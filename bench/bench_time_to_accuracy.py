@@ -55,11 +55,14 @@ def time_to(points: list[dict], threshold: float, key: str = "greedy_accuracy") 
 
 
 def ratio_text(trl: float | None, ours: float | None, budget: float) -> str:
-    """TRL's time over r1core's; a bound where one side never reached the threshold within the budget."""
+    """TRL's time over r1core's; a bound where one side never reached the threshold within the budget;
+    'base' where both had it at 0 s (the base model, which both start from, is already there)."""
     if ours is None and trl is None:
         return "-"
     if ours is None:
         return f"<{trl / budget:.2f}x"
+    if ours == 0:
+        return "base" if trl == 0 else "inf"
     if trl is None:
         return f">{budget / ours:.2f}x"
     return f"{trl / ours:.2f}x"

@@ -32,6 +32,8 @@ def test_ratio_text_bounds():
     assert tta.ratio_text(None, 43.0, 430.0) == ">10.00x"  # TRL never got there: at least budget / ours
     assert tta.ratio_text(215.0, None, 430.0) == "<0.50x"
     assert tta.ratio_text(None, None, 430.0) == "-"
+    assert tta.ratio_text(0.0, 0.0, 430.0) == "base"  # the base itself is at or above the threshold
+    assert tta.ratio_text(None, 0.0, 430.0) == "inf" == tta.ratio_text(30.0, 0.0, 430.0)
 
 
 def test_summary_rows_per_seed_and_median():
