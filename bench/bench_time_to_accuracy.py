@@ -24,6 +24,8 @@ every point as JSON in --out.
     python bench/bench_time_to_accuracy.py --seeds 0 1 2            # the measurement
     python bench/bench_time_to_accuracy.py --quick                   # smoke: 10 s per trainer, 2 points
     python bench/bench_time_to_accuracy.py --r1core-async            # also r1core with async_rollouts
+    python bench/bench_time_to_accuracy.py --trainers trl --seeds 0 --out runs/tta/trl-0   # one side at a time, then
+    python bench/bench_time_to_accuracy.py --merge runs/tta/*/time_to_accuracy.json --out runs/tta   # one table
 """
 
 from __future__ import annotations
@@ -171,6 +173,9 @@ def parse_args(argv=None):
     ap.add_argument("--trainers", default="trl,r1core", help="comma-separated subset of trl,r1core (default both)")
     ap.add_argument("--r1core-async", action="store_true",
                     help="also r1core with GRPOConfig.async_rollouts=True (needs an r1core whose GRPOConfig has the field)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="no training: the table, PNG and JSON of the runs in these files (earlier invocations' "
+                         "time_to_accuracy.json, e.g. one trainer or one seed each)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one trainer and seed; its result as a JSON line
     args = ap.parse_args(argv)
     for k, v in (QUICK if args.quick else FULL).items():
@@ -205,6 +210,12 @@ def main(argv=None):
     from _tta import SIDES, trl_settings
 
     kw = dict(budget=args.budget, eval_every=args.eval_every, eval_size=args.eval_size, eval_samples=args.eval_samples)
+    if args.merge:
+        try:
+            merge(args.merge, args.out, argv)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        return
     if args.child:
         from transformers.utils import logging as hf_logging
 
@@ -232,20 +243,56 @@ def main(argv=None):
               "time per point; a larger --eval-every shrinks it")
     t0 = time.perf_counter()
     results = [run_child(trainer, seed, args) for seed in args.seeds for trainer in args.trainer_list]
+    report(results, args.out, {"command": _command(argv), "args": {**kw, "seeds": args.seeds}, "trl_settings": trl_settings()})
+    print(f"wall {time.perf_counter() - t0:.0f} s; load average after: {os.getloadavg()[0]:.1f}")
+
+
+def _command(argv) -> str:
+    return " ".join(["python", "bench/bench_time_to_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def report(results: list[dict], out: str, header: dict) -> dict:
+    """The runs' lines, the table, and time_to_accuracy.png and .json in `out` (header: what the JSON
+    says beside the table and the runs); returns the JSON's content."""
+    budget = results[0]["budget"]
     print_runs(results)
-    rows = summary_rows(results, args.budget)
+    rows = summary_rows(results, budget)
     if rows:
         print(f"training seconds to held-out greedy accuracy (first evaluation at or above it; ratio: TRL's time over r1core's, "
-              f"a bound when a side never got there in {args.budget:g} s)")
+              f"a bound when a side never got there in {budget:g} s)")
         print_table(rows)
-    os.makedirs(args.out, exist_ok=True)
-    png = write_plot(results, os.path.join(args.out, "time_to_accuracy.png"))
-    path = os.path.join(args.out, "time_to_accuracy.json")
+    os.makedirs(out, exist_ok=True)
+    png = write_plot(results, os.path.join(out, "time_to_accuracy.png"))
+    path = os.path.join(out, "time_to_accuracy.json")
+    content = {**header, "table": rows, "runs": results}
     with open(path, "w") as f:
-        command = " ".join(["python", "bench/bench_time_to_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
-        json.dump({"command": command, "args": {**kw, "seeds": args.seeds}, "trl_settings": trl_settings(), "table": rows,
-                   "runs": results}, f, indent=1)
-    print(f"wall {time.perf_counter() - t0:.0f} s; load average after: {os.getloadavg()[0]:.1f}; written {png} and {path}")
+        json.dump(content, f, indent=1)
+    print(f"written {png} and {path}")
+    return content
+
+
+def merge(paths: list[str], out: str, argv) -> dict:
+    """report() over the runs of earlier invocations' JSON files: one (trainer, seed) each, one budget
+    and evaluation schedule, or a ValueError naming --merge."""
+    results, commands = [], []
+    for p in paths:
+        if not os.path.isfile(p):
+            raise ValueError(f"--merge: {p!r} is not a file")
+        with open(p) as f:
+            content = json.load(f)
+        if not isinstance(content, dict) or "runs" not in content:
+            raise ValueError(f"--merge: {p!r} holds no 'runs' (not a time_to_accuracy.json)")
+        results += content["runs"]
+        commands.append(content.get("command"))
+    keys = [(r["trainer"], r["seed"]) for r in results]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"--merge: (trainer, seed) {twice} in more than one run")
+    schedules = sorted({(r["budget"], r["eval_every"], r["eval_prompts"], r["eval_samples"]) for r in results})
+    if len(schedules) > 1:
+        raise ValueError(f"--merge: the runs differ in (budget, eval_every, eval prompts, samples): {schedules}")
+    results.sort(key=lambda r: (r["seed"], r["trainer"]))
+    return report(results, out, {"command": _command(argv), "merged": commands})
 
 
 if __name__ == "__main__":

@@ -115,3 +115,35 @@ def test_async_flag_needs_the_config_field(capsys):
         with pytest.raises(SystemExit):
             tta.parse_args(["--r1core-async"])
         assert "--r1core-async" in capsys.readouterr().err
+
+
+def _saved(tmp_path, name, *runs):
+    full = [{"budget": 430.0, "eval_every": 30.0, "eval_prompts": 256, "eval_samples": 4, "steps": 300, "train_seconds": 431.0,
+             "eval_seconds": 60.0, "setup_seconds": 9.0, "threads": 2, **r,
+             "points": [{**p, "accuracy": 0.5} for p in r["points"]]} for r in runs]
+    path = tmp_path / name / "time_to_accuracy.json"
+    path.parent.mkdir()
+    path.write_text(tta.json.dumps({"command": f"python bench/bench_time_to_accuracy.py --out {name}", "runs": full}))
+    return str(path)
+
+
+def test_merge_one_table_from_separate_invocations(tmp_path, capsys):
+    a = _saved(tmp_path, "trl-0", _run("trl", 0, [0.4, 0.5, 0.6, 0.9]))
+    b = _saved(tmp_path, "r1core-0", _run("r1core", 0, [0.4, 0.9, 0.9, 0.9]))
+    content = tta.merge([a, b], str(tmp_path / "all"), ["--merge", a, b])
+    by = {r["threshold"]: r for r in content["table"]}
+    assert (by[0.9]["trl_seconds"], by[0.9]["r1core_seconds"], by[0.9]["ratio"]) == (90.0, 30.0, "3.00x")
+    assert (tmp_path / "all" / "time_to_accuracy.png").stat().st_size > 0
+    assert "3.00x" in capsys.readouterr().out
+
+
+def test_merge_refuses_a_run_twice_and_mixed_schedules(tmp_path):
+    a = _saved(tmp_path, "a", _run("trl", 0, [0.4]))
+    b = _saved(tmp_path, "b", _run("trl", 0, [0.5]))
+    with pytest.raises(ValueError, match=r"--merge: \(trainer, seed\) \[\('trl', 0\)\]"):
+        tta.merge([a, b], str(tmp_path / "out"), [])
+    c = _saved(tmp_path, "c", {**_run("r1core", 0, [0.4]), "budget": 60.0})
+    with pytest.raises(ValueError, match="--merge: the runs differ"):
+        tta.merge([a, c], str(tmp_path / "out"), [])
+    with pytest.raises(ValueError, match="--merge: .* is not a file"):
+        tta.merge([str(tmp_path / "nothing.json")], str(tmp_path / "out"), [])
