@@ -162,6 +162,12 @@ def test_sibling_step_scoring_equals_scoring_each_alone():
     alone = [scorers[False](p.text, p.finished) for p in partials]
     for t, sc in scorers.items():
         assert score_partials(sc, partials) == pytest.approx(alone, abs=1e-5), t
+    # a scorer's cache: a step the candidates share scores the very same in every later call (ties stay ties)
+    prm = ProcessRewardModel(reward, tok, split=arithmetic.split_completion, separator=",")
+    cache = {}
+    (first,) = prm.completions_scores(prompt, [parent], cache)
+    later = prm.completions_scores(prompt, kids, cache)
+    assert all(s[0] == first[0] for s in later[:3]) and later[3] == first
     with pytest.raises(ValueError, match="tree_attention"):
         ProcessRewardModel(reward, tok, split=arithmetic.split_completion, tree_attention=1)
 

@@ -218,18 +218,21 @@ def predict(model: RewardModel, tokenizer, prompt: str, completions: Sequence[st
 
 
 @torch.no_grad()
+def _tree_scores(model: RewardModel, ids: list[list[int]], pos: list[list[int]]) -> list[list[float]]:
+    from r1core.engine.tree_forward import tree_hidden_states
+
+    hidden = tree_hidden_states(model.backbone, ids)
+    return [torch.sigmoid(model.head(h[p]).squeeze(-1).float()).tolist() for h, p in zip(hidden, pos)]
+
+
 def predict_tree(model: RewardModel, tokenizer, prompt: str, completions: Sequence[str], kind: str,
                  separator: str = ",") -> list[list[float]]:
     """`predict` in one forward over the completions' packed tree (`r1core.engine.tree_forward`):
     the prompt and whatever the completions share (a node's steps, under its sibling steps) are
     computed once. The same scores as `predict`, to float rounding."""
-    from r1core.engine.tree_forward import tree_hidden_states
-
     if not completions:
         return []
-    ids, pos = _scored_inputs(tokenizer, prompt, completions, kind, separator)
-    hidden = tree_hidden_states(model.backbone, ids)
-    return [torch.sigmoid(model.head(h[p]).squeeze(-1).float()).tolist() for h, p in zip(hidden, pos)]
+    return _tree_scores(model, *_scored_inputs(tokenizer, prompt, completions, kind, separator))
 
 
 TREE_ATTENTION = (True, False, "auto")
@@ -254,13 +257,45 @@ class _TrainedVerifier(Verifier):
     def _completion_scores(self, prompt: str, completion: str) -> list[float]:
         return predict(self.model, self.tokenizer, prompt, [completion], self.kind, self.separator)[0]
 
-    def completions_scores(self, prompt: str, completions: Sequence[str]) -> list[list[float]]:
+    def completions_scores(self, prompt: str, completions: Sequence[str], cache: dict | None = None) -> list[list[float]]:
         """The scores of several completions of `prompt` (a node's sibling steps): in one forward over
-        their packed tree (tree_attention True, or "auto" for more than one completion), or each
-        completion scored alone (False). The same scores either way, to float rounding."""
-        if self.tree_attention is True or (self.tree_attention == "auto" and len(completions) > 1):
-            return predict_tree(self.model, self.tokenizer, prompt, completions, self.kind, self.separator)
-        return [self._completion_scores(prompt, c) for c in completions]
+        their packed tree (tree_attention True or "auto": packing never computes more than scoring
+        alone, a single completion is one causal pass), or each completion scored alone (False).
+        The same scores either way, to float rounding.
+
+        cache: the scores already computed for this prompt, keyed by the completion's tokens up to
+        the scored one (a scorer keeps one per prompt). With the tree, a position's score depends on
+        which call computed it, at float rounding; taken from the cache, a step the candidates share
+        scores the same for all of them in every round, as it does scored alone, so ties (a "min" of
+        the same step) stay ties and the search takes the same path with the switch on or off."""
+        if self.tree_attention is False:
+            return [self._completion_scores(prompt, c) for c in completions]
+        ids, pos = _scored_inputs(self.tokenizer, prompt, completions, self.kind, self.separator)
+        if cache is None:
+            return _tree_scores(self.model, ids, pos) if completions else []
+        start = len(_prompt_ids(self.tokenizer, prompt))
+        keys = [[tuple(x[start : q + 1]) for q in ps] for x, ps in zip(ids, pos)]
+        todo = [i for i, ks in enumerate(keys) if any(k not in cache for k in ks)]
+        if todo:
+            for i, scores in zip(todo, _tree_scores(self.model, [ids[i] for i in todo], [pos[i] for i in todo])):
+                for k, v in zip(keys[i], scores):
+                    cache.setdefault(k, v)
+        return [[cache[k] for k in ks] for ks in keys]
+
+    def _scorer_fns(self, prompt: str, reduce: Callable[[list[float]], float]) -> Scorer:
+        """score(completion, finished) with `score_many`; both through one cache with the tree."""
+        cache: dict = {}
+
+        def score_many(completions: Sequence[str], finished: Sequence[bool]) -> list[float]:
+            return [reduce(s) for s in self.completions_scores(prompt, completions, cache)]
+
+        def score(completion: str, finished: bool) -> float:
+            if self.tree_attention is False:
+                return reduce(self._completion_scores(prompt, completion))
+            return score_many([completion], [finished])[0]
+
+        score.score_many = score_many
+        return score
 
 
 class ProcessRewardModel(_TrainedVerifier):
@@ -283,17 +318,7 @@ class ProcessRewardModel(_TrainedVerifier):
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate: expected one of {AGGREGATIONS}, got {aggregate!r}")
 
-        def agg(scores: list[float]) -> float:
-            return aggregate_step_scores(scores, aggregate) if scores else 1.0
-
-        def score(completion: str, finished: bool) -> float:
-            return agg(self._completion_scores(prompt, completion))
-
-        def score_many(completions: Sequence[str], finished: Sequence[bool]) -> list[float]:
-            return [agg(s) for s in self.completions_scores(prompt, completions)]
-
-        score.score_many = score_many
-        return score
+        return self._scorer_fns(prompt, lambda scores: aggregate_step_scores(scores, aggregate) if scores else 1.0)
 
 
 class OutcomeRewardModel(_TrainedVerifier):
@@ -309,16 +334,8 @@ class OutcomeRewardModel(_TrainedVerifier):
         return [s[-1] for s in predict(self.model, self.tokenizer, prompt, texts, "orm", self.separator)]
 
     def scorer(self, prompt: str) -> Scorer:
-        def score(completion: str, finished: bool) -> float:
-            return self.outcome(prompt, completion) if completion else 1.0
-
-        def score_many(completions: Sequence[str], finished: Sequence[bool]) -> list[float]:
-            scores = self.completions_scores(prompt, [c for c in completions if c])
-            it = iter(scores)
-            return [(next(it)[-1] if c else 1.0) for c in completions]
-
-        score.score_many = score_many
-        return score
+        # an empty completion has no token to score: 1.0, no evidence against it
+        return self._scorer_fns(prompt, lambda scores: scores[-1] if scores else 1.0)
 
 
 def math_shepherd_labels(generator, prompt_ids: Sequence[int], steps: Sequence[Any], is_correct: Callable[[str], bool],
