@@ -25,15 +25,12 @@ hidden @ W.T over 5 runs in this run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
+from _memory import measure_in_child, print_peak_growth
 
 CASES = {
     # name: (B, T, H, V)
@@ -124,13 +121,7 @@ def gemm_rate(inp, reps=5):
 
 def measure_memory(case, shape, impl, liger_compiled):
     """Peak RSS growth (MB) of one forward + backward, in a fresh subprocess."""
-    cmd = [sys.executable, __file__, "--mem-child", impl, "--shape", ",".join(map(str, shape))]
-    if liger_compiled:
-        cmd.append("--liger-compiled")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        return float("nan"), out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"], ""
+    return measure_in_child(__file__, impl, shape, liger_compiled)
 
 
 def mem_child(impl, shape, liger_compiled):
@@ -138,25 +129,8 @@ def mem_child(impl, shape, liger_compiled):
     make_runner(impl, make_inputs(2, 4, 16, 64), liger_compiled)()  # warm-up: pools, arenas, imports
     inp = make_inputs(B, T, H, V)
     run = make_runner(impl, inp, liger_compiled)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        base = _status_kib("VmRSS")
-        run()
-        peak = _status_kib("VmHWM")
-    except OSError:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        run()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": (peak - base) / 1024}))
+    print_peak_growth(run)
 
-
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
 
 
 def bench_case(name, shape, reps, impls, liger_compiled, check):
