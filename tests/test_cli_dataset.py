@@ -24,7 +24,8 @@ ROWS = [
 ]
 
 
-def chat_model_dir(tmp_path):
+@pytest.fixture
+def chat_model(tmp_path):
     """A tiny model folder saved with a tokenizer that has a chat template."""
     tok = build_tokenizer()
     tok.chat_template = CHAT
@@ -34,32 +35,24 @@ def chat_model_dir(tmp_path):
     return str(d)
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+@pytest.fixture
+def jsonl(tmp_path):
+    """ROWS as a JSON Lines file."""
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return str(path)
 
 
-def test_sft_on_a_jsonl_file_with_named_columns(tmp_path):
-    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+@pytest.fixture
+def sft_argv(tmp_path, jsonl):
+    """Two SFT steps on the JSONL file's named columns, into tmp_path/sft."""
+    return ["sft", "--dataset", jsonl, "--prompt-column", "question", "--completion-column", "response",
+            "--per-device-train-batch-size", "2", "--max-steps", "2", "--output-dir", str(tmp_path / "sft"), "--logging-steps", "1"]
+
+
+def test_sft_on_a_jsonl_file_with_named_columns(tmp_path, sft_argv):
     out = tmp_path / "sft"
-    argv = [
-        "sft",
-        "--dataset",
-        data,
-        "--prompt-column",
-        "question",
-        "--completion-column",
-        "response",
-        "--per-device-train-batch-size",
-        "2",
-        "--max-steps",
-        "2",
-        "--output-dir",
-        str(out),
-        "--logging-steps",
-        "1",
-    ]
-    assert main(argv) == 0
+    assert main(sft_argv) == 0
     assert (out / "model" / "model.safetensors").exists()
     assert len((out / "sft_metrics.jsonl").read_text().splitlines()) == 2
 
@@ -83,56 +76,23 @@ def test_rows_render_conversations_with_the_chat_template(tmp_path):
         load_rows(DataOptions(dataset=str(path)), build_tokenizer())
 
 
-def test_grpo_on_conversational_parquet_prompts(tmp_path):
-    model = chat_model_dir(tmp_path)
+def test_grpo_on_conversational_parquet_prompts(tmp_path, chat_model):
     rows = [{"messages": [{"role": "user", "content": r["question"]}], "gold": r["gold"]} for r in ROWS]
     path = tmp_path / "rl.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
     out = tmp_path / "grpo"
-    argv = [
-        "grpo",
-        "--model",
-        model,
-        "--dataset",
-        str(path),
-        "--prompt-column",
-        "messages",
-        "--answer-column",
-        "gold",
-        "--max-steps",
-        "1",
-        "--num-generations",
-        "2",
-        "--per-device-train-batch-size",
-        "4",
-        "--max-completion-length",
-        "8",
-        "--output-dir",
-        str(out),
-        "--rewards",
-        "accuracy",
-    ]
+    argv = ["grpo", "--model", chat_model, "--dataset", str(path), "--prompt-column", "messages", "--answer-column", "gold",
+            "--max-steps", "1", "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "8",
+            "--output-dir", str(out), "--rewards", "accuracy"]
     assert main(argv) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_eval_on_a_csv_file_and_a_saved_split(tmp_path, capsys):
-    model = chat_model_dir(tmp_path)
+def test_eval_on_a_csv_file_and_a_saved_split(tmp_path, capsys, chat_model):
     csv = tmp_path / "eval.csv"
     datasets.Dataset.from_list(ROWS).to_csv(str(csv))
-    base = [
-        "eval",
-        "--model",
-        model,
-        "--prompt-column",
-        "question",
-        "--answer-column",
-        "gold",
-        "--samples",
-        "1",
-        "--max-new-tokens",
-        "4",
-    ]
+    base = ["eval", "--model", chat_model, "--prompt-column", "question", "--answer-column", "gold", "--samples", "1",
+            "--max-new-tokens", "4"]
     assert main([*base, "--dataset", str(csv), "--n", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["eval_prompts"] == 3
     saved = tmp_path / "saved"
@@ -145,8 +105,8 @@ def test_eval_on_a_csv_file_and_a_saved_split(tmp_path, capsys):
         main([*base, "--dataset", str(saved), "--dataset-split", "dev"])
 
 
-def test_bad_dataset_flags_are_one_line_errors(tmp_path):
-    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+def test_bad_dataset_flags_are_one_line_errors(tmp_path, jsonl):
+    data = jsonl
     sft = ["sft", "--max-steps", "1", "--output-dir", str(tmp_path / "sft")]
     with pytest.raises(SystemExit, match="--dataset: no such file or folder"):
         main([*sft, "--dataset", str(tmp_path / "missing.jsonl")])
@@ -161,29 +121,12 @@ def test_bad_dataset_flags_are_one_line_errors(tmp_path):
         main([*sft, "--dataset", str(tmp_path / "notes.txt")])
 
 
-def test_report_to_tensorboard_writes_the_logged_metrics(tmp_path):
+def test_report_to_tensorboard_writes_the_logged_metrics(tmp_path, sft_argv):
     pytest.importorskip("tensorboard", reason="report_to tensorboard needs the tensorboard package (the test extra)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "sft"
-    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    argv = [
-        "sft",
-        "--dataset",
-        data,
-        "--prompt-column",
-        "question",
-        "--completion-column",
-        "response",
-        "--per-device-train-batch-size",
-        "2",
-        "--max-steps",
-        "2",
-        "--output-dir",
-        str(out),
-        "--logging-steps",
-        "1",
-    ]
+    argv = sft_argv
     assert main([*argv, "--report-to", "tensorboard"]) == 0
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -195,11 +138,9 @@ def test_report_to_tensorboard_writes_the_logged_metrics(tmp_path):
         main([*argv, "--report-to", "wandb"])
 
 
-def test_rejection_sample_on_a_dataset(tmp_path):
-    model = chat_model_dir(tmp_path)
-    data = write_jsonl(tmp_path / "prompts.jsonl", ROWS)
+def test_rejection_sample_on_a_dataset(tmp_path, chat_model, jsonl):
     out = tmp_path / "kept.jsonl"
-    argv = ["rejection-sample", "--model", model, "--out", str(out), "--dataset", data, "--prompt-column", "question",
+    argv = ["rejection-sample", "--model", chat_model, "--out", str(out), "--dataset", jsonl, "--prompt-column", "question",
             "--answer-column", "gold", "--n", "2", "--max-new-tokens", "4", "--num-prompts", "3"]
     assert main(argv) == 0
     summary = json.loads((tmp_path / "kept.summary.json").read_text())

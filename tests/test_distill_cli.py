@@ -147,3 +147,47 @@ def test_owned_fields_in_a_config_file_are_named(tmp_path):
     p.write_text(f"teacher: {SHIPPED_BASE}\nstudent: tiny\ndistill:\n  mode: logit\n")
     with pytest.raises(SystemExit, match="'distill.mode' is set by `r1core distill` \\(--mode\\)"):
         main(["distill", "--config", str(p)])
+
+
+def _user_file(tmp_path, n=20):
+    """A user's JSONL: the addition task's rows under other column names, plus a column of its own."""
+    from r1core.tasks import generate
+
+    p = tmp_path / "mine.jsonl"
+    rows = generate("addition", "train", n, seed=5, digits=3)
+    p.write_text("".join(json.dumps({"question": r["prompt"], "target": r["solution"], "gold": r["answer"], "extra": 1}) + "\n"
+                         for r in rows))
+    return str(p), rows
+
+
+@pytest.mark.parametrize("mode", ["logit", "sequence"])
+def test_distill_on_a_users_dataset(tmp_path, student_config, mode):
+    path, rows = _user_file(tmp_path)
+    args = [*_shrunk(tmp_path, student_config, mode), "--mode", mode, "--dataset", path, "--prompt-column", "question",
+            "--completion-column", "target", "--answer-column", "gold", "--eval-size", "5"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / mode / "summary.json").read_text())
+    assert summary["dataset"] == path and summary["eval_prompts"] == 5
+    if mode == "sequence":  # the teacher was sampled on the file's prompts, never the generated task's
+        kept = [json.loads(line) for line in (tmp_path / mode / "distill_data.jsonl").read_text().splitlines()]
+        assert {r["prompt"] for r in kept} <= {r["prompt"] for r in rows}
+
+
+def test_distill_dataset_refuses_too_few_rows(tmp_path, student_config):
+    path, _ = _user_file(tmp_path, n=4)
+    with pytest.raises(SystemExit, match="4 rows leave none to train on once --eval-size 6"):
+        main([*_shrunk(tmp_path, student_config, "few"), "--dataset", path, "--prompt-column", "question",
+              "--completion-column", "target", "--answer-column", "gold"])
+
+
+def test_distill_dataset_names_a_missing_column(tmp_path, student_config):
+    path, _ = _user_file(tmp_path)
+    with pytest.raises(SystemExit, match="--answer-column: .* has no column 'answer'"):
+        main([*_shrunk(tmp_path, student_config, "nocol"), "--dataset", path, "--prompt-column", "question",
+              "--completion-column", "target"])
+
+
+def test_distill_reports_to_tensorboard(tmp_path, student_config):
+    pytest.importorskip("tensorboard")
+    assert main([*_shrunk(tmp_path, student_config, "tb"), "--mode", "logit", "--distill.report-to", "tensorboard"]) == 0
+    assert list((tmp_path / "tb" / "tensorboard").iterdir())  # the event file beside metrics.jsonl

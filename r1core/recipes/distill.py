@@ -10,6 +10,10 @@
                 lmbda 0 unless given);
   - on-policy:  GKD: the student samples (lmbda 1 unless given) and is distilled on its samples;
   - reverse-kl: on-policy distillation as a policy gradient (DistillConfig mode reverse_kl_pg).
+`--dataset FILE|DIR` (JSONL, JSON, Parquet, CSV or a saved `datasets` folder; the columns named by
+--prompt-column, --answer-column and, where logit mode trains on them, --completion-column) replaces
+the addition task: --eval-size of its rows, drawn by the seed, are held out, the rest are trained on,
+and the held-out format rate is R1's think/answer tags.
 The teacher and the student are evaluated on held-out problems before, the student again after
 (pass@1 of samples and greedy accuracy, `r1core.recipes.evaluate`); runs/<name>/ gets
 run_config.json, metrics.jsonl (the trainer's), plots/distill.png, summary.json, final/ and a table
@@ -148,15 +152,39 @@ def _engine(model, tok):
 
 
 # ---- the stages ----------------------------------------------------------------------------------
-def evaluate_model(cfg: DistillRunConfig, engine, tok, held_out: list[dict]) -> dict:
-    """Held-out pass@1 of cfg.eval_samples samples at distill.temperature, greedy accuracy, format, length."""
+def evaluate_model(cfg: DistillRunConfig, engine, tok, held_out: list[dict], user_data: bool = False) -> dict:
+    """Held-out pass@1 of cfg.eval_samples samples at distill.temperature, greedy accuracy, format
+    (the addition scratchpad's, or R1's think/answer tags on a user's --dataset), length."""
     from r1core.recipes.evaluate import evaluate
-    from r1core.rewards import accuracy_reward, scratchpad_format_reward
+    from r1core.rewards import accuracy_reward, format_reward, scratchpad_format_reward
 
     engine.model.eval()
-    return evaluate(engine, tok, held_out, reward_func=accuracy_reward, format_func=scratchpad_format_reward,
+    fmt = format_reward if user_data else scratchpad_format_reward
+    return evaluate(engine, tok, held_out, reward_func=accuracy_reward, format_func=fmt,
                     samples=cfg.eval_samples, max_new_tokens=cfg.distill.max_new_tokens, temperature=cfg.distill.temperature,
                     seed=cfg.seed + 17)
+
+
+def splits(cfg: DistillRunConfig, tok, data=None) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): the addition task's (as `r1core run` draws them), or the rows of a user's
+    --dataset (`r1core.recipes.user_data.DataOptions`) with eval_size of them, drawn by the seed, held out."""
+    import random
+
+    from r1core.recipes.r1_zero import make_splits
+    from r1core.recipes.user_data import load_rows
+
+    if data is None or data.dataset is None:
+        train, _, held_out = make_splits(types.SimpleNamespace(train_size=cfg.train_size, val_size=0, eval_size=cfg.eval_size,
+                                                               seed=cfg.seed, digits=cfg.digits))
+        return train, held_out
+    # the dataset's completions are trained on only where some steps read them (logit mode's off-policy steps)
+    completions = cfg.mode != "sequence" and cfg.distill.needs_dataset_completions
+    rows = load_rows(data, tok, completion_field="solution" if completions else None, need_answer=True)
+    if len(rows) <= cfg.eval_size:
+        raise ValueError(f"--dataset {data.dataset!r}: its {len(rows)} rows leave none to train on once --eval-size "
+                         f"{cfg.eval_size} are held out")
+    order = random.Random(cfg.seed).sample(range(len(rows)), len(rows))
+    return [rows[i] for i in order[cfg.eval_size:]], [rows[i] for i in order[:cfg.eval_size]]
 
 
 def sequence_data(cfg: DistillRunConfig, teacher, tok, train: list[dict], resume: bool):
@@ -212,11 +240,11 @@ def write_plots(cfg: DistillRunConfig) -> list[str]:
     return [p] if p else []
 
 
-def print_table(cfg: DistillRunConfig, before: dict, after: dict, teacher: dict, seconds: float) -> None:
+def print_table(cfg: DistillRunConfig, before: dict, after: dict, teacher: dict, seconds: float, dataset: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"distillation ({cfg.mode}) on {cfg.digits}-digit addition (held-out)")
+    t = Table(title=f"distillation ({cfg.mode}) on {dataset or f'{cfg.digits}-digit addition'} (held-out)")
     for col, justify in (("metric", "left"), ("student before", "right"), ("student after", "right"), ("teacher", "right")):
         t.add_column(col, justify=justify)
     for key, label in (("accuracy", "accuracy (pass@1)"), ("greedy_accuracy", "greedy accuracy"), ("format_rate", "format rate"),
@@ -229,11 +257,11 @@ def print_table(cfg: DistillRunConfig, before: dict, after: dict, teacher: dict,
 
 
 def summarize(cfg: DistillRunConfig, before: dict, after: dict, teacher_eval: dict, trainer, data_summary, student, teacher,
-              seconds: dict) -> dict:
+              seconds: dict, dataset: str | None = None) -> dict:
     from r1core.recipes.base_model import num_parameters
 
     summary = {
-        "mode": cfg.mode, "base_accuracy": before.get("accuracy"), "final_accuracy": after.get("accuracy"),
+        "mode": cfg.mode, "dataset": dataset, "base_accuracy": before.get("accuracy"), "final_accuracy": after.get("accuracy"),
         "base_greedy_accuracy": before["greedy_accuracy"], "final_greedy_accuracy": after["greedy_accuracy"],
         "teacher_accuracy": teacher_eval.get("accuracy"), "teacher_greedy_accuracy": teacher_eval["greedy_accuracy"],
         "wall_seconds": seconds["wall"], "train_seconds": seconds["train"], "train_steps": trainer.global_step, "seed": cfg.seed,
@@ -246,38 +274,40 @@ def summarize(cfg: DistillRunConfig, before: dict, after: dict, teacher_eval: di
     return summary
 
 
-def run_distill(cfg: DistillRunConfig, resume: bool = False) -> dict:
-    """The whole run; returns the summary written to runs/<name>/summary.json."""
+def run_distill(cfg: DistillRunConfig, resume: bool = False, data=None) -> dict:
+    """The whole run; returns the summary written to runs/<name>/summary.json. data: a user's
+    --dataset (`r1core.recipes.user_data.DataOptions`) instead of the addition task."""
     from r1core.recipes.base_model import load_model
-    from r1core.recipes.r1_zero import make_splits, start_run
+    from r1core.recipes.r1_zero import start_run
     from r1core.trainers.distill import tokenizer_mismatch
 
     t0 = time.perf_counter()
     start_run(cfg)
-    train, _, held_out = make_splits(types.SimpleNamespace(train_size=cfg.train_size, val_size=0, eval_size=cfg.eval_size, seed=cfg.seed,
-                                                           digits=cfg.digits))
+    dataset = data.dataset if data is not None else None
     teacher, teacher_tok = load_model(cfg.teacher, cfg.seed)
+    train, held_out = splits(cfg, teacher_tok, data)
     student, tok = load_student(cfg, teacher_tok)
     why = tokenizer_mismatch(tok, teacher_tok)
     if why:  # sequence mode's SFT would train on the teacher's token ids read with another vocabulary
         raise ValueError(f"--student {cfg.student}: its tokenizer differs from the teacher's ({why}); distillation needs one tokenizer")
-    teacher_eval = evaluate_model(cfg, _engine(teacher, teacher_tok), teacher_tok, held_out)
+    teacher_eval = evaluate_model(cfg, _engine(teacher, teacher_tok), teacher_tok, held_out, dataset is not None)
     student_engine = _engine(student, tok)
-    before = evaluate_model(cfg, student_engine, tok, held_out)
+    before = evaluate_model(cfg, student_engine, tok, held_out, dataset is not None)
     t_train = time.perf_counter()
     trainer, data_summary = train_student(cfg, student, teacher, tok, teacher_tok, train, resume)
     train_seconds = time.perf_counter() - t_train
     trainer.save_model(os.path.join(cfg.run_dir, "final"))
     student_engine.weights_updated()
     with trainer.full_weights():  # FSDP: the student whole for its evaluation
-        after = evaluate_model(cfg, student_engine, tok, held_out)
+        after = evaluate_model(cfg, student_engine, tok, held_out, dataset is not None)
     wall = time.perf_counter() - t0
     if not dist.is_main():  # under torchrun the other ranks trained and evaluated alongside; rank 0 writes the run's files
         return {}
-    summary = summarize(cfg, before, after, teacher_eval, trainer, data_summary, student, teacher, {"wall": wall, "train": train_seconds})
+    summary = summarize(cfg, before, after, teacher_eval, trainer, data_summary, student, teacher, {"wall": wall, "train": train_seconds},
+                        dataset)
     summary["plots"] = write_plots(cfg)
     if cfg.progress:
-        print_table(cfg, before, after, teacher_eval, wall)
+        print_table(cfg, before, after, teacher_eval, wall, dataset)
     return summary
 
 
@@ -332,9 +362,11 @@ def cmd_rejection_sample(given: Given) -> int:
 
 def cmd_distill(given: Given) -> int:
     try:
+        from r1core.recipes.user_data import DataOptions
+
         cfg = given.build(DistillRunConfig)
         dist.init_from_env(single=cfg.distill.fsdp or cfg.sft.fsdp)  # torchrun: DDP, or FSDP2 with --distill.fsdp/--sft.fsdp
-        run_distill(cfg, resume=given.build(DistillOptions).resume)
+        run_distill(cfg, resume=given.build(DistillOptions).resume, data=given.build(DataOptions))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     return 0
@@ -354,12 +386,13 @@ def commands(sub) -> dict[str, Command]:
                                        func=cmd_rejection_sample)}
     p = sub.add_parser("distill",
                        help="distil a teacher into a student: sequence (rejection sampling + SFT), logit, on-policy or reverse-kl",
-                       description="Evaluate the teacher and the student on held-out addition problems, train the student by --mode "
+                       description="Evaluate the teacher and the student on held-out addition problems (or on rows of --dataset "
+                                   "held out by the seed), train the student by --mode "
                                    "(--distill.* for logit, on-policy and reverse-kl; --sft.* for sequence), evaluate it again; writes "
                                    "runs/<name>/ (metrics.jsonl, plots, summary.json, final/).")
     out["distill"] = Command(p, [
         Section(DistillRunConfig, title="DistillRunConfig fields"),
-        Section(DistillOptions, title="distill options"),
+        Section(DistillOptions, title="distill options"), data,
         Section(DistillConfig, "distill", DISTILL_DEFAULTS, DISTILL_OWNED,
                 title=f"the DistillTrainer (modes logit, on-policy, reverse-kl; set by the run: {', '.join(DISTILL_OWNED)})"),
         Section(SFTConfig, "sft", SFT_DEFAULTS, SFT_OWNED, title=f"sequence mode's SFT (set by the run: {', '.join(SFT_OWNED)})"),
