@@ -8,8 +8,8 @@
 
 The policy is the 30M Qwen2 of bench_engine.py over the task tokenizer's characters (random
 weights; a bias on its head makes the step delimiter "," frequent, so steps end and solutions
-finish as a trained policy's do); the PRM a randomly initialised reward model of the same
-width and depth (a value model the policy's size); one prompt of 512 tokens. Cases:
+finish as a trained policy's do); the PRM a randomly initialised reward model on a backbone of the
+same shape (a value model the policy's size); one prompt of 512 tokens. Cases:
   beam k       Engine.beam_search, k = 4 and 8 beams, 64 new tokens (policy only)
   mcts b       MCTS over steps (4 children, PRM values), budget b = 16 and 64 simulations
   prm_beam b   PRM-guided beam search over steps (beam width 4, 4 rounds), budget b = 16 and 64
@@ -41,7 +41,7 @@ from r1core.engine import Engine  # noqa: E402
 from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer  # noqa: E402
 from r1core.search.beam import beam_search_steps  # noqa: E402
 from r1core.search.mcts import mcts_steps  # noqa: E402
-from r1core.search.reward_models import ProcessRewardModel, build_reward_model  # noqa: E402
+from r1core.search.reward_models import ProcessRewardModel, RewardModel  # noqa: E402
 from r1core.search.step_generator import BranchStepGenerator, drive  # noqa: E402
 from r1core.tasks import arithmetic  # noqa: E402
 from r1core.tasks.tokenizer import encode_prompt  # noqa: E402
@@ -65,8 +65,16 @@ def make_policy(tok, shape: dict, seed: int):
 
 
 def make_prm(tok, shape: dict, seed: int):
-    return build_reward_model(tok, hidden_size=shape["hidden_size"], num_layers=shape["num_hidden_layers"],
-                              num_heads=shape["num_attention_heads"], max_positions=1024, seed=seed).eval()
+    """A reward model on a backbone of the policy's shape (random weights, its own seed)."""
+    from transformers import Qwen2Config
+
+    cfg = Qwen2Config(vocab_size=len(tok), max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+                      **{k: shape[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                               "num_key_value_heads")})
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return RewardModel(cfg).eval()
 
 
 def search_key(r):
