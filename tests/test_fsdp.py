@@ -135,3 +135,10 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_reshard(tmp_path):
     for n, p in m.named_parameters():
         if n in sd:
             torch.testing.assert_close(p.detach(), sd[n])
+
+
+def test_fsdp_without_a_process_group_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match=r"SFTConfig.fsdp=True needs a process group: start the run with torchrun"):
+        _sft(0, 1, str(tmp_path), fsdp=True)
+    with pytest.raises(ValueError, match=r"GRPOConfig.fsdp=True needs a process group"):
+        _grpo(0, 1, fsdp=True)

@@ -1,4 +1,4 @@
-"""The commands under torchrun: `r1core grpo --fsdp` as 2 nodes of 1 process (two launchers sharing
+"""The commands under torchrun: `r1core grpo --fsdp --bf16` as 2 nodes of 1 process (two launchers sharing
 a c10d rendezvous on localhost, as on a real cluster), `r1core distill` at 2 processes with DDP
 and with FSDP. Tiny model, 1-2 steps: the launchers' start is most of the time."""
 
@@ -40,8 +40,10 @@ def _wait(procs, timeout=120) -> list[str]:
 
 def test_grpo_fsdp_on_two_nodes(tmp_path):
     port, out = _free_port(), tmp_path / "grpo"
-    args = ["grpo", "--model", "tiny", "--fsdp", "--max-steps", "2", "--save-steps", "1", "--train-size", "16", "--num-generations", "2",
-            "--per-device-train-batch-size", "4", "--max-completion-length", "4", "--threads", "1", "--output-dir", str(out)]
+    # --bf16: MixedPrecisionPolicy in training, rollouts on the gathered bf16 weights
+    args = ["grpo", "--model", "tiny", "--fsdp", "--bf16", "--max-steps", "2", "--save-steps", "1", "--train-size", "16",
+            "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "4", "--threads", "1",
+            "--output-dir", str(out)]
     procs = [subprocess.Popen(_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(n), "--rdzv-backend", "c10d",
                                         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "r1core-test") + args,
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(2)]

@@ -90,7 +90,10 @@ def shard(root: torch.nn.Module, model: torch.nn.Module, bf16: bool = False) -> 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(root, mesh=mesh, mp_policy=mp)
+    # the root's inputs stay as given: its float tensors are log-probs and advantages the loss reads in
+    # float32 (the layers cast their own inputs)
+    root_mp = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype, cast_forward_inputs=False)
+    fully_shard(root, mesh=mesh, mp_policy=root_mp)
     root._get_fsdp_state()._lazy_init()  # root is the root, whichever module runs forward first (a rollout's layers)
     if average_sums():
         for m in fsdp_modules(root):
