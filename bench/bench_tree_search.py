@@ -87,7 +87,8 @@ def run_search(policy, prm_model, tok, prompt, ids, arm, kind, budget, cfg):
     scorer = prm.scorer(prompt, "min")
     gen = BranchStepGenerator(engine, ",", end_marker=";A", temperature=1.0, seed=cfg.seed)
     if kind == "mcts":
-        co = mcts_steps(ids, scorer, budget=budget, num_children=4, max_step_tokens=16, max_rollout_tokens=48)
+        # depth 24: 512 + 24 x 16 + 48 tokens stay inside the models' 1024 positions
+        co = mcts_steps(ids, scorer, budget=budget, num_children=4, max_depth=24, max_step_tokens=16, max_rollout_tokens=48)
     else:
         co = beam_search_steps(ids, scorer, budget=budget, beam_width=4, max_steps=4, max_step_tokens=16)
     res = drive(co, gen)
