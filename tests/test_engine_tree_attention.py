@@ -11,7 +11,7 @@ from _engine_models import char_tokenizer, random_prompts, tiny_model
 from r1core.engine import Engine, SamplingParams
 from r1core.engine.tree_forward import pack_tree, tree_hidden_states
 from r1core.search import ArithmeticVerifier, BranchStepGenerator
-from r1core.search.beam import beam_search
+from r1core.search.beam import beam_search, diverse_verifier_tree_search
 from r1core.search.mcts import mcts
 from r1core.search.reward_models import ProcessRewardModel, build_reward_model, predict, predict_tree
 from r1core.search.scoring import Partial, score_partials, verifier_scorer
@@ -105,13 +105,16 @@ def _searches(engine, tok, prm, prompt):
     with BranchStepGenerator(engine, ",", temperature=1.0, seed=12, keep="frontier") as gen:
         results.append(beam_search(gen, ids, prm.scorer(prompt, "min"), budget=6, beam_width=3, max_steps=4,
                                    max_step_tokens=8))
+    with BranchStepGenerator(engine, ",", temperature=1.0, seed=14, keep="frontier") as gen:
+        results.append(diverse_verifier_tree_search(gen, ids, prm.scorer(prompt, "product"), budget=6, beam_width=3,
+                                                    max_steps=4, max_step_tokens=8))
     with BranchStepGenerator(engine, ",", temperature=1.0, seed=13) as gen:
         results.append(mcts(gen, ids, prm.scorer(prompt, "last"), budget=6, num_children=3, max_depth=4,
                             max_step_tokens=8, max_rollout_tokens=16, max_expansions=2))
     return results
 
 
-def test_mcts_and_prm_beam_search_same_with_the_switch_on_and_off(model):
+def test_mcts_prm_beam_search_and_dvts_same_with_the_switch_on_and_off(model):
     tok = char_tokenizer()
     prompt = random.choice(["123+456=", "77+05=", "908+099="]) * 4
     reward = build_reward_model(tok, hidden_size=32, num_layers=2, num_heads=2, seed=random.randrange(1000))

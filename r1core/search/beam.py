@@ -143,9 +143,9 @@ def dvts_steps(prompt_ids: Sequence[int], scorer: Scorer, *, budget: int, beam_w
         tokens += sum(len(p.token_ids) for ps in props for p in ps)
         rounds += 1
         nxt, pruned = [], []
-        for t, ps in zip(trees, props):
-            cands = [t.extend(p) for p in ps]
-            _score(scorer, cands)
+        round_cands = [[t.extend(p) for p in ps] for t, ps in zip(trees, props)]
+        _score(scorer, [c for cands in round_cands for c in cands])  # the round's candidates in one call
+        for t, cands in zip(trees, round_cands):
             best = max(cands, key=lambda c: c.score)
             (finished if best.finished else nxt).append(best)
             # the subtree's parent and its other candidates are never asked about again
