@@ -1,4 +1,4 @@
-"""The `r1core` command line: run | grpo | sft | eval | ttc | rejection-sample | distill | journey | star | r1, each with
+"""The `r1core` command line: run | grpo | sft | eval | ttc | rejection-sample | distill | journey | star | r1 | study, each with
 --help and `--config FILE` (JSON or YAML; flags on the command line win over the file). Flags and
 file keys are the fields of the command's configs (r1core.recipes.flags): `sft` and `grpo` have
 their trainer config's fields as flat flags beside the command's own options (task, digits, model,
@@ -302,6 +302,7 @@ def _commands(sub) -> dict[str, Command]:
     from r1core.recipes.r1 import commands as r1_commands
     from r1core.recipes.r1_zero import GRPO_DEFAULTS, GRPO_OWNED, SFT_DEFAULTS, SFT_OWNED, RunConfig
     from r1core.recipes.star import commands as star_commands
+    from r1core.recipes.study import commands as study_commands
     from r1core.recipes.ttc import TTCConfig
     from r1core.recipes.user_data import DataOptions
     from r1core.trainers import GRPOConfig, SFTConfig
@@ -349,6 +350,7 @@ def _commands(sub) -> dict[str, Command]:
     commands.update(journey_commands(sub))
     commands.update(star_commands(sub))
     commands.update(r1_commands(sub))
+    commands.update(study_commands(sub))  # study distill, study all
     return commands
 
 
