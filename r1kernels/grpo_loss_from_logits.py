@@ -16,15 +16,14 @@ from r1kernels._grpo_args import (
     token_advantages,
     token_scale,
 )
-from r1kernels._grpo_stats import grpo_stats
 from r1kernels._library import op
-from r1kernels._sequence_level import sequence_level_loss
-from r1kernels.grpo_loss import _grad_is_one
+from r1kernels._tis import check_tis
+from r1kernels.grpo_loss import _grad_is_one, _through_autograd, fused_stats
 
 
 @torch.library.register_fake("r1kernels::logits_grpo_loss")
 def _(logits, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, temperature, loss_kind,
-      sapo_tpos, sapo_tneg, compute_grad):
+      sapo_tpos, sapo_tneg, compute_grad, rollout_logp=None, tis_cap=None):
     n = logits.shape[0]
     f = logits.new_empty(n, dtype=torch.float32)
     g = torch.empty_like(logits) if compute_grad else logits.new_empty(0)
@@ -39,10 +38,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, *_):
     (g,) = ctx.saved_tensors
     if grad_loss is None:
-        return (None,) * 15
+        return (None,) * 17
     if _grad_is_one(grad_loss):  # no second [N, V] buffer for loss.backward()
-        return (g,) + (None,) * 14
-    return (g * grad_loss.to(g.dtype),) + (None,) * 14
+        return (g,) + (None,) * 16
+    return (g * grad_loss.to(g.dtype),) + (None,) * 16
 
 
 torch.library.register_autograd("r1kernels::logits_grpo_loss", _backward, setup_context=_setup_context)
@@ -66,29 +65,31 @@ def grpo_loss_from_logits(
     num_items=None,
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
+    rollout_logprobs: torch.Tensor | None = None,
+    tis_cap: float | None = None,
+    tis_level: str = "token",
 ):
-    """(loss, stats) for logits [B, T, V] (position t scores targets[:, t]); advantages [B] or [B, T]
-    as grpo_loss takes them."""
+    """(loss, stats) for logits [B, T, V] (position t scores targets[:, t]); advantages [B] or [B, T],
+    and truncated importance sampling (rollout_logprobs, tis_cap, tis_level), as grpo_loss takes them."""
     if logits.dim() != 3 or not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point [B, T, V] tensor, got {logits.dtype} {list(logits.shape)}")
     B, T, V = logits.shape
     check_options(beta, epsilon_low, epsilon_high, delta, temperature, loss_type, importance_sampling, num_items)
     check_sequence_inputs(B, T, logits.device, targets, advantages, mask, old_logprobs, ref_logprobs, beta)
+    check_tis(rollout_logprobs, tis_cap, tis_level, B, T, logits.device, mask)
     if not torch.compiler.is_compiling():
         check_targets_in_vocab(targets, V)
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=logits.device)
-    if importance_sampling == "sequence":
+    if importance_sampling == "sequence" or (rollout_logprobs is not None and tis_level == "sequence"):
         # autograd through the log-softmax: the sequence weights need every log-prob before any gradient
         logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
         logp = torch.gather(logp_all, -1, targets.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1)
-        loss, w = sequence_level_loss(logp, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
-                                      loss_type, num_items, sapo_temperature_pos, sapo_temperature_neg)
-        stats = grpo_stats(logp.detach(), entropy, w.detach(), advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high,
-                           delta, loss_type, importance_sampling)
-        return loss, stats
+        return _through_autograd(logp, entropy, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high,
+                                 delta, loss_type, importance_sampling, num_items, sapo_temperature_pos, sapo_temperature_neg,
+                                 rollout_logprobs, tis_cap, tis_level)
 
     scale = token_scale(mask, loss_type, num_items)
     token_adv = token_advantages(advantages, B, T)
@@ -97,11 +98,8 @@ def grpo_loss_from_logits(
         logits.reshape(B * T, V).contiguous(), targets.reshape(-1).contiguous(), scale.reshape(-1).contiguous(),
         token_adv.reshape(-1).contiguous(), flat(old_logprobs), flat(ref_logprobs), float(beta), float(epsilon_low),
         float(epsilon_high), None if delta is None else float(delta), float(temperature), LOSS_KIND[loss_type],
-        float(sapo_temperature_pos), float(sapo_temperature_neg), needs_grad,
+        float(sapo_temperature_pos), float(sapo_temperature_neg), needs_grad, flat(rollout_logprobs),
+        None if tis_cap is None else float(tis_cap),
     )
-    logp = logp.view(B, T)
-    old = logp if old_logprobs is None else old_logprobs.float()
-    w = torch.exp(logp - old)
-    stats = grpo_stats(logp, entropy.view(B, T), w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
-                       loss_type, importance_sampling)
-    return loss, stats
+    return loss, fused_stats(logp.view(B, T), entropy.view(B, T), advantages, mask, old_logprobs, ref_logprobs, beta,
+                             epsilon_low, epsilon_high, delta, loss_type, rollout_logprobs, tis_cap)

@@ -95,9 +95,13 @@ def grpo_per_token_loss(
     importance_sampling: str,
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
+    rollout_logprobs: torch.Tensor | None = None,
+    tis_cap: float | None = None,
+    tis_level: str = "token",
 ):
     """Per-token loss [B, T] and the importance weight w [B, T] (or [B, 1]) as TRL's GRPOTrainer
-    computes them."""
+    computes them; with rollout_logprobs, the surrogate times TRL's truncated importance weight
+    (vllm_importance_sampling_mode token_truncate / sequence_truncate, cap tis_cap)."""
     maskf = mask.to(logp.dtype)
     old = logp.detach() if old_logprobs is None else old_logprobs.to(logp.dtype)
     log_ratio = logp - old
@@ -121,10 +125,31 @@ def grpo_per_token_loss(
         w1 = torch.clamp(w, max=delta) if delta is not None else w
         per_token = -torch.min(w1 * adv, clipped * adv)
     per_token = per_token.expand_as(logp)
+    if rollout_logprobs is not None:
+        per_token = per_token * tis_ratio(logp, rollout_logprobs, mask, tis_level).clamp(max=tis_cap)
     if beta != 0.0:
         d = ref_logprobs.to(logp.dtype) - logp
         per_token = per_token + beta * (torch.exp(d) - d - 1)
     return per_token, w
+
+
+def tis_ratio(logp, rollout_logprobs, mask, tis_level):
+    """TRL's importance_sampling_ratio before the cap: exp(logp - rollout) per token, or
+    exp(sum over the sequence's unmasked tokens) [B, 1], detached."""
+    diff = (logp.detach() - rollout_logprobs.to(logp.dtype)) * mask.to(logp.dtype)
+    if tis_level == "sequence":
+        diff = diff.sum(-1, keepdim=True)
+    return torch.exp(diff)
+
+
+def tis_stats(ratio, mask, tis_cap, tis_level):
+    """Mean and max of the uncapped ratio and the fraction above the cap: over the unmasked tokens,
+    or over all sequences at the sequence level (TRL's flat_is_ratio)."""
+    flat = ratio.reshape(-1) if tis_level == "sequence" else ratio[mask.bool()]
+    if flat.numel() == 0:
+        zero = torch.zeros((), dtype=ratio.dtype)
+        return {"tis_ratio_mean": zero, "tis_ratio_max": zero, "tis_clipped": zero}
+    return {"tis_ratio_mean": flat.mean(), "tis_ratio_max": flat.max(), "tis_clipped": (flat > tis_cap).to(ratio.dtype).mean()}
 
 
 def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, num_items=None) -> torch.Tensor:
@@ -204,6 +229,9 @@ def grpo_loss_from_logits(
     num_items=None,
     sapo_temperature_pos=1.0,
     sapo_temperature_neg=1.05,
+    rollout_logprobs=None,
+    tis_cap=None,
+    tis_level="token",
 ):
     logp_all = (logits.float() / temperature).log_softmax(-1)  # [B, T, V]
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -212,11 +240,13 @@ def grpo_loss_from_logits(
         mask = torch.ones_like(targets, dtype=torch.bool)
     per_token, w = grpo_per_token_loss(
         logp, advantages, mask, old_logprobs, ref_logprobs, beta, epsilon_low, epsilon_high, delta,
-        loss_type, importance_sampling, sapo_temperature_pos, sapo_temperature_neg,
+        loss_type, importance_sampling, sapo_temperature_pos, sapo_temperature_neg, rollout_logprobs, tis_cap, tis_level,
     )
     loss = aggregate_loss(per_token, mask, loss_type, num_items)
     stats = grpo_stats(logp, entropy, w, advantages, mask, ref_logprobs, beta, epsilon_low, epsilon_high, delta, loss_type,
                        importance_sampling)
+    if rollout_logprobs is not None:
+        stats.update(tis_stats(tis_ratio(logp, rollout_logprobs, mask, tis_level), mask, tis_cap, tis_level))
     return loss, stats
 
 

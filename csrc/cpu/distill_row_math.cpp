@@ -19,38 +19,13 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define R1_VEC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define R1_VEC_CLONES
-#endif
+#include "row_simd.h"
 
 namespace r1 {
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// exp(x) = 2^n exp(r), n = round(x / ln 2), Cephes' degree-6 polynomial for exp(r) (relative error
-// about 2e-7). Below -87.3 it gives the smallest normal float, which is 0 for every sum here.
-inline float fast_exp(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  const float t = x * 1.44269504088896341f + 12582912.f;  // 1.5 * 2^23 rounds x / ln 2 to an integer
-  const float n = t - 12582912.f;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
+using row::fast_exp;
+using row::kNegInf;
 
 // log(x) for normal x > 0: x = 2^e f, f in [sqrt(1/2), sqrt(2)), Cephes' polynomial for log(f)
 // (relative error about 1e-7). The mixtures it takes are >= the smallest normal (fast_exp's floor).

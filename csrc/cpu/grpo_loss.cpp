@@ -21,7 +21,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_grpo_loss_cpu(
     const Tensor& hidden, const Tensor& weight, const OptTensor& bias, const Tensor& targets, const Tensor& token_scale,
     const Tensor& token_adv, const OptTensor& old_logp, const OptTensor& ref_logp, double beta, double eps_low,
     double eps_high, std::optional<double> delta, double temperature, int64_t loss_kind, double sapo_tpos,
-    double sapo_tneg, bool compute_grad) {
+    double sapo_tneg, bool compute_grad, const OptTensor& rollout_logp, std::optional<double> tis_cap) {
   TORCH_CHECK_VALUE(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
                     "hidden must be [N, H] and weight [V, H], got hidden ", hidden.sizes(), " and weight ",
                     weight.sizes());
@@ -32,8 +32,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_grpo_loss_cpu(
   const int64_t N = hidden.size(0), H = hidden.size(1), V = weight.size(0);
   TORCH_CHECK_VALUE(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == V), "bias must have shape [V] = [", V,
                     "], got ", bias.has_value() ? bias->sizes() : at::IntArrayRef{});
-  const LossParams p = make_params(beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg);
-  const TokenTensors tt = check_token_inputs(N, token_scale, token_adv, old_logp, ref_logp, p);
+  const LossParams p = make_params(beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg, tis_cap);
+  const TokenTensors tt = check_token_inputs(N, token_scale, token_adv, old_logp, ref_logp, rollout_logp, p);
   check_targets(targets, N, V);
   const TokenInputs in = tt.ptrs();
   const Tensor tg = targets.contiguous();

@@ -41,21 +41,23 @@ struct TokenInputs {
   const float* adv;
   const float* old;  // nullptr: on-policy
   const float* ref;  // nullptr: no KL
+  const float* rollout;  // nullptr: no truncated importance sampling
   float old_or(int64_t i, float lp) const { return old ? old[i] : lp; }
   float ref_or(int64_t i) const { return ref ? ref[i] : 0.f; }
+  float rollout_or(int64_t i) const { return rollout ? rollout[i] : 0.f; }
 };
 
 // Checks shared by the three ops; returns contiguous fp32 views whose pointers TokenInputs holds.
 struct TokenTensors {
-  Tensor scale, adv, old, ref;
+  Tensor scale, adv, old, ref, rollout;
   TokenInputs ptrs() const {
-    return {scale.data_ptr<float>(), adv.data_ptr<float>(), old.defined() ? old.data_ptr<float>() : nullptr,
-            ref.defined() ? ref.data_ptr<float>() : nullptr};
+    const auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
+    return {scale.data_ptr<float>(), adv.data_ptr<float>(), ptr(old), ptr(ref), ptr(rollout)};
   }
 };
 
 inline TokenTensors check_token_inputs(int64_t N, const Tensor& token_scale, const Tensor& token_adv, const OptTensor& old_logp,
-                                const OptTensor& ref_logp, const LossParams& p) {
+                                const OptTensor& ref_logp, const OptTensor& rollout_logp, const LossParams& p) {
   check_token_vector(token_scale, "token_scale", N);
   check_token_vector(token_adv, "token_adv", N);
   TokenTensors t;
@@ -70,6 +72,14 @@ inline TokenTensors check_token_inputs(int64_t N, const Tensor& token_scale, con
     t.ref = ref_logp->contiguous();
   }
   TORCH_CHECK_VALUE(p.beta == 0.0 || t.ref.defined(), "ref_logp is required when beta != 0 (the KL term)");
+  TORCH_CHECK_VALUE(rollout_logp.has_value() == p.tis_cap.has_value(),
+                    "rollout_logp and tis_cap go together (truncated importance sampling needs both), got rollout_logp ",
+                    rollout_logp.has_value() ? "set" : "None", " and tis_cap ", p.tis_cap.has_value() ? "set" : "None");
+  if (rollout_logp.has_value()) {
+    TORCH_CHECK_VALUE(*p.tis_cap > 0, "tis_cap must be > 0 (the cap of the importance weight), got ", *p.tis_cap);
+    check_token_vector(*rollout_logp, "rollout_logp", N);
+    t.rollout = rollout_logp->contiguous();
+  }
   TORCH_CHECK_VALUE(p.loss_kind >= 0 && p.loss_kind <= 2, "loss_kind must be 0 (clipped), 1 (cispo) or 2 (sapo), got ",
                     p.loss_kind);
   return t;
@@ -87,8 +97,8 @@ inline void check_targets(const Tensor& targets, int64_t N, int64_t V) {
 }
 
 inline LossParams make_params(double beta, double eps_low, double eps_high, std::optional<double> delta, int64_t loss_kind,
-                       double sapo_tpos, double sapo_tneg) {
-  return {beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg};
+                       double sapo_tpos, double sapo_tneg, std::optional<double> tis_cap) {
+  return {beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg, tis_cap};
 }
 
 inline double sum_rows(const std::vector<float>& v) {
@@ -110,7 +120,8 @@ inline void loss_rows(float* z, int64_t rows, int64_t V, const int64_t* index, c
       logp[i] = st.logp;
       entropy[i] = st.entropy;
       float loss, grad;
-      scaled_token_loss(st.logp, in.adv[i], in.old_or(i, st.logp), in.ref_or(i), in.scale[i], p, &loss, &grad);
+      scaled_token_loss(st.logp, in.adv[i], in.old_or(i, st.logp), in.ref_or(i), in.rollout_or(i), in.scale[i], p, &loss,
+                        &grad);
       row_loss[i] = loss;
       if (compute_grad) grad_from_exp(zr, V, targets[i], st.sum_exp, grad * inv_temp);
     }

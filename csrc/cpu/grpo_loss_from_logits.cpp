@@ -19,13 +19,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> logits_grpo_loss_cpu(
     const Tensor& logits, const Tensor& targets, const Tensor& token_scale, const Tensor& token_adv,
     const OptTensor& old_logp, const OptTensor& ref_logp, double beta, double eps_low, double eps_high,
     std::optional<double> delta, double temperature, int64_t loss_kind, double sapo_tpos, double sapo_tneg,
-    bool compute_grad) {
+    bool compute_grad, const OptTensor& rollout_logp, std::optional<double> tis_cap) {
   TORCH_CHECK_VALUE(logits.dim() == 2 && logits.is_floating_point(), "logits must be a floating-point [N, V] tensor, got ",
                     logits.scalar_type(), " ", logits.sizes());
   TORCH_CHECK_VALUE(temperature > 0, "temperature must be > 0, got ", temperature);
   const int64_t N = logits.size(0), V = logits.size(1);
-  const LossParams p = make_params(beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg);
-  const TokenTensors tt = check_token_inputs(N, token_scale, token_adv, old_logp, ref_logp, p);
+  const LossParams p = make_params(beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg, tis_cap);
+  const TokenTensors tt = check_token_inputs(N, token_scale, token_adv, old_logp, ref_logp, rollout_logp, p);
   check_targets(targets, N, V);
   const TokenInputs in = tt.ptrs();
   const Tensor tg = targets.contiguous();

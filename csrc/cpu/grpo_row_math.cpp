@@ -9,43 +9,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define R1_VEC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define R1_VEC_CLONES
-#endif
+#include "row_simd.h"
 
 namespace r1 {
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// exp(x) as 2^n * exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, with Cephes' degree-6 polynomial
-// for exp(r) (relative error about 2e-7, below fp32 rounding of the sums it feeds). Branch-free
-// so the loops vectorise; NaN stays NaN (the comparisons keep it), and x below -87.3 gives the
-// smallest normal float instead of a denormal, which is 0 for every sum here.
-inline float exp_approx(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  const float t = x * 1.44269504088896341f + 12582912.f;  // 1.5 * 2^23: rounds x / ln 2 to an integer
-  const float n = t - 12582912.f;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
+using row::kNegInf;
+using row::fast_exp;
 
 R1_VEC_CLONES float row_max(const float* z, int64_t n) {
   float m = kNegInf;
@@ -62,7 +34,7 @@ R1_VEC_CLONES void exp_sums(float* z, int64_t n, float inv_temp, float shift, bo
 #pragma omp simd reduction(+ : se, ses)
     for (int64_t v = 0; v < n; ++v) {
       const float d = z[v] * inv_temp - shift;
-      const float e = exp_approx(d);
+      const float e = fast_exp(d);
       se += e;
       ses += e * d;
       z[v] = e;
@@ -71,7 +43,7 @@ R1_VEC_CLONES void exp_sums(float* z, int64_t n, float inv_temp, float shift, bo
 #pragma omp simd reduction(+ : se, ses)
     for (int64_t v = 0; v < n; ++v) {
       const float d = z[v] * inv_temp - shift;
-      const float e = exp_approx(d);
+      const float e = fast_exp(d);
       se += e;
       ses += e * d;
     }
@@ -82,8 +54,8 @@ R1_VEC_CLONES void exp_sums(float* z, int64_t n, float inv_temp, float shift, bo
 
 }  // namespace
 
-void token_loss_and_grad(float lp, float adv, float old_lp, float ref_lp, const LossParams& p, float* loss,
-                         float* grad) {
+void token_loss_and_grad(float lp, float adv, float old_lp, float ref_lp, float rollout_lp, const LossParams& p,
+                         float* loss, float* grad) {
   const float A = adv;
   const float w = std::exp(lp - old_lp);
   float l, g;
@@ -110,6 +82,12 @@ void token_loss_and_grad(float lp, float adv, float old_lp, float ref_lp, const 
     const float a = w1 * A, b = c * A;
     l = -(std::isnan(a) || std::isnan(b) ? std::numeric_limits<float>::quiet_NaN() : std::min(a, b));
     g = a < b ? -A * dw1 : (a > b ? -A * dc : -A * (dw1 + dc) / 2.f);
+  }
+  if (p.tis_cap.has_value()) {  // truncated importance weight of the sampler's draw, detached
+    const float r = std::exp(lp - rollout_lp);
+    const float tis = std::isnan(r) ? r : std::min(r, static_cast<float>(*p.tis_cap));
+    l *= tis;
+    g *= tis;
   }
   if (p.beta != 0.0) {  // k3 KL against the reference policy
     const float d = ref_lp - lp;
@@ -183,7 +161,7 @@ R1_VEC_CLONES void logprob_grad_row(float* z, int64_t n, int64_t target, float i
 #pragma omp simd
   for (int64_t v = 0; v < n; ++v) {
     const float lp = z[v] * inv_temp - lse;
-    const float p = exp_approx(lp);
+    const float p = fast_exp(lp);
     z[v] = p * (a + b * (lp + entropy));
   }
   if (target >= 0) z[target] += g_lp * inv_temp;

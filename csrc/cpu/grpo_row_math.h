@@ -21,23 +21,26 @@ struct LossParams {
   int64_t loss_kind;  // 0 clipped surrogate (grpo/bnpo/dr_grpo/dapo), 1 cispo, 2 sapo
   double sapo_tpos;
   double sapo_tneg;
+  // truncated importance sampling: the surrogate (not the KL) of each token is weighted by
+  // min(exp(logp - rollout_logp), tis_cap), a constant in the gradient; absent: no weight
+  std::optional<double> tis_cap;
 };
 
 // Per-token loss and d loss / d logp, the closed form of r1kernels._torch.grpo_token_loss.token_loss_and_grad: ties in
 // min() split the gradient in half as torch.minimum does. `old_lp` is logp itself when on-policy;
-// `ref_lp` is read only when beta != 0.
-void token_loss_and_grad(float lp, float adv, float old_lp, float ref_lp, const LossParams& p, float* loss,
-                         float* grad);
+// `ref_lp` is read only when beta != 0, `rollout_lp` only when p.tis_cap is set.
+void token_loss_and_grad(float lp, float adv, float old_lp, float ref_lp, float rollout_lp, const LossParams& p,
+                         float* loss, float* grad);
 
 // Applies the aggregation weight: a token with scale 0 contributes nothing, even a non-finite loss.
-inline void scaled_token_loss(float lp, float adv, float old_lp, float ref_lp, float scale, const LossParams& p,
-                              float* loss, float* grad) {
+inline void scaled_token_loss(float lp, float adv, float old_lp, float ref_lp, float rollout_lp, float scale,
+                              const LossParams& p, float* loss, float* grad) {
   if (scale == 0.f) {
     *loss = 0.f;
     *grad = 0.f;
     return;
   }
-  token_loss_and_grad(lp, adv, old_lp, ref_lp, p, loss, grad);
+  token_loss_and_grad(lp, adv, old_lp, ref_lp, rollout_lp, p, loss, grad);
   *loss *= scale;
   *grad *= scale;
 }

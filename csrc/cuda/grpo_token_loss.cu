@@ -5,6 +5,8 @@
 //   loss_kind 0 (grpo/bnpo/dr_grpo/dapo): -min(min(w, delta) * A, clamp(w, 1 - eps_low, 1 + eps_high) * A)
 //   loss_kind 1 (cispo): -sg(min(w, eps_high)) * A * logp
 //   loss_kind 2 (sapo):  -(sigmoid(tau (w - 1)) * 4 / tau) * A, tau = sapo_tpos if A > 0 else sapo_tneg
+//   times min(exp(logp - rollout), tis_cap) when rollout_logp is given (truncated importance
+//   sampling against the sampler's log-probs; a constant in the gradient, not applied to the KL),
 //   plus beta * (exp(ref - logp) - (ref - logp) - 1) when beta != 0.
 // loss = sum over tokens with token_scale != 0 of token_scale * loss_t (the aggregation is folded
 // into token_scale by the Python layer); grad[t] = token_scale * dloss_t/dlogp, 0 where the scale
@@ -29,13 +31,13 @@ namespace {
 constexpr int kThreads = 256;
 
 struct LossParams {
-  float beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg;
-  bool has_delta;
+  float beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg, tis_cap;
+  bool has_delta, has_tis;
   int loss_kind;
 };
 
-__device__ __forceinline__ void token_loss_and_grad(float lp, float old, float ref, float A, const LossParams& p,
-                                                    float* loss, float* grad) {
+__device__ __forceinline__ void token_loss_and_grad(float lp, float old, float ref, float rollout, float A,
+                                                    const LossParams& p, float* loss, float* grad) {
   const float w = expf(lp - old);
   float l, g;
   if (p.loss_kind == 1) {  // cispo: the capped ratio is a constant weight on logp
@@ -60,6 +62,11 @@ __device__ __forceinline__ void token_loss_and_grad(float lp, float old, float r
     l = -fminf(a, b);
     g = a < b ? -A * dw1 : (a > b ? -A * dc : -A * (dw1 + dc) * 0.5f);
   }
+  if (p.has_tis) {
+    const float tis = fminf(expf(lp - rollout), p.tis_cap);
+    l *= tis;
+    g *= tis;
+  }
   if (p.beta != 0.f) {
     const float d = ref - lp;
     l += p.beta * (expf(d) - d - 1.f);
@@ -71,7 +78,8 @@ __device__ __forceinline__ void token_loss_and_grad(float lp, float old, float r
 
 __global__ void grpo_token_loss_kernel(const float* __restrict__ logp, const float* __restrict__ scale,
                                        const float* __restrict__ adv, const float* __restrict__ old_logp,
-                                       const float* __restrict__ ref_logp, LossParams p, int64_t n,
+                                       const float* __restrict__ ref_logp, const float* __restrict__ rollout_logp,
+                                       LossParams p, int64_t n,
                                        float* __restrict__ contrib, float* __restrict__ grad) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
@@ -83,7 +91,8 @@ __global__ void grpo_token_loss_kernel(const float* __restrict__ logp, const flo
   }
   const float lp = logp[i];
   float l, g;
-  token_loss_and_grad(lp, old_logp ? old_logp[i] : lp, ref_logp ? ref_logp[i] : 0.f, adv[i], p, &l, &g);
+  token_loss_and_grad(lp, old_logp ? old_logp[i] : lp, ref_logp ? ref_logp[i] : 0.f,
+                      rollout_logp ? rollout_logp[i] : 0.f, adv[i], p, &l, &g);
   contrib[i] = l * s;
   grad[i] = g * s;
 }
@@ -99,19 +108,25 @@ std::tuple<at::Tensor, at::Tensor> grpo_token_loss_cuda(const at::Tensor& logp_i
                                                         const std::optional<at::Tensor>& old_logp,
                                                         const std::optional<at::Tensor>& ref_logp, double beta,
                                                         double eps_low, double eps_high, std::optional<double> delta,
-                                                        int64_t loss_kind, double sapo_tpos, double sapo_tneg) {
+                                                        int64_t loss_kind, double sapo_tpos, double sapo_tneg,
+                                                        const std::optional<at::Tensor>& rollout_logp,
+                                                        std::optional<double> tis_cap) {
   TORCH_CHECK_VALUE(logp_in.dim() == 1, "logp must be 1-D [N], got ", logp_in.sizes());
   const int64_t n = logp_in.size(0);
   TORCH_CHECK_VALUE(loss_kind >= 0 && loss_kind <= 2, "loss_kind must be 0 (grpo), 1 (cispo) or 2 (sapo), got ",
                     loss_kind);
   TORCH_CHECK_VALUE(beta == 0.0 || ref_logp.has_value(), "ref_logp is required when beta != 0");
+  TORCH_CHECK_VALUE(rollout_logp.has_value() == tis_cap.has_value(),
+                    "rollout_logp and tis_cap go together (truncated importance sampling needs both)");
+  TORCH_CHECK_VALUE(!tis_cap.has_value() || *tis_cap > 0, "tis_cap must be > 0, got ", tis_cap.value_or(0.0));
   const c10::cuda::CUDAGuard guard(logp_in.device());
   const at::Tensor logp = as_float_vector(logp_in, n, "logp");
   const at::Tensor scale = as_float_vector(token_scale, n, "token_scale");
   const at::Tensor adv = as_float_vector(token_adv, n, "token_adv");
-  std::optional<at::Tensor> old, ref;
+  std::optional<at::Tensor> old, ref, rollout;
   if (old_logp.has_value()) old = as_float_vector(*old_logp, n, "old_logp");
   if (ref_logp.has_value() && beta != 0.0) ref = as_float_vector(*ref_logp, n, "ref_logp");
+  if (rollout_logp.has_value()) rollout = as_float_vector(*rollout_logp, n, "rollout_logp");
 
   LossParams p;
   p.beta = static_cast<float>(beta);
@@ -122,6 +137,8 @@ std::tuple<at::Tensor, at::Tensor> grpo_token_loss_cuda(const at::Tensor& logp_i
   p.sapo_tpos = static_cast<float>(sapo_tpos);
   p.sapo_tneg = static_cast<float>(sapo_tneg);
   p.loss_kind = static_cast<int>(loss_kind);
+  p.has_tis = tis_cap.has_value();
+  p.tis_cap = tis_cap.has_value() ? static_cast<float>(*tis_cap) : 0.f;
 
   at::Tensor contrib = at::empty_like(logp);
   at::Tensor grad = at::empty_like(logp);
@@ -129,7 +146,8 @@ std::tuple<at::Tensor, at::Tensor> grpo_token_loss_cuda(const at::Tensor& logp_i
     const int64_t blocks = (n + kThreads - 1) / kThreads;
     grpo_token_loss_kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         logp.data_ptr<float>(), scale.data_ptr<float>(), adv.data_ptr<float>(),
-        old ? old->data_ptr<float>() : nullptr, ref ? ref->data_ptr<float>() : nullptr, p, n,
+        old ? old->data_ptr<float>() : nullptr, ref ? ref->data_ptr<float>() : nullptr,
+        rollout ? rollout->data_ptr<float>() : nullptr, p, n,
         contrib.data_ptr<float>(), grad.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -8,10 +8,10 @@ from r1kernels._torch.token_logprobs import head_logits
 
 
 def fused_grpo_loss(hidden, weight, bias, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta,
-                    temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad):
+                    temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad, rollout_logp=None, tis_cap=None):
     z = head_logits(hidden, weight, bias, 1.0)
     loss, logp, entropy, dz = logits_grpo_loss(z, targets, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta,
-                                               temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad)
+                                               temperature, loss_kind, sapo_tpos, sapo_tneg, compute_grad, rollout_logp, tis_cap)
     if not compute_grad:
         return loss, logp, entropy, hidden.new_empty(0), hidden.new_empty(0), hidden.new_empty(0)
     dz = dz.float()

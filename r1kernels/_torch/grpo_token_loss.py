@@ -25,8 +25,11 @@ def _ppo_clipped(w, A, eps_low, eps_high, delta):
     return loss, grad
 
 
-def token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg):
-    """(per-token loss, d loss / d logp), float32, token-level importance weights w = exp(logp - old)."""
+def token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg,
+                        rollout_logp=None, tis_cap=None):
+    """(per-token loss, d loss / d logp), float32, token-level importance weights w = exp(logp - old).
+    With rollout_logp, the surrogate (not the KL) is weighted by min(exp(logp - rollout_logp), tis_cap),
+    truncated importance sampling against the sampler, a constant in the gradient."""
     lp = logp.float()
     A = token_adv.float()
     w = torch.ones_like(lp) if old_logp is None else torch.exp(lp - old_logp.float())
@@ -39,6 +42,9 @@ def token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_
         loss, grad = -4 * A * gate / tau, -4 * A * gate * (1 - gate) * w
     else:
         loss, grad = _ppo_clipped(w, A, eps_low, eps_high, delta)
+    if rollout_logp is not None:
+        tis = tis_weight(lp, rollout_logp, tis_cap)
+        loss, grad = loss * tis, grad * tis
     if beta != 0.0:
         d = ref_logp.float() - lp  # k3 estimator exp(d) - d - 1
         loss = loss + beta * (d.exp() - d - 1)
@@ -46,9 +52,25 @@ def token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_
     return loss, grad
 
 
-def grpo_token_loss(logp, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg):
+def tis_weight(logp, rollout_logp, tis_cap):
+    """min(exp(logp - rollout_logp), tis_cap), float32: the truncated importance weight of a token the
+    sampler drew with log-prob rollout_logp (NaN stays NaN, as torch.clamp keeps it)."""
+    if tis_cap is None or not tis_cap > 0:
+        raise ValueError(f"tis_cap must be > 0 (the cap of the importance weight) when rollout_logp is given, got {tis_cap!r}")
+    return torch.exp(logp.float() - rollout_logp.float()).clamp(max=tis_cap)
+
+
+def check_tis(rollout_logp, tis_cap):
+    if (rollout_logp is None) != (tis_cap is None):
+        raise ValueError("rollout_logp and tis_cap go together (truncated importance sampling needs both), got "
+                         f"rollout_logp {'None' if rollout_logp is None else 'set'} and tis_cap {tis_cap!r}")
+
+
+def grpo_token_loss(logp, token_scale, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind, sapo_tpos, sapo_tneg,
+                    rollout_logp=None, tis_cap=None):
+    check_tis(rollout_logp, tis_cap)
     per_token, grad = token_loss_and_grad(logp, token_adv, old_logp, ref_logp, beta, eps_low, eps_high, delta, loss_kind,
-                                          sapo_tpos, sapo_tneg)
+                                          sapo_tpos, sapo_tneg, rollout_logp, tis_cap)
     scale = token_scale.float()
     active = scale != 0  # a masked token adds nothing, even where its per-token loss is not finite
     zero = torch.zeros_like(scale)

@@ -2,7 +2,8 @@
 token_logprobs.py: fused_logprobs and its backward; grpo_loss.py: fused_grpo_loss;
 grpo_loss_from_logits.py: logits_grpo_loss; grpo_token_loss.py: grpo_token_loss).
 
-The variant: token-level importance sampling (GSPO's sequence level goes through fused_logprobs and
+The variant: token-level importance sampling, optionally weighted by the truncated importance weight
+min(exp(logp - rollout), tis_cap) against the sampler's log-probs (GSPO's sequence level goes through fused_logprobs and
 its backward in the Python layer), per-token loss of kind 0 (clipped surrogate with DAPO's separate
 low/high bounds and optional dual clip delta), 1 (CISPO) or 2 (SAPO), plus beta * k3 KL; the
 aggregation arrives folded into `token_scale`. Formulas: `r1kernels._torch.grpo_token_loss.token_loss_and_grad`.
@@ -32,8 +33,8 @@ CHUNK_BYTES = 1 << 28
 
 
 @triton.jit
-def _token_loss_grad(lp, old, ref, A, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg,
-                     LOSS_KIND: tl.constexpr, HAS_DELTA: tl.constexpr, HAS_BETA: tl.constexpr):
+def _token_loss_grad(lp, old, ref, rollout, A, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg, tis_cap,
+                     LOSS_KIND: tl.constexpr, HAS_DELTA: tl.constexpr, HAS_BETA: tl.constexpr, HAS_TIS: tl.constexpr):
     """Per-token loss and its derivative in logp (fp32 scalars or vectors)."""
     w = tl.exp(lp - old)
     if LOSS_KIND == 1:  # cispo: the capped ratio is a constant weight on logp
@@ -61,6 +62,10 @@ def _token_loss_grad(lp, old, ref, A, beta, eps_low, eps_high, delta, sapo_tpos,
         loss = -tl.minimum(a, b)
         # ties split the gradient in half, as torch.minimum's backward does
         grad = tl.where(a < b, -A * dw1, tl.where(a > b, -A * dc, -A * (dw1 + dc) * 0.5))
+    if HAS_TIS:  # truncated importance weight against the sampler, a constant in the gradient
+        tis = tl.minimum(tl.exp(lp - rollout), tis_cap)
+        loss = loss * tis
+        grad = grad * tis
     if HAS_BETA:
         d = ref - lp
         loss += beta * (tl.exp(d) - d - 1.0)
@@ -102,11 +107,11 @@ def _row_lse_entropy(z_row, bias_ptr, V, inv_temp, HAS_BIAS: tl.constexpr, BLOCK
 @triton.jit
 def _grpo_row_kernel(
     z_ptr, z_stride, dz_ptr, dz_stride, bias_ptr, targets_ptr,
-    scale_ptr, adv_ptr, old_ptr, ref_ptr,
+    scale_ptr, adv_ptr, old_ptr, ref_ptr, rollout_ptr,
     logp_ptr, entropy_ptr, lse_ptr, contrib_ptr,
-    V, inv_temp, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg,
+    V, inv_temp, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg, tis_cap,
     HAS_BIAS: tl.constexpr, HAS_OLD: tl.constexpr, HAS_BETA: tl.constexpr, HAS_DELTA: tl.constexpr,
-    LOSS_KIND: tl.constexpr, COMPUTE_LOSS: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_TIS: tl.constexpr, LOSS_KIND: tl.constexpr, COMPUTE_LOSS: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     """One row: lse, entropy, target log-prob; with COMPUTE_LOSS the scaled per-token loss; with
     COMPUTE_GRAD dz = token_scale * dloss/dlogp * (onehot - p) / T written to dz_ptr's row (which may
@@ -133,8 +138,12 @@ def _grpo_row_kernel(
             ref = tl.load(ref_ptr + row)
         else:
             ref = logp
-        loss, g = _token_loss_grad(logp, old, ref, A, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg,
-                                   LOSS_KIND, HAS_DELTA, HAS_BETA)
+        if HAS_TIS:
+            rollout = tl.load(rollout_ptr + row)
+        else:
+            rollout = logp
+        loss, g = _token_loss_grad(logp, old, ref, rollout, A, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg, tis_cap,
+                                   LOSS_KIND, HAS_DELTA, HAS_BETA, HAS_TIS)
         # masked tokens (scale 0) add nothing, even where their per-token loss is not finite
         tl.store(contrib_ptr + row, tl.where(scale != 0.0, loss * scale, 0.0))
         if COMPUTE_GRAD:
@@ -176,9 +185,10 @@ def _logprobs_backward_row_kernel(
 
 @triton.jit
 def _token_loss_kernel(
-    logp_ptr, scale_ptr, adv_ptr, old_ptr, ref_ptr, contrib_ptr, grad_ptr,
-    N, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg,
-    HAS_OLD: tl.constexpr, HAS_BETA: tl.constexpr, HAS_DELTA: tl.constexpr, LOSS_KIND: tl.constexpr,
+    logp_ptr, scale_ptr, adv_ptr, old_ptr, ref_ptr, rollout_ptr, contrib_ptr, grad_ptr,
+    N, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg, tis_cap,
+    HAS_OLD: tl.constexpr, HAS_BETA: tl.constexpr, HAS_DELTA: tl.constexpr, HAS_TIS: tl.constexpr,
+    LOSS_KIND: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -194,8 +204,12 @@ def _token_loss_kernel(
         ref = tl.load(ref_ptr + offs, mask=mask, other=0.0)
     else:
         ref = lp
-    loss, g = _token_loss_grad(lp, old, ref, A, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg,
-                               LOSS_KIND, HAS_DELTA, HAS_BETA)
+    if HAS_TIS:
+        rollout = tl.load(rollout_ptr + offs, mask=mask, other=0.0)
+    else:
+        rollout = lp
+    loss, g = _token_loss_grad(lp, old, ref, rollout, A, beta, eps_low, eps_high, delta, sapo_tpos, sapo_tneg, tis_cap,
+                               LOSS_KIND, HAS_DELTA, HAS_BETA, HAS_TIS)
     tl.store(contrib_ptr + offs, tl.where(scale != 0.0, loss * scale, 0.0), mask=mask)
     tl.store(grad_ptr + offs, tl.where(scale != 0.0, g * scale, 0.0), mask=mask)
 
@@ -217,13 +231,18 @@ def chunk_rows(N: int, V: int, elem_bytes: int, chunk_size: int | None) -> int:
     return max(1, min(N, rows))
 
 
-def loss_options(old_logp, ref_logp, beta, delta, loss_kind):
+def loss_options(old_logp, ref_logp, beta, delta, loss_kind, rollout_logp=None, tis_cap=None):
+    if (rollout_logp is None) != (tis_cap is None):
+        raise ValueError("rollout_logp and tis_cap go together (truncated importance sampling needs both)")
+    if tis_cap is not None and not tis_cap > 0:
+        raise ValueError(f"tis_cap must be > 0 (the cap of the importance weight), got {tis_cap!r}")
     if loss_kind not in (0, 1, 2):
         raise ValueError(f"loss_kind must be 0 (grpo), 1 (cispo) or 2 (sapo), got {loss_kind}")
     has_beta = beta != 0.0
     if has_beta and ref_logp is None:
         raise ValueError("ref_logp is required when beta != 0 (the KL term needs the reference log-probs)")
-    return dict(HAS_OLD=old_logp is not None, HAS_BETA=has_beta, HAS_DELTA=delta is not None, LOSS_KIND=int(loss_kind))
+    return dict(HAS_OLD=old_logp is not None, HAS_BETA=has_beta, HAS_DELTA=delta is not None, HAS_TIS=rollout_logp is not None,
+                LOSS_KIND=int(loss_kind))
 
 
 def f32(t, fallback):

@@ -21,10 +21,10 @@ def fused_logprobs(hidden, weight, bias, targets, temperature, *, chunk_size=Non
         z = torch.mm(hidden[start:end], weight.t())  # [n, V]
         shared._grpo_row_kernel[(end - start,)](
             z, z.stride(0), z, z.stride(0), z if bias is None else bias, targets[start:end],
-            logp, logp, logp, logp,
+            logp, logp, logp, logp, logp,
             logp[start:end], entropy[start:end], lse[start:end], logp,
-            V, 1.0 / temperature, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-            HAS_BIAS=bias is not None, HAS_OLD=False, HAS_BETA=False, HAS_DELTA=False, LOSS_KIND=0,
+            V, 1.0 / temperature, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            HAS_BIAS=bias is not None, HAS_OLD=False, HAS_BETA=False, HAS_DELTA=False, HAS_TIS=False, LOSS_KIND=0,
             COMPUTE_LOSS=False, COMPUTE_GRAD=False, BLOCK_V=bv, num_warps=shared.num_warps(bv),
         )
     return logp, entropy, lse
