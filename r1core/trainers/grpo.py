@@ -17,6 +17,12 @@ Several processes (torchrun): each rank takes whole prompts, so a group never sp
 dapo normaliser is the token count summed over ranks; gradients are averaged by DDP; logged counts
 (SUMMED_METRICS) are summed over ranks, the other metrics averaged.
 
+Truncated importance sampling (config.tis_cap): the engine's sampling log-probs become the loss's
+rollout_logprobs, each token's surrogate weighted by min(pi_train / pi_rollout, tis_cap); the old
+log-probs are then the policy's own (TRL's vllm_importance_sampling_correction). Asynchronous
+rollouts (config.async_rollouts, one process): `r1core.trainers.async_rollouts` generates the next
+step's completions in a worker process while this step trains.
+
     trainer = GRPOTrainer(model, tok, [accuracy_reward], dataset, GRPOConfig(...)); trainer.train()
 """
 
@@ -61,11 +67,13 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None  # [B, C]
     group_ok: torch.Tensor  # [B] bool: the sample's group has distinct rewards
     prompt_len: int  # P
+    rollout_logprobs: torch.Tensor | None = None  # [B, C] sampling log-probs, the TIS denominator (tis_cap set)
 
     def rows(self, idx: slice) -> "RolloutBatch":
         take = lambda t: None if t is None else t[idx]  # noqa: E731
         return RolloutBatch(take(self.input_ids), take(self.attention_mask), take(self.completion_ids), take(self.completion_mask),
-                            take(self.advantages), take(self.old_logprobs), take(self.ref_logprobs), take(self.group_ok), self.prompt_len)
+                            take(self.advantages), take(self.old_logprobs), take(self.ref_logprobs), take(self.group_ok), self.prompt_len,
+                            take(self.rollout_logprobs))
 
 
 def _hidden_states(base, b: RolloutBatch, bf16: bool = False) -> torch.Tensor:
@@ -108,7 +116,8 @@ class _PolicyLoss(torch.nn.Module):
             hidden, weight, b.completion_ids, b.advantages, mask=b.completion_mask, old_logprobs=b.old_logprobs,
             ref_logprobs=b.ref_logprobs, bias=bias, beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high,
             delta=cfg.delta, temperature=cfg.temperature, loss_type=norm.loss_type,
-            importance_sampling=cfg.importance_sampling_level, num_items=norm.num_items,
+            importance_sampling=cfg.importance_sampling_level, num_items=norm.num_items, rollout_logprobs=b.rollout_logprobs,
+            tis_cap=None if b.rollout_logprobs is None else cfg.tis_cap, tis_level=cfg.tis_level,
         )
         return norm.rescale(loss, b.completion_ids.shape[0]), stats
 
@@ -196,13 +205,12 @@ class GRPOTrainer(Trainer):
         if engine is None:
             from r1core.engine import Engine
 
-            # a cache sized for one step's sequences (not the engine's default share of free RAM,
-            # which takes seconds to allocate and that much memory): prompts x G, whole blocks
-            block = 16
-            per_seq = -(-(max(len(p) for p in self.prompt_ids) + cfg.max_completion_length) // block) + 1
-            num_blocks = cfg.prompts_per_step * cfg.num_generations * per_seq + 16
-            engine = Engine(model, tokenizer=tokenizer, block_size=block, num_blocks=num_blocks)
+            engine = Engine(model, tokenizer=tokenizer, **self._engine_kwargs())
         self.engine = engine
+        self._async = None  # the AsyncRollouts pipeline, started by the first rollout
+        if cfg.async_rollouts and cfg.max_staleness > 0 and self.world_size > 1:
+            raise ValueError(f"GRPOConfig.async_rollouts runs on one process (world size {self.world_size} here): "
+                             "each rank would need its own rollout worker")
         self.optimizer = build_optimizer(model, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay)
         budget = self.budget_spent if cfg.max_seconds is not None else None
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler_type, cfg.num_warmup_steps(), cfg.max_steps, budget)
@@ -249,6 +257,13 @@ class GRPOTrainer(Trainer):
         return [self._prompt_index(k) for k in range(start, start + per)]
 
     # ---- rollout and reward ------------------------------------------------------------------
+    def _engine_kwargs(self) -> dict:
+        # a cache sized for one step's sequences (not the engine's default share of free RAM,
+        # which takes seconds to allocate and that much memory): prompts x G, whole blocks
+        cfg, block = self.config, 16
+        per_seq = -(-(max(len(p) for p in self.prompt_ids) + cfg.max_completion_length) // block) + 1
+        return {"block_size": block, "num_blocks": cfg.prompts_per_step * cfg.num_generations * per_seq + 16}
+
     def _sampling_params(self, seed: int):
         from r1core.engine import SamplingParams
 
@@ -256,14 +271,33 @@ class GRPOTrainer(Trainer):
         return SamplingParams(n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
                               max_new_tokens=cfg.max_completion_length, stop=cfg.stop, ignore_eos=cfg.ignore_eos, seed=seed, logprobs=True)
 
-    def generate(self, idx: list[int]):
-        """G completions for each row in idx, from the live weights; per-prompt seeds derived from
-        the run's seed and the step, so a resumed run samples what an uninterrupted one would."""
+    def generation_request(self, idx: list[int]) -> tuple[list[list[int]], list]:
+        """(prompt ids, SamplingParams) for the rows idx just taken from the stream: per-prompt seeds
+        derived from the run's seed and the step, so a resumed run samples what an uninterrupted
+        one would."""
         base = (self.config.seed * 1_000_003 + self.consumed * 8191) % (2**31)
         params = [self._sampling_params((base + j * 104_729) % (2**31)) for j in range(len(idx))]
+        return [self.prompt_ids[i] for i in idx], params
+
+    def generate(self, idx: list[int]):
+        """G completions for each row in idx, from the live weights."""
+        prompts, params = self.generation_request(idx)
         with self.full_weights():  # FSDP: the engine reads whole parameters, gathered once for the generation
-            outs = self.engine.generate([self.prompt_ids[i] for i in idx], params)
+            outs = self.engine.generate(prompts, params)
         return [c for o in outs for c in o.outputs]  # B = len(idx) * G, groups contiguous
+
+    def _generation_round(self) -> tuple[list[int], list, dict]:
+        """The next prompts and their completions: generated now, or with async rollouts the ones
+        the worker generated during the previous step (and the next ones started)."""
+        cfg = self.config
+        if not (cfg.async_rollouts and cfg.max_staleness > 0):
+            idx = self._next_prompts()
+            return idx, self.generate(idx), {}
+        if self._async is None:
+            from r1core.trainers.async_rollouts import AsyncRollouts
+
+            self._async = AsyncRollouts(self, self._engine_kwargs())
+        return self._async.round()
 
     def score(self, idx: list[int], completions: list) -> torch.Tensor:
         """Rewards [B, F] float32; None -> NaN (not scorable)."""
@@ -297,8 +331,11 @@ class GRPOTrainer(Trainer):
             if c.logprobs is not None:
                 old[b, :n] = torch.tensor(c.logprobs, dtype=torch.float32)
         dev = self.device
+        # with TIS the sampling log-probs are the weight's denominator and the PPO ratio's old
+        # log-probs are the policy's own (recomputed for num_iterations > 1), as in TRL
+        rollout = old.to(dev) if cfg.tis_cap is not None else None
         return RolloutBatch(input_ids.to(dev), attn.to(dev), input_ids[:, P:].to(dev), cmask.to(dev), advantages.float().to(dev),
-                            old.to(dev), None, (~zero_std).repeat_interleave(G).to(dev), P)
+                            None if rollout is not None else old.to(dev), None, (~zero_std).repeat_interleave(G).to(dev), P, rollout)
 
     def rollout(self) -> tuple[RolloutBatch, dict]:
         """Prompts, G samples each, rewards, advantages; dynamic sampling refills dead groups."""
@@ -307,9 +344,8 @@ class GRPOTrainer(Trainer):
         kept, dead = [], []  # (prompt row, its G completions, rewards [G, F])
         rounds, gen_time, gen_cpu, gen_tokens = 0, 0.0, 0.0, 0
         while True:
-            idx = self._next_prompts()
             t0, c0 = time.perf_counter(), time.process_time()
-            comps = self.generate(idx)
+            idx, comps, async_info = self._generation_round()
             gen_time += time.perf_counter() - t0
             gen_cpu += time.process_time() - c0
             gen_tokens += sum(len(c.token_ids) for c in comps)
@@ -350,6 +386,7 @@ class GRPOTrainer(Trainer):
         }
         if cfg.dynamic_sampling:
             info.update(dynamic_sampling_rounds=rounds, dynamic_sampling_short=short)
+        info.update(async_info)
         return batch, info
 
     # ---- optimisation --------------------------------------------------------------------------
@@ -444,9 +481,32 @@ class GRPOTrainer(Trainer):
         stop_unscorable = self._check_unscorable(record, log)
         return (self.collapsed and self.config.stop_on_collapse) or stop_unscorable
 
+    # ---- the run ---------------------------------------------------------------------------------
+    def train(self, *args, **kwargs) -> list[dict]:
+        """Trainer.train; with async rollouts the trainer keeps all but one core (the worker's) and
+        the worker is stopped when the run ends or fails (its prefetched prompts go back)."""
+        threads = torch.get_num_threads()
+        if self.config.async_rollouts and self.config.max_staleness > 0:
+            torch.set_num_threads(max(1, threads - 1))
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+            self.close_rollouts()
+
+    def close_rollouts(self) -> None:
+        """Stops the asynchronous rollout worker, if any; the prompts it took for a step not trained
+        go back to the stream."""
+        if self._async is not None:
+            self.consumed -= self._async.prompts_in_flight()
+            self._async.close()
+            self._async = None
+
     # ---- checkpoints ---------------------------------------------------------------------------
     def trainer_state(self) -> dict:
-        return {"consumed": self.consumed, "best_reward": self.best_reward if math.isfinite(self.best_reward) else None,
+        # prompts prefetched for a step not trained yet are not consumed: a resumed run takes them again
+        in_flight = self._async.prompts_in_flight() if self._async is not None else 0
+        return {"consumed": self.consumed - in_flight, "best_reward": self.best_reward if math.isfinite(self.best_reward) else None,
                 "low_reward_steps": self.low_reward_steps, "collapsed": self.collapsed, "unscorable_steps": self.unscorable_steps}
 
     def restore_trainer_state(self, js: dict, path: str) -> None:

@@ -3,7 +3,9 @@
 Names and meanings follow TRL's GRPOConfig where the two overlap (num_generations,
 per_device_train_batch_size counts completions, loss_type "dapo" by default, epsilon/epsilon_high,
 scale_rewards, ...). Beyond TRL: dynamic sampling (DAPO: drop groups whose rewards are all equal and
-refill the batch), a loss normaliser that leaves those groups out, and a collapse detector.
+refill the batch), a loss normaliser that leaves those groups out, a collapse detector, and
+asynchronous rollouts with truncated importance sampling (TRL's vllm_importance_sampling_correction
+with mode token_truncate / sequence_truncate as tis_cap / tis_level).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from r1core.trainers.optim import LR_SCHEDULERS
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 SCALE_REWARDS = ("group", "batch", "none")
+# the importance weight's cap when async_rollouts turns TIS on by itself: TRL's default
+# (vllm_importance_sampling_clip_max)
+TIS_CAP_ASYNC = 3.0
 
 
 @dataclass
@@ -41,6 +46,16 @@ class GRPOConfig(TrainerConfig):
     reward_weights: list[float] | None = None
     num_iterations: int = 1
     mask_truncated_completions: bool = False
+    # truncated importance sampling: each token's surrogate times min(pi_train / pi_rollout, tis_cap),
+    # pi_rollout the engine's sampling probability (r1kernels._tis); None: off (on by default, at
+    # TIS_CAP_ASYNC, when async_rollouts is on)
+    tis_cap: float | None = None
+    tis_level: str = "token"
+    # asynchronous rollouts (r1core.trainers.async_rollouts): step k+1's completions are generated in a
+    # worker process while step k trains, from weights at most max_staleness optimizer steps old;
+    # max_staleness 0 leaves nothing to overlap and is the synchronous trainer
+    async_rollouts: bool = False
+    max_staleness: int = 1
     # DAPO dynamic sampling: keep generating until the batch holds enough groups with distinct rewards
     dynamic_sampling: bool = False
     max_dynamic_sampling_rounds: int = 4
@@ -96,6 +111,9 @@ class GRPOConfig(TrainerConfig):
         "importance_sampling_level": one_of(("token", "sequence")),
         "scale_rewards": one_of(SCALE_REWARDS),
         "num_iterations": at_least(1),
+        "tis_cap": above(0),
+        "tis_level": one_of(("token", "sequence")),
+        "max_staleness": at_least(0),
         "max_dynamic_sampling_rounds": at_least(1),
         "adam_beta1": within(0, 1, high_open=True),
         "adam_beta2": within(0, 1, high_open=True),
@@ -115,6 +133,8 @@ class GRPOConfig(TrainerConfig):
             self.min_p = 0.0
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
+        if self.async_rollouts and self.tis_cap is None:
+            self.tis_cap = TIS_CAP_ASYNC
         if self.scale_rewards is True:
             self.scale_rewards = "group"
         elif self.scale_rewards is False:
@@ -130,6 +150,9 @@ class GRPOConfig(TrainerConfig):
         if self.loss_type not in ("cispo", "sapo"):
             self._require(self.epsilon_high >= self.epsilon, "epsilon_high",
                           f">= epsilon ({self.epsilon}) with loss_type {self.loss_type!r}")
+        if self.async_rollouts and self.dynamic_sampling:
+            self._require(False, "dynamic_sampling", "False with async_rollouts=True (its extra rounds wait on the "
+                          "policy being trained, leaving nothing to overlap)")
         # TRL: the completions of one optimizer step are whole groups
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
         self._require(per_step % self.num_generations == 0, "per_device_train_batch_size",
@@ -145,4 +168,4 @@ class GRPOConfig(TrainerConfig):
         return self.warmup_steps if self.warmup_steps > 0 else int(math.ceil(self.warmup_ratio * self.max_steps))
 
 
-__all__ = ["GRPOConfig", "LOSS_TYPES", "LR_SCHEDULERS", "SCALE_REWARDS"]
+__all__ = ["GRPOConfig", "LOSS_TYPES", "LR_SCHEDULERS", "SCALE_REWARDS", "TIS_CAP_ASYNC"]
