@@ -169,3 +169,19 @@ def test_help(capsys):
     for flag in ("--seed", "--name", "--config", "--no-progress", "--resume", "--stages", "--reasoning-seconds", "--grpo.learning-rate",
                  "--sft.learning-rate", "--base.max-seconds"):
         assert flag in out
+
+
+def test_the_shipped_base_is_the_default_and_reads_both_scripts(tmp_path):
+    from r1core.recipes.r1 import SHIPPED_BASE
+    from r1core.tasks.two_script import SECOND_DIGITS
+
+    assert R1Config().base_model == "shipped"
+    assert os.path.exists(os.path.join(SHIPPED_BASE, "provenance.json"))
+    _, tok = S.load(SHIPPED_BASE)  # the recipe's loader: AutoTokenizer would drop the second script
+    ids = tok(SECOND_DIGITS + "0123456789", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 20 and tok.unk_token_id not in ids
+    argv = [a for a in TINY if a not in ("--base-model", "train")]
+    assert main(["r1", "--runs-dir", str(tmp_path), "--stages", "cold_start", *argv]) == 0
+    s = _summary(tmp_path / "r1")
+    assert [e["name"] for e in s["stages"]] == ["base", "cold_start"] and s["stages"][0]["train_steps"] == 0
+    assert s["base_model"] == SHIPPED_BASE

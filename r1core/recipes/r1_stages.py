@@ -65,6 +65,16 @@ def engine_for(cfg: R1Config, model, tok):
     return Engine(model, tokenizer=tok, num_blocks=2 * cfg.num_prompts * cfg.grpo.num_generations * per_seq + 16)
 
 
+def load(path: str):
+    """(model, tokenizer) of a saved folder. The tokenizer through `load_tokenizer`: AutoTokenizer
+    reads a Qwen2 folder's tokenizer as Qwen2's byte-level one, which drops the second script's
+    digits when it encodes (the prompts of the non-reasoning rows became "=")."""
+    from r1core.tasks.tokenizer import load_tokenizer
+
+    model, _ = A.load(path)
+    return model, load_tokenizer(path)
+
+
 # ---- evaluation ----------------------------------------------------------------------------------
 def evaluate_stage(cfg: R1Config, name: str, model, tok, held: list[dict], train_seconds: float, engine=None) -> dict:
     """The stage's summary entry: held-out pass@1 of eval_samples samples at temperature 1, greedy
@@ -122,7 +132,7 @@ def base_stage(cfg: R1Config, problems: Problems, resume: bool) -> dict:
     mixed-script reasoning until its greedy validation accuracy reaches base_target_accuracy
     (stages/base/model); its held-out evaluation."""
     if cfg.base_model != "train":
-        model, tok = A.load(base_path(cfg))
+        model, tok = load(base_path(cfg))
         entry = evaluate_stage(cfg, "base", model, tok, problems.held, 0.0)
         entry.update(train_steps=0, base_model=os.path.relpath(base_path(cfg)))
         A.finish_stage(cfg.run_dir, entry)
@@ -165,7 +175,7 @@ def sft_stage(cfg: R1Config, name: str, start: str, rows: list[dict], epochs: fl
     (model, tokenizer, trainer)."""
     from r1core.trainers import SFTTrainer
 
-    model, tok = A.load(start)
+    model, tok = load(start)
     steps = max(1, math.ceil(epochs * len(rows) / cfg.sft.per_device_train_batch_size))
     out = A.stage_dir(cfg.run_dir, name)
     sft = dataclasses.replace(cfg.sft, output_dir=out, max_steps=min(steps, cfg.sft.max_steps), max_seconds=seconds)
@@ -179,7 +189,7 @@ def grpo_stage(cfg: R1Config, name: str, start: str, reward_funcs: list, seconds
     """GRPO of the model in `start` with reward_funcs (summed) for `seconds`; its summary entry."""
     from r1core.trainers import GRPOTrainer
 
-    model, tok = A.load(start)
+    model, tok = load(start)
     out = A.stage_dir(cfg.run_dir, name)
     engine = engine_for(cfg, model, tok)
     grpo = dataclasses.replace(cfg.grpo, output_dir=out, max_seconds=seconds)
@@ -230,7 +240,7 @@ def rejection_sft_stage(cfg: R1Config, problems: Problems, resume: bool) -> dict
             stats = json.load(f)
     else:
         t0 = time.perf_counter()
-        model, tok = A.load(A.stage_model(cfg.run_dir, "reasoning_rl"))
+        model, tok = load(A.stage_model(cfg.run_dir, "reasoning_rl"))
         drawn = problems.train[:cfg.rejection_prompts]
         data = readable_samples(cfg, model, tok, drawn)
         kept = [{"prompt": r["prompt"], "solution": r["completion"]} for r in data]
