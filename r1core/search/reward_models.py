@@ -203,8 +203,12 @@ def predict(model: RewardModel, tokenizer, prompt: str, completions: Sequence[st
     if not completions:
         return []
     ids, pos = _scored_inputs(tokenizer, prompt, completions, kind, separator)
+    return _padded_scores(model, ids, pos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+@torch.no_grad()
+def _padded_scores(model: RewardModel, ids: list[list[int]], pos: list[list[int]], pad: int) -> list[list[float]]:
     T = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
     mask = torch.zeros(len(ids), T, dtype=torch.long)
     for i, x in enumerate(ids):
@@ -264,34 +268,41 @@ class _TrainedVerifier(Verifier):
         The same scores either way, to float rounding.
 
         cache: the scores already computed for this prompt, keyed by the completion's tokens up to
-        the scored one (a scorer keeps one per prompt). With the tree, a position's score depends on
-        which call computed it, at float rounding; taken from the cache, a step the candidates share
-        scores the same for all of them in every round, as it does scored alone, so ties (a "min" of
-        the same step) stay ties and the search takes the same path with the switch on or off."""
-        if self.tree_attention is False:
-            return [self._completion_scores(prompt, c) for c in completions]
+        the scored one (a scorer keeps one per prompt): a position's score is computed once and
+        reused. Computed again, in another call (a longer sequence scored alone, another packed
+        tree), it could differ at float rounding; taken from the cache, a step the candidates share
+        scores exactly the same for all of them in every round, with the switch on or off, so ties
+        (a "min" over that step) stay ties and the search takes the same path either way."""
+        if not completions:
+            return []
         ids, pos = _scored_inputs(self.tokenizer, prompt, completions, self.kind, self.separator)
+        todo = list(range(len(ids)))
+        if cache is not None:
+            start = len(_prompt_ids(self.tokenizer, prompt))
+            keys = [[tuple(x[start : q + 1]) for q in ps] for x, ps in zip(ids, pos)]
+            todo = [i for i, ks in enumerate(keys) if any(k not in cache for k in ks)]
+        if not todo:
+            fresh = []
+        elif self.tree_attention is False:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            fresh = [_padded_scores(self.model, [ids[i]], [pos[i]], pad)[0] for i in todo]
+        else:
+            fresh = _tree_scores(self.model, [ids[i] for i in todo], [pos[i] for i in todo])
         if cache is None:
-            return _tree_scores(self.model, ids, pos) if completions else []
-        start = len(_prompt_ids(self.tokenizer, prompt))
-        keys = [[tuple(x[start : q + 1]) for q in ps] for x, ps in zip(ids, pos)]
-        todo = [i for i, ks in enumerate(keys) if any(k not in cache for k in ks)]
-        if todo:
-            for i, scores in zip(todo, _tree_scores(self.model, [ids[i] for i in todo], [pos[i] for i in todo])):
-                for k, v in zip(keys[i], scores):
-                    cache.setdefault(k, v)
+            return fresh
+        for i, scores in zip(todo, fresh):
+            for k, v in zip(keys[i], scores):
+                cache.setdefault(k, v)
         return [[cache[k] for k in ks] for ks in keys]
 
     def _scorer_fns(self, prompt: str, reduce: Callable[[list[float]], float]) -> Scorer:
-        """score(completion, finished) with `score_many`; both through one cache with the tree."""
+        """score(completion, finished) with `score_many`, both through one cache (`completions_scores`)."""
         cache: dict = {}
 
         def score_many(completions: Sequence[str], finished: Sequence[bool]) -> list[float]:
             return [reduce(s) for s in self.completions_scores(prompt, completions, cache)]
 
         def score(completion: str, finished: bool) -> float:
-            if self.tree_attention is False:
-                return reduce(self._completion_scores(prompt, completion))
             return score_many([completion], [finished])[0]
 
         score.score_many = score_many
