@@ -2,11 +2,15 @@
 process while step k trains (verl's one-step-off-policy pipeline).
 
 Why a process: torch's intra-op thread pool is process-wide, so a generation thread would share
-(and fight over) the trainer's threads. The worker is a spawned process with its own
-`torch.set_num_threads` (by default 1 of the machine's cores, the trainer keeps the rest), its own
-r1core Engine and a copy of the policy whose parameters live in shared memory: the trainer
+(and fight over) the trainer's threads, and the engine's decode loop holds the GIL. The worker is a
+spawned process with its own `torch.set_num_threads` (1: decoding a batch of small sequences is
+bound by the engine's per-token work, not by GEMMs, and measured no faster on 2 threads here), its
+own r1core Engine and a copy of the policy whose parameters live in shared memory: the trainer
 publishes its weights by copying them into that copy while the worker is idle, so a generation
-always reads one consistent version.
+always reads one consistent version. The trainer keeps its own thread count: in a first look on the
+busy 2-core dev machine (load ~3, one run each) the default run's steps took ~0.45 s with the
+trainer at 2 threads beside the worker, ~1 s with it at 1 thread, ~0.8 s synchronously (its GEMMs
+do use the second core); bench/bench_async_rollouts.py measures it properly.
 
 The pipeline, per optimizer step k (weights version k = k updates done):
     collect batch k (generated from version k - 1; at the first step, from version 0, waited for)

@@ -483,15 +483,11 @@ class GRPOTrainer(Trainer):
 
     # ---- the run ---------------------------------------------------------------------------------
     def train(self, *args, **kwargs) -> list[dict]:
-        """Trainer.train; with async rollouts the trainer keeps all but one core (the worker's) and
-        the worker is stopped when the run ends or fails (its prefetched prompts go back)."""
-        threads = torch.get_num_threads()
-        if self.config.async_rollouts and self.config.max_staleness > 0:
-            torch.set_num_threads(max(1, threads - 1))
+        """Trainer.train; with async rollouts the worker is stopped when the run ends or fails (its
+        prefetched prompts go back to the stream)."""
         try:
             return super().train(*args, **kwargs)
         finally:
-            torch.set_num_threads(threads)
             self.close_rollouts()
 
     def close_rollouts(self) -> None:
