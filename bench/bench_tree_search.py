@@ -19,8 +19,11 @@ case runs --repeats times per arm, the arms interleaved, the fastest run kept (t
 shared); the table gives both times, off/on, and whether the results are the same (the searches'
 answers, texts and generated tokens; the beams' hypotheses; the scores to 1e-5).
 
-    python bench/bench_tree_search.py            # 30M policy and PRM, 512-token prompt
-    python bench/bench_tree_search.py --quick    # tiny models, 64-token prompt, small budgets
+    python bench/bench_tree_search.py            # 30M policy and PRM, 512-token prompt (~5 min, 2 threads)
+    python bench/bench_tree_search.py --quick    # tiny models, 64-token prompt, small budgets (seconds)
+
+Goals (issue 18): off/on >= 1.2x for mcts 64 and prm_beam 64, >= 1.5x for siblings, >= 1.0x (within
+noise) everywhere else, "same" everywhere.
 """
 
 from __future__ import annotations
