@@ -13,6 +13,7 @@ first, unoverlapped, generation). Both sides use TIS with the same cap, so they 
 
     python bench/bench_async_rollouts.py            # both cases, 8 measured steps each (~3 min on 2 cores)
     python bench/bench_async_rollouts.py --quick    # smoke: the default case, 2 measured steps, short completions
+    python bench/bench_async_rollouts.py --quick --case 30M   # the 30M case's smoke
 
 The default run itself, synchronous then asynchronous (accuracy and wall time in each summary.json;
 about 8 min each):
@@ -95,7 +96,7 @@ def run_side(case: str, mode: str, steps: int, args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the default case only, 2 measured steps, 16-token completions")
+    ap.add_argument("--quick", action="store_true", help="2 measured steps, 16-token completions, the default case unless --case names one")
     ap.add_argument("--case", choices=["default", "30M", "all"], default="all")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per side (default 8; --quick 2)")
     ap.add_argument("--threads", type=int, default=2)
@@ -107,7 +108,9 @@ def main():
         print(json.dumps(bench_side(args.child_case, args.child, args.steps, args.quick)))
         return
     steps = args.steps or (2 if args.quick else 8)
-    cases = ["default"] if args.quick else (["default", "30M"] if args.case == "all" else [args.case])
+    cases = ["default", "30M"] if args.case == "all" else [args.case]
+    if args.quick and args.case == "all":
+        cases = ["default"]
     print(f"torch {torch.__version__}, threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
           f"steps {steps} (+{WARMUP} not timed), load {os.getloadavg()[0]:.1f}")
     print(f"{'case':>8} {'mode':>6} {'step s':>8} {'steps/s':>8} {'wait s':>8} {'accuracy':>8}")
