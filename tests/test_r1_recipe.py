@@ -5,6 +5,7 @@ the two-script task and its rewards, and bad input named."""
 import json
 import os
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -154,12 +155,24 @@ def test_two_script_task_and_rewards():
     (["--grpo.max-steps", "0"], r"--grpo.max-steps: .*max_steps must be"),
     (["--mix", "1.5"], r"--mix: .*mix must be a number in \[0, 1"),
     (["--resume", "--name", "never"], r"--resume: .*holds no r1 run"),
+    (["--base-model", "/nonexistent/base"], r"--base-model: .*'shipped', 'train' or a model folder"),
 ])
 def test_bad_input_is_named(tmp_path, argv, pat, capsys):
     with pytest.raises(SystemExit) as e:
         main(["r1", "--runs-dir", str(tmp_path), *argv])
     msg = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
     assert re.search(pat, msg) and "\n" not in msg.strip(), msg
+
+
+def test_a_base_folder_without_its_tokenizer_is_named(tmp_path):
+    from r1core.recipes.r1 import SHIPPED_BASE
+
+    base = tmp_path / "base"
+    base.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (base / f).write_bytes(Path(SHIPPED_BASE, f).read_bytes())
+    with pytest.raises(SystemExit, match=r"base_model: .*holds no tokenizer.json"):
+        main(["r1", "--runs-dir", str(tmp_path), "--base-model", str(base), "--stages", "cold_start", "--no-progress"])
 
 
 def test_help(capsys):

@@ -71,6 +71,9 @@ def load(path: str):
     digits when it encodes (the prompts of the non-reasoning rows became "=")."""
     from r1core.tasks.tokenizer import load_tokenizer
 
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        raise ValueError(f"R1Config.base_model: {path!r} holds no tokenizer.json (a model over the two-script alphabet, saved "
+                         "with its tokenizer, as every stage's model/ is)")
     model, _ = A.load(path)
     return model, load_tokenizer(path)
 
