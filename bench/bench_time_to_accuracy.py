@@ -21,9 +21,8 @@ training seconds of the first evaluation at or above it) and TRL's time over r1c
 over the seeds; a PNG of both curves (greedy accuracy and pass@1 against training seconds) and
 every point as JSON in --out.
 
-    python bench/bench_time_to_accuracy.py --seeds 0 1 2            # the measurement
+    python bench/bench_time_to_accuracy.py --seeds 0 1 2 --r1core-async   # the measurement, both r1core modes
     python bench/bench_time_to_accuracy.py --quick                   # smoke: 10 s per trainer, 2 points
-    python bench/bench_time_to_accuracy.py --r1core-async            # also r1core with async_rollouts
     python bench/bench_time_to_accuracy.py --trainers trl --seeds 0 --out runs/tta/trl-0   # one side at a time, then
     python bench/bench_time_to_accuracy.py --merge runs/tta/*/time_to_accuracy.json --out runs/tta   # one table
 """
