@@ -6,26 +6,18 @@ PyTorch goes); sharded checkpoints (torch.distributed.checkpoint) written at 2 p
 parameters. Tiny model, few steps: the processes' start is most of the time."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
+from r1core.recipes.base_model import build_model, build_tokenizer
 from r1core.trainers import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
-from tests.test_distributed import _global_batch
+from tests.test_distributed import TINY, _free_port, _global_batch
 
-TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
 B, G, C = 8, 4, 7
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sft_rows() -> list[dict]:
@@ -86,6 +78,10 @@ def _worker(rank, world, port, seed, tmp, resume_from):
                 torch.save(res, os.path.join(tmp, "two.pt"))
         else:
             _sft(seed, world, os.path.join(tmp, "sft1"), fsdp=True, save_steps=2).train(progress=False)
+            # whole tensors (a run without fsdp) do not load into an fsdp run
+            tr = _sft(seed, world, os.path.join(tmp, "refused"), fsdp=True)
+            with pytest.raises(ValueError, match="written by a run without fsdp"):
+                tr.train(progress=False, resume_from_checkpoint=os.path.join(tmp, "ref", "checkpoint-2"))
         if resume_from:  # a checkpoint written at the other world size, to the end of the run
             tr = _sft(seed, world, os.path.join(tmp, f"resumed{world}"), fsdp=True)
             tr.train(progress=False, resume_from_checkpoint=os.path.join(tmp, resume_from, "checkpoint-2"))
@@ -100,6 +96,8 @@ def _worker(rank, world, port, seed, tmp, resume_from):
 def test_fsdp_two_processes_equal_one_and_checkpoints_reshard(tmp_path):
     seed = int(torch.randint(0, 10**6, ()))
     tmp = str(tmp_path)
+    # SFT without FSDP in one process: the uninterrupted run the resumed ones must end as
+    want_sft = _sft_steps(_sft(seed, 1, str(tmp_path / "ref"), fsdp=False, save_steps=2))
     mp.spawn(_worker, args=(1, _free_port(), seed, tmp, None), nprocs=1, join=True)  # a sharded checkpoint at 1 process
     mp.spawn(_worker, args=(2, _free_port(), seed, tmp, "sft1"), nprocs=2, join=True)
     two = torch.load(tmp_path / "two.pt")
@@ -107,8 +105,6 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_reshard(tmp_path):
     # GRPO: one process, the whole batch, no FSDP
     ref = _grpo(seed, 1, fsdp=False)
     want = _grpo_steps(ref, _global_batch(seed, len(build_tokenizer()), _grpo(seed, 1, False).model))
-    # SFT likewise; its run also gives the uninterrupted weights the resumed runs must end with
-    want_sft = _sft_steps(_sft(seed, 1, str(tmp_path / "ref"), fsdp=False))
     for name, got, exp in (("grpo", two, want), ("sft", two["sft"], want_sft)):
         assert got["losses"] == pytest.approx(exp["losses"], rel=1e-5, abs=1e-6), name
         for n in exp["weights"]:

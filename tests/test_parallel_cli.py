@@ -4,21 +4,13 @@ and with FSDP. Tiny model, 1-2 steps: the launchers' start is most of the time."
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
-
-TINY = BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from r1core.recipes.base_model import build_model, build_tokenizer
+from tests.test_distributed import TINY, _free_port
 
 
 def _env() -> dict:
@@ -30,11 +22,9 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def _wait(procs, timeout=120) -> list[str]:
-    outs = []
-    for p in procs:
-        out, _ = p.communicate(timeout=timeout)
-        outs.append(out)
-        assert p.returncode == 0, out[-3000:]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for i, p in enumerate(procs):  # every launcher's end: the first failure is often another's crash
+        assert p.returncode == 0, "\n".join(f"--- launcher {j}:\n{o[-3000:]}" for j, o in enumerate(outs))
     return outs
 
 

@@ -287,6 +287,8 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, data=None) -> dict:
     teacher, teacher_tok = load_model(cfg.teacher, cfg.seed)
     train, held_out = splits(cfg, teacher_tok, data)
     student, tok = load_student(cfg, teacher_tok)
+    teacher.to(dist.device_for_rank())  # torchrun on GPUs: this rank's device
+    student.to(dist.device_for_rank())
     why = tokenizer_mismatch(tok, teacher_tok)
     if why:  # sequence mode's SFT would train on the teacher's token ids read with another vocabulary
         raise ValueError(f"--student {cfg.student}: its tokenizer differs from the teacher's ({why}); distillation needs one tokenizer")

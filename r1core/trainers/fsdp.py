@@ -8,7 +8,8 @@ embeddings, the final norm and the (tied) head for it. With bf16, `MixedPrecisio
 parameters in the forward and backward, gradients reduced and AdamW stepped in float32.
 
 `full_weights(root)` is the rollout's view: every parameter unsharded (one all-gather per module,
-on every rank together) until the block ends, with no resharding after each layer's forward. The
+on every rank together) until the block ends, with no resharding after each layer's forward; in
+float32 with bf16 too (the shards are float32, and so are the engine's KV cache and sampler). The
 engine runs a different number of forwards on each rank (its sequences end when they end), so no
 collective may happen inside a generation; the block's start and end are the only ones.
 
@@ -87,13 +88,14 @@ def shard(root: torch.nn.Module, model: torch.nn.Module, bf16: bool = False) -> 
         raise ValueError("fsdp=True needs a process group: start the run with torchrun (one process: "
                          "torchrun --nproc-per-node 1), or set fsdp=False")
     mesh = init_device_mesh(dist.device_for_rank().type, (tdist.get_world_size(),))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    # inputs are never cast: the root's float tensors are log-probs and advantages the loss reads in
+    # float32, and a layer's input is bf16 already (the bf16 embedding's output); a rollout's layers
+    # run on the float32 weights (full_weights)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    # the root's inputs stay as given: its float tensors are log-probs and advantages the loss reads in
-    # float32 (the layers cast their own inputs)
-    root_mp = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype, cast_forward_inputs=False)
-    fully_shard(root, mesh=mesh, mp_policy=root_mp)
+    fully_shard(root, mesh=mesh, mp_policy=mp)
+    root._r1core_bf16_params = bf16
     root._get_fsdp_state()._lazy_init()  # root is the root, whichever module runs forward first (a rollout's layers)
     if average_sums():
         for m in fsdp_modules(root):
@@ -108,12 +110,17 @@ def full_weights(root: torch.nn.Module | None):
         yield
         return
     mods = fsdp_modules(root)
+    # bf16 parameters (MixedPrecisionPolicy): the rollout reads float32 ones, gathered from the
+    # float32 shards, as without FSDP (the engine's KV cache and sampler are float32)
+    full = _float32_weights(root) if getattr(root, "_r1core_bf16_params", False) else None
     for m in mods:
         m.unshard()
     inner = [m for m in mods if m is not root]
     for m in inner:
         m.set_reshard_after_forward(False, recurse=False)
     try:
+        for (module, name), tensor in (full or {}).items():
+            module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)  # reshard() puts the shard back
         with torch.no_grad():
             yield
     finally:
@@ -121,6 +128,20 @@ def full_weights(root: torch.nn.Module | None):
             m.set_reshard_after_forward(True, recurse=False)
         for m in mods:
             m.reshard()
+
+
+def _float32_weights(root: torch.nn.Module) -> dict:
+    """(module, name) -> the whole float32 tensor of each sharded parameter (one all-gather each, in
+    the modules' order on every rank; a tied parameter gathered once)."""
+    out, gathered = {}, {}
+    with torch.no_grad():
+        for module in root.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if hasattr(p, "full_tensor"):
+                    if id(p) not in gathered:
+                        gathered[id(p)] = p.full_tensor()
+                    out[(module, name)] = gathered[id(p)]
+    return out
 
 
 def retarget_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, torch.nn.Parameter],
