@@ -91,8 +91,9 @@ def test_trainer_learns_a_tiny_synthetic_set(tok, kind):
         exs = [RewardExample(e.prompt, e.completion, [e.labels[-1]]) for e in exs]
     model = build_reward_model(tok, hidden_size=64, num_layers=2, num_heads=4, seed=seed)
     before = labels_accuracy(model, tok, exs, kind)
-    losses = train_reward_model(model, tok, exs, kind=kind, max_steps=100, batch_size=12, learning_rate=3e-3, seed=seed)
-    assert len(losses) == 100
+    # 100 steps left about 1 seed in 100 short of the bar (seed 67: accuracy 0.92, loss 0.71 -> 0.42); 150 clear it
+    losses = train_reward_model(model, tok, exs, kind=kind, max_steps=150, batch_size=12, learning_rate=3e-3, seed=seed)
+    assert len(losses) == 150
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
     acc = labels_accuracy(model, tok, exs, kind)
