@@ -32,9 +32,10 @@ target-script digits in the sampled reasoning).
 Probes on a shared machine (load 5-9 on 2 cores: about a third of a quiet machine's steps), seed
 0, the shipped base (greedy 0.42): with these defaults the R1 stages reached greedy 0.68 (cold
 start, 27 steps), 0.75, 0.66 (stage 3 restarts from the base), 0.81 (language consistency 0.999);
-R1-Zero 0.61 after 96 steps in the same 242 s (consistency 0.40). 512 cold-start examples in 20 s
-and 30 s of stage-3 SFT ended at 0.63 against R1-Zero's 0.64; the SFT stages at lr 2e-3 knocked
-the base down to 0.26. docs/recipes.md has the table.
+R1-Zero 0.61 after 96 steps in the same 242 s (consistency 0.40); seed 1 (base greedy 0.38): R1
+0.81 (consistency 0.999), R1-Zero 0.64 after 176 steps (consistency 0.53), 539 s of wall time in
+all. 512 cold-start examples in 20 s and 30 s of stage-3 SFT ended at 0.63 against R1-Zero's
+0.64; the SFT stages at lr 2e-3 knocked the base down to 0.26. docs/recipes.md has the table.
 
     r1core r1                                   # seed 0, runs/r1/
     r1core r1 --seed 1 --name r1-s1
