@@ -109,7 +109,14 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_reshard(tmp_path):
         assert got["losses"] == pytest.approx(exp["losses"], rel=1e-5, abs=1e-6), name
         for n in exp["weights"]:
             torch.testing.assert_close(got["grads"][n], exp["grads"][n], atol=1e-6, rtol=1e-4, msg=lambda m: f"{name} grad {n}: {m}")
-            torch.testing.assert_close(got["weights"][n], exp["weights"][n], atol=1e-5, rtol=1e-4,
+            if "k_proj.bias" in n:
+                # softmax ignores what a key bias adds to every score of a query: its gradient is 0 up
+                # to rounding, which AdamW's normalisation turns into steps of +-lr either way
+                continue
+            # AdamW divides each gradient by its own running size, so rounding in the smallest ones
+            # moves weights by more than rounding: 2% of one step (lr 1e-2) still catches a shard
+            # stepped wrong or not at all
+            torch.testing.assert_close(got["weights"][n], exp["weights"][n], atol=2e-4, rtol=1e-3,
                                        msg=lambda m: f"{name} weight {n}: {m}")
 
     # checkpoint-2 of the 2-process run resumed by one process without a process group or FSDP
@@ -119,7 +126,9 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_reshard(tmp_path):
     resumed = {"1 process from 2 (no FSDP)": _grads_and_weights(tr.model)[1], "2 processes from 1": torch.load(tmp_path / "resumed2.pt")}
     for what, weights in resumed.items():
         for n, w in want_sft["weights"].items():
-            torch.testing.assert_close(weights[n], w, atol=1e-5, rtol=1e-4, msg=lambda m: f"{what} {n}: {m}")
+            if "k_proj.bias" in n:  # as above
+                continue
+            torch.testing.assert_close(weights[n], w, atol=2e-4, rtol=1e-3, msg=lambda m: f"{what} {n}: {m}")
 
     # the consolidated weights load as a model (from_pretrained, as `r1core eval` does)
     from transformers import AutoModelForCausalLM
