@@ -201,8 +201,11 @@ void distill_rows(float* zs, float* zt, int64_t rows, int64_t V, const int64_t* 
 
 int64_t distill_chunk_rows(int64_t V, int64_t n_rows) {
   const char* env = std::getenv("R1_DISTILL_CHUNK_BYTES");
-  const int64_t budget = env ? std::max<int64_t>(std::atoll(env), 1) : int64_t(192) << 20;
-  const int64_t rows = std::max<int64_t>(budget / (std::max<int64_t>(V, 1) * int64_t(sizeof(float))), 1);
+  // 64 MB a buffer keeps the two logit chunks well under the [V, Hs] weight gradient at 32k
+  // vocabularies; below 256 rows the head GEMMs lose speed, so large vocabularies take 256 anyway
+  const int64_t budget = env ? std::max<int64_t>(std::atoll(env), 1) : int64_t(64) << 20;
+  int64_t rows = std::max<int64_t>(budget / (std::max<int64_t>(V, 1) * int64_t(sizeof(float))), 1);
+  if (!env) rows = std::max<int64_t>(rows, 256);
   return std::max<int64_t>(std::min(rows, n_rows), 1);
 }
 
