@@ -11,6 +11,7 @@ jumps suddenly, so checking often keeps the base weak, as an R1-Zero base should
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -69,6 +70,22 @@ def load_model(path: str, seed: int = 0):
         raise ValueError(f"model {path!r} is not a folder (write one with `r1core sft --save DIR`; 'tiny' for random weights)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from r1core.tasks.tokenizer import load_tokenizer
+
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")  # in eval mode
     has_tok = any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer_config.json"))
-    return model, (AutoTokenizer.from_pretrained(path) if has_tok else build_tokenizer())
+    if not has_tok:
+        return model, build_tokenizer()
+    return model, (load_tokenizer(path) if _saved_as_plain_fast(path) else AutoTokenizer.from_pretrained(path))
+
+
+def _saved_as_plain_fast(path: str) -> bool:
+    """True for a tokenizer saved as a plain fast tokenizer (r1core's own): AutoTokenizer would
+    rebuild it as the model type's class (Qwen2Tokenizer for a qwen2 config), whose byte-level
+    pre-tokenizer silently drops characters outside its alphabet (the two-script task's digits)."""
+    try:
+        with open(os.path.join(path, "tokenizer_config.json")) as f:
+            cls = json.load(f).get("tokenizer_class")
+    except (OSError, ValueError):
+        return False
+    return os.path.exists(os.path.join(path, "tokenizer.json")) and cls in ("TokenizersBackend", "PreTrainedTokenizerFast")

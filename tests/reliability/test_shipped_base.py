@@ -41,3 +41,16 @@ def test_string_and_id_prompts_score_the_same_on_the_shipped_base(rows):
     assert by_text == by_ids
     # the base learnt something: on strings it scores as on ids (0.0 against 0.375 before)
     assert sum(accuracy_reward(texts, by_text, answer=[r["answer"] for r in rows])) > 0
+
+
+def test_load_model_keeps_every_character_of_a_saved_plain_tokenizer():
+    # AutoTokenizer rebuilds a qwen2 folder's plain fast tokenizer as Qwen2Tokenizer, whose byte-level
+    # pre-tokenizer dropped the two-script task's Arabic-Indic digits without a trace
+    from r1core.recipes.r1 import SHIPPED_BASE as TWO_SCRIPT_BASE
+    from r1core.tasks.tokenizer import load_tokenizer
+
+    _, tok = load_model(TWO_SCRIPT_BASE)
+    text = "T\u0663+\u0664=\u0667,A7"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == load_tokenizer(TWO_SCRIPT_BASE)(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and tok.decode(ids) == text
