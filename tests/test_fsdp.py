@@ -73,6 +73,15 @@ def _worker(rank, world, port, seed, tmp, resume_from):
             tr = _grpo(seed, world, fsdp=True)
             batch = _global_batch(seed, len(build_tokenizer()), _grpo(seed, 1, False).model).rows(slice(rank * B // 2, (rank + 1) * B // 2))
             res = _grpo_steps(tr, batch)
+            # the correction for a gloo that sums (issue 162338): FSDP sums, then divides by the world
+            # size; on a gloo that averages it must give the same
+            from r1core.trainers import fsdp
+
+            real, fsdp.average_sums = fsdp.average_sums, lambda: True
+            try:
+                res["corrected"] = _grpo_steps(_grpo(seed, world, fsdp=True), batch)
+            finally:
+                fsdp.average_sums = real
             res["sft"] = _sft_steps(_sft(seed, world, os.path.join(tmp, "sft2"), fsdp=True, save_steps=2))
             if rank == 0:
                 torch.save(res, os.path.join(tmp, "two.pt"))
@@ -105,7 +114,7 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_reshard(tmp_path):
     # GRPO: one process, the whole batch, no FSDP
     ref = _grpo(seed, 1, fsdp=False)
     want = _grpo_steps(ref, _global_batch(seed, len(build_tokenizer()), _grpo(seed, 1, False).model))
-    for name, got, exp in (("grpo", two, want), ("sft", two["sft"], want_sft)):
+    for name, got, exp in (("grpo", two, want), ("grpo, sum then divide", two["corrected"], want), ("sft", two["sft"], want_sft)):
         assert got["losses"] == pytest.approx(exp["losses"], rel=1e-5, abs=1e-6), name
         for n in exp["weights"]:
             torch.testing.assert_close(got["grads"][n], exp["grads"][n], atol=1e-6, rtol=1e-4, msg=lambda m: f"{name} grad {n}: {m}")

@@ -63,7 +63,8 @@ def _gloo_average_sums(group_name: str) -> bool:
     world = tdist.get_world_size()
     ones = torch.ones(world, dtype=torch.float32)
     out = torch.empty(1, dtype=torch.float32)
-    tdist.reduce_scatter_tensor(out, ones, op=tdist.ReduceOp.AVG)
+    scatter = getattr(tdist, "reduce_scatter_single", None) or tdist.reduce_scatter_tensor  # the older name before 2.10
+    scatter(out, ones, op=tdist.ReduceOp.AVG)
     if out.item() == 1.0:
         return False
     if out.item() == float(world):
