@@ -62,3 +62,16 @@ def test_distill_under_torchrun(tmp_path, fsdp):
     recs = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["step"] == 2 and recs[-1]["on_policy"] == 1.0
     assert (tmp_path / "d" / "final" / "model.safetensors").exists()
+
+
+def test_fsdp_flag_without_torchrun_names_it(tmp_path):
+    from r1core.recipes.cli import main
+
+    tok = build_tokenizer()
+    teacher = tmp_path / "teacher"
+    build_model(tok, TINY, seed=1).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    with pytest.raises(SystemExit, match=r"--distill.fsdp: FSDP needs a process group: start the run with torchrun"):
+        main(["distill", "--teacher", str(teacher), "--student", "tiny", "--runs-dir", str(tmp_path), "--distill.fsdp"])
+    with pytest.raises(SystemExit, match=r"SFTConfig.fsdp=True needs a process group"):
+        main(["sft", "--fsdp", "--max-steps", "1", "--train-size", "8", "--output-dir", str(tmp_path / "sft")])

@@ -368,6 +368,10 @@ def cmd_distill(given: Given) -> int:
 
         cfg = given.build(DistillRunConfig)
         dist.init_from_env(single=cfg.distill.fsdp or cfg.sft.fsdp)  # torchrun: DDP, or FSDP2 with --distill.fsdp/--sft.fsdp
+        if (cfg.distill.fsdp or cfg.sft.fsdp) and not dist.is_initialized():  # before the evaluations, not after them
+            flag = "--distill.fsdp" if cfg.distill.fsdp else "--sft.fsdp"
+            raise ValueError(f"{flag}: FSDP needs a process group: start the run with torchrun (`torchrun --nproc-per-node N -m "
+                             f"r1core.recipes.cli distill ...`; N=1 for one process), or leave it off")
         run_distill(cfg, resume=given.build(DistillOptions).resume, data=given.build(DataOptions))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
