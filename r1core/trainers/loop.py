@@ -32,8 +32,10 @@ about; a step whose loss or gradient norm is NaN or inf skips its update (counte
 `max_bad_steps` of them in a row raise `NumericalFault` before any checkpoint of them is written.
 
 Several processes (torchrun): rank 0's clock is every rank's (the schedule and the stop must
-agree), only rank 0 logs and writes checkpoints, and the logged metrics are the whole step's:
-`summed_metrics` added over ranks, the others averaged.
+agree), only rank 0 logs and writes checkpoints (under FSDP each rank adds its shards), and the
+logged metrics are the whole step's: `summed_metrics` added over ranks, the others averaged. A
+trainer wraps its loss module with `wrap_loss` (DDP, or FSDP2 with config.fsdp) and runs its
+rollouts inside `full_weights()` (docs/parallel.md).
 """
 
 from __future__ import annotations
@@ -283,7 +285,8 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_state(self) -> str | None:
         """<output_dir>/checkpoint-<step>: everything a resumed run needs, written by the main
-        process; returns its path there (None on the other ranks)."""
+        process (under FSDP every rank writes its shards too, r1core.trainers.sharded_checkpoint);
+        returns its path there (None on the other ranks)."""
         cfg = self.config
         state = {"global_step": self.global_step, **self.trainer_state(), "elapsed": self.elapsed, "config": cfg.to_dict(),
                  "world_size": self.world_size, "bad_steps": self.bad_steps}
