@@ -42,6 +42,11 @@ def test_grpo_fsdp_on_two_nodes(tmp_path):
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2]
     assert (out / "checkpoint-2" / "shards" / ".metadata").exists() and (out / "final" / "model.safetensors").exists()
+    # the consolidated checkpoint loads as `r1core eval --model` loads a model
+    from r1core.recipes.base_model import load_model
+
+    model, _ = load_model(str(out / "checkpoint-2"), 0)
+    assert all(bool(p.isfinite().all()) for p in model.parameters())
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])

@@ -3,7 +3,7 @@
 The trainers stay correct with or without it: `world()` is (rank 0, size 1) when no process group
 exists. Prompts are dealt to ranks whole, so a prompt's G samples (its group) stay on one rank and
 group advantages need no communication; only token counts for the dapo normaliser, the logged
-metrics and the gradients (DDP) cross ranks.
+metrics and the gradients (DDP, or FSDP2: r1core.trainers.fsdp) cross ranks.
 """
 
 from __future__ import annotations
