@@ -198,3 +198,11 @@ def test_the_shipped_base_is_the_default_and_reads_both_scripts(tmp_path):
     s = _summary(tmp_path / "r1")
     assert [e["name"] for e in s["stages"]] == ["base", "cold_start"] and s["stages"][0]["train_steps"] == 0
     assert s["base_model"] == SHIPPED_BASE
+
+
+@pytest.mark.parametrize("field,value,named", [("grpo", {"max_steps": 0}, "R1Config.grpo.max_steps must be"),
+                                               ("sft", {"learning_rate": -1.0}, "R1Config.sft.learning_rate must be"),
+                                               ("base", {"output_dir": "elsewhere"}, "R1Config.base.output_dir is set by the run")])
+def test_a_trainer_configs_error_names_the_recipes_field(field, value, named):
+    with pytest.raises(ValueError, match=named):
+        R1Config(**{field: value})

@@ -153,30 +153,19 @@ class R1Config:
     def _trainer_configs(self) -> None:
         from r1core.recipes.r1_zero import _trainer_config
 
-        self.base = _named("base", lambda: _trainer_config("base", SFTConfig, self.base, BASE_DEFAULTS, lambda s: {
-            "output_dir": A.stage_dir(self.run_dir, "base"), "seed": self.seed, "completion_field": "solution"}, BASE_OWNED))
-        self.sft = _named("sft", lambda: _trainer_config("sft", SFTConfig, self.sft, SFT_DEFAULTS, lambda s: {
+        self.base = _trainer_config("base", SFTConfig, self.base, BASE_DEFAULTS, lambda s: {
+            "output_dir": A.stage_dir(self.run_dir, "base"), "seed": self.seed, "completion_field": "solution"}, BASE_OWNED, "R1Config")
+        self.sft = _trainer_config("sft", SFTConfig, self.sft, SFT_DEFAULTS, lambda s: {
             "output_dir": self.run_dir, "seed": self.seed, "completion_field": "solution", "max_seconds": self.cold_start_seconds},
-            SFT_OWNED))
-        self.grpo = _named("grpo", lambda: _trainer_config("grpo", GRPOConfig, self.grpo, GRPO_DEFAULTS, lambda g: {
+            SFT_OWNED, "R1Config")
+        self.grpo = _trainer_config("grpo", GRPOConfig, self.grpo, GRPO_DEFAULTS, lambda g: {
             "output_dir": self.run_dir, "seed": self.seed, "per_device_train_batch_size": self.num_prompts * g["num_generations"],
-            "max_seconds": self.reasoning_seconds}, GRPO_OWNED))
+            "max_seconds": self.reasoning_seconds}, GRPO_OWNED, "R1Config")
 
     @property
     def run_dir(self) -> str:
         return os.path.join(self.runs_dir, self.name)
 
-
-def _named(name: str, build):
-    """A trainer config's error named as this recipe's field (R1Config.grpo.max_steps: --grpo.max-steps)."""
-    try:
-        return build()
-    except ValueError as e:
-        msg = str(e)
-        for prefix in ("SFTConfig.", "GRPOConfig.", f"RunConfig.{name}."):
-            if msg.startswith(prefix):
-                msg = f"R1Config.{name}." + msg[len(prefix):]
-        raise ValueError(msg) from None
 
 
 @dataclass

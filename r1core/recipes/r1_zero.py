@@ -139,10 +139,22 @@ class RunConfig:
         return os.path.join(self.runs_dir, self.name)
 
 
-def _trainer_config(name: str, cls, given, defaults: dict, owned: Callable[[dict], dict], why: dict):
+def _trainer_config(name: str, cls, given, defaults: dict, owned: Callable[[dict], dict], why: dict, owner: str | None = None):
     """cls from `given` (a cls, or a dict of its fields over `defaults`) with the fields the run sets,
     owned(fields) -> {field: value}. A dict that names one of those is an error (why says where the
-    run takes it from); a cls's are replaced, so that dataclasses.replace(run_config, seed=...) works."""
+    run takes it from); a cls's are replaced, so that dataclasses.replace(run_config, seed=...) works.
+    owner: the recipe config's class name, so that every error names the recipe's field
+    (R1Config.grpo.max_steps, which the user set as --grpo.max-steps); None keeps RunConfig's and
+    the trainer config's own names."""
+    if owner is not None:
+        try:
+            return _trainer_config(name, cls, given, defaults, owned, why)
+        except ValueError as e:
+            msg = str(e)
+            for prefix in (f"{cls.__name__}.", f"RunConfig.{name}."):
+                if msg.startswith(prefix):
+                    msg = f"{owner}.{name}." + msg[len(prefix):]
+            raise ValueError(msg) from None
     if isinstance(given, cls):
         values = {f.name: getattr(given, f.name) for f in dataclasses.fields(cls) if f.init}
     elif isinstance(given, dict):

@@ -95,25 +95,15 @@ class StarConfig(A.CountdownSetting):
         if self.base_model != "train" and not os.path.isdir(self.base_model):
             raise ValueError(f"StarConfig.base_model must be 'train' or a model folder, got {self.base_model!r} (no such folder)")
         # two SFTConfigs: their errors name the one they are about (StarConfig.base.max_seconds: --base.max-seconds)
-        self.base = _nested("base", lambda: _trainer_config("base", SFTConfig, self.base, BASE_DEFAULTS, lambda s: {
-            "output_dir": os.path.join(self.run_dir, "base"), "seed": self.seed}, BASE_OWNED))
-        self.finetune = _nested("finetune", lambda: _trainer_config("finetune", SFTConfig, self.finetune, FINETUNE_DEFAULTS, lambda s: {
-            "output_dir": self.run_dir, "seed": self.seed}, FINETUNE_OWNED))
+        self.base = _trainer_config("base", SFTConfig, self.base, BASE_DEFAULTS, lambda s: {
+            "output_dir": os.path.join(self.run_dir, "base"), "seed": self.seed}, BASE_OWNED, "StarConfig")
+        self.finetune = _trainer_config("finetune", SFTConfig, self.finetune, FINETUNE_DEFAULTS, lambda s: {
+            "output_dir": self.run_dir, "seed": self.seed}, FINETUNE_OWNED, "StarConfig")
 
     @property
     def run_dir(self) -> str:
         return os.path.join(self.runs_dir, self.name)
 
-
-def _nested(name: str, build):
-    try:
-        return build()
-    except ValueError as e:
-        msg = str(e)
-        for prefix in ("SFTConfig.", f"RunConfig.{name}."):
-            if msg.startswith(prefix):
-                msg = f"StarConfig.{name}." + msg[len(prefix):]
-        raise ValueError(msg) from None
 
 
 @dataclass
