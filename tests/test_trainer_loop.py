@@ -217,3 +217,15 @@ def test_accumulation_gives_the_gradient_of_one_batch(tmp_path):
         for p, g in zip(tr.model.parameters(), want):
             torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
     assert any(g.abs().sum() > 0 for g in want)
+
+
+def test_a_logged_maximum_is_the_largest_over_micro_batches(tmp_path):
+    tr = ToyTrainer(ToyConfig(output_dir=str(tmp_path)))
+    x, y = tr.batch()
+    parts = [(x[:3], y[:3], 5.0), (x[3:], y[3:], 2.0)]
+
+    def fn(b):  # tis_ratio_max as the GRPO loss reports it: one maximum per micro-batch
+        return torch.nn.functional.mse_loss(tr.model(b[0]), b[1]), {"rows": b[0].shape[0], "tis_ratio_max": b[2]}
+
+    _, stats = tr.backward_micro_batches(parts, fn, mean_over=2)
+    assert stats == {"rows": 4.0, "tis_ratio_max": 5.0}

@@ -60,14 +60,23 @@ def device_for_rank() -> torch.device:
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (a copy on t's device; the input is left alone). nccl reduces only CUDA
     tensors, so a CPU tensor (logged metrics) travels through this rank's device."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise max over ranks, as all_reduce_sum."""
+    return _all_reduce(t, dist.ReduceOp.MAX)
+
+
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     t = t.detach().clone()
     if is_initialized():
         dev = device_for_rank()
         if t.device != dev:
             moved = t.to(dev)
-            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            dist.all_reduce(moved, op=op)
             return moved.to(t.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=op)
     return t
 
 

@@ -72,6 +72,12 @@ class NumericalFault(RuntimeError, ValueError):
     ValueErrors as one line that names it."""
 
 
+
+def is_maximum(metric: str) -> bool:
+    """A logged maximum (tis_ratio_max): over micro-batches and ranks it is the largest value, not the mean."""
+    return metric.endswith("_max")
+
+
 class Trainer:
     name = "train"  # the progress bar's label
     metrics_file = "metrics.jsonl"
@@ -145,7 +151,8 @@ class Trainer:
         micro-batch's share of one sum over the step (all micro-batches and ranks); DDP averages
         gradients over ranks, hence x world_size. mean_over n: each loss is a mean of its own and
         the step's loss is their mean over n micro-batches (and over ranks, as DDP averages).
-        Returns the step's loss (global) and the stats averaged over the micro-batches."""
+        Returns the step's loss (global) and the stats averaged over the micro-batches (maxima,
+        named *_max, are the largest of them)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, stats_sum, passes = 0.0, {}, 0
@@ -159,10 +166,13 @@ class Trainer:
                 loss_sum += loss.item() / mean_over
             passes += 1
             for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
+                if is_maximum(k):
+                    stats_sum[k] = max(stats_sum.get(k, -math.inf), float(v))
+                else:
+                    stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
         loss_t = torch.tensor([loss_sum])
         loss_global = dist.all_reduce_sum(loss_t) if mean_over is None else dist.all_reduce_mean(loss_t)
-        return loss_global.item(), {k: v / passes for k, v in stats_sum.items()}
+        return loss_global.item(), {k: v if is_maximum(k) else v / passes for k, v in stats_sum.items()}
 
     def optimizer_step(self, loss: float | None = None) -> dict:
         """Clips the gradients, steps AdamW and the scheduler: one more optimizer step. When the
@@ -267,14 +277,18 @@ class Trainer:
                                  f"max_grad_norm, or bf16=False")
 
     def _reduce_info(self, info: dict) -> dict:
-        """The logged metrics of the whole step: counts (summed_metrics) summed over ranks, rates and
-        means averaged (every rank holds the same number of samples, so the mean of the ranks'
-        means is the global mean); global_metrics are left alone."""
+        """The logged metrics of the whole step: counts (summed_metrics) summed over ranks, maxima
+        (*_max) the largest, rates and means averaged (every rank holds the same number of samples,
+        so the mean of the ranks' means is the global mean); global_metrics are left alone."""
         if self.world_size == 1:
             return info
         keys = [k for k, v in info.items() if isinstance(v, (int, float)) and k not in self.global_metrics]
+        maxima = [k for k in keys if is_maximum(k)]
+        keys = [k for k in keys if not is_maximum(k)]
         summed = dist.all_reduce_sum(torch.tensor([float(info[k]) for k in keys], dtype=torch.float64))
         out = dict(info)
+        if maxima:
+            out.update(zip(maxima, dist.all_reduce_max(torch.tensor([float(info[k]) for k in maxima], dtype=torch.float64)).tolist()))
         for k, v in zip(keys, summed.tolist()):
             if k in self.summed_metrics:
                 out[k] = int(round(v)) if isinstance(info[k], int) else v
