@@ -224,7 +224,7 @@ class Trainer:
             self._resume_latest()
         elif resume_from_checkpoint:
             self.load_state(resume_from_checkpoint)
-        # report_to: a config without the field (DistillConfig) logs to metrics.jsonl only
+        # report_to: GRPO, SFT and distillation configs have it; a TrainerConfig subclass without it logs to metrics.jsonl only
         log = MetricsLogger(cfg.output_dir, enabled=dist.is_main(), filename=self.metrics_file, total=cfg.max_steps, desc=self.name,
                             initial=self.global_step, progress=progress, max_seconds=cfg.max_seconds,
                             report_to=getattr(cfg, "report_to", None))
