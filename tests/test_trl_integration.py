@@ -307,3 +307,28 @@ def test_grpo_loss_dropin_per_token_advantages(tmp_path, monkeypatch, loss_type,
     fused.train()
     assert len(calls) == 2
     assert_same_run(shipped, fused, rec_b, rec_a, ["entropy"])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_grpo_loss_dropin_computes_the_no_grad_logps_with_the_kernel(tmp_path, monkeypatch, temperature):
+    trainer, _ = grpo_trainer(tmp_path, "dapo", beta=0.04, temperature=temperature)
+    shipped_logps = trainer._get_per_token_logps_and_entropies
+    r1trl.use_r1kernels_grpo_loss(trainer)
+    calls = []
+    fused = r1kernels.token_logprobs
+    monkeypatch.setattr(r1trl.r1kernels, "token_logprobs", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, len(TOK), (6, 11), generator=g)
+    att = torch.ones_like(ids)
+    att[0, :3] = 0  # left padding of a prompt
+    att[1, -2:] = 0  # a completion that ended early: TRL's logp is 0 there
+    for model in (trainer.model, trainer.ref_model):
+        with torch.no_grad():
+            want, _, _ = shipped_logps(model, ids, att, 5, batch_size=4)
+            got, entropy, aux = trainer._get_per_token_logps_and_entropies(model, ids, att, 5, batch_size=4)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert entropy is None and aux is None and (got[1, -2:] == 0).all()
+    assert len(calls) == 4  # two models, two row chunks each
+    # a pass with gradients, or one that asks for entropies, stays TRL's
+    got, entropy, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, 5, compute_entropy=True)
+    assert len(calls) == 4 and entropy is not None and got.requires_grad

@@ -25,7 +25,9 @@ off-policy mask, vLLM's importance-sampling correction, MoE auxiliary losses, mu
 logit soft-capping or scaling) runs TRL's own loss for that step instead, with a warning that
 names the reason once: nothing is dropped. The bias-corrected KL (`use_bias_correction_kl`, TRL's
 default when beta != 0: the KL times the differentiable ratio) takes a second fused pass,
-`r1kernels.token_logprobs`, for the KL term.
+`r1kernels.token_logprobs`, for the KL term. The reference model's and the old policy's log-probs
+(no gradient) come from `r1kernels.token_logprobs` too (`_get_per_token_logps_and_entropies`), where
+TRL's own head would hold a float32 [tokens, vocab] chunk of up to 32768 tokens.
 Logged metrics: kl, entropy and the clip ratios' means as TRL logs them; the per-sequence
 extremes (clip_ratio/low_min, clip_ratio/high_max) need every token's ratio, which the fused loss
 never holds, and are not logged.
@@ -70,6 +72,9 @@ def use_r1kernels_grpo_loss(trainer):
         raise TypeError(f"trainer: expected TRL's GRPOTrainer (a `_compute_loss` method), got {type(trainer).__name__}")
     trainer._r1kernels_trl_compute_loss = trainer._compute_loss
     trainer._compute_loss = MethodType(_grpo_compute_loss, trainer)
+    if hasattr(trainer, "_get_per_token_logps_and_entropies"):
+        trainer._r1kernels_trl_logps = trainer._get_per_token_logps_and_entropies
+        trainer._get_per_token_logps_and_entropies = MethodType(_no_grad_logps, trainer)
     trainer._r1kernels_grpo_loss = True
     trainer._r1kernels_warned = set()
     return trainer
@@ -102,6 +107,11 @@ def _unsupported(trainer, inputs) -> str | None:
     for hit, what in checks:
         if hit:
             return f"{what} is not supported by the fused loss"
+    return _head_unsupported(trainer)
+
+
+def _head_unsupported(trainer) -> str | None:
+    """Why the model's LM head cannot be fused (a logit soft-cap or scale), or None."""
     cfg = trainer.model.config.get_text_config()
     if getattr(cfg, "final_logit_softcapping", None) is not None:
         return "final_logit_softcapping is not supported by the fused loss"
@@ -142,6 +152,31 @@ def _normaliser(trainer, inputs, B: int) -> tuple[str, float | None, float]:
     if train:
         n = n * trainer.current_gradient_accumulation_steps / trainer.args.steps_per_generation
     return loss_type, n, 1.0
+
+
+def _no_grad_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+                   compute_aux_loss=False, **model_extras):
+    """TRL's no-grad log-prob passes (the reference model's, the old policy's) through
+    r1kernels.token_logprobs. TRL's own fused head scores every position of up to 32768 tokens at
+    once in float32 on the CPU: [B * (P + C), V] logits, 2.7 GB at Qwen's vocabulary and 16 x 256
+    tokens, the peak of a step whose loss the kernel computes. A pass with gradients, entropies,
+    the MoE loss, multimodal inputs or a soft-capped head stays TRL's."""
+    extras = any(v is not None for v in model_extras.values())
+    if torch.is_grad_enabled() or compute_entropy or compute_aux_loss or extras or _head_unsupported(self) is not None:
+        return self._r1kernels_trl_logps(model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                                         compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **model_extras)
+    backbone, head = _backbone_and_head(self, model)
+    rows = batch_size or input_ids.size(0)
+    out = []
+    for start in range(0, input_ids.size(0), rows):
+        ids, att = input_ids[start : start + rows], attention_mask[start : start + rows]
+        with self.accelerator.autocast():
+            hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+        hidden = hidden[:, -logits_to_keep - 1 : -1].to(head.weight.dtype)
+        logp = r1kernels.token_logprobs(hidden, head.weight, ids[:, -logits_to_keep:], bias=getattr(head, "bias", None),
+                                        temperature=self.temperature)
+        out.append(logp.masked_fill(att[:, -logits_to_keep:] == 0, 0.0))  # TRL's 0 at padding
+    return torch.cat(out), None, None
 
 
 def _grpo_compute_loss(self, model, inputs):
