@@ -30,15 +30,15 @@ from r1kernels.triton import reshape_and_cache as rc  # noqa: E402
 from r1kernels.triton import tree_attention as ta  # noqa: E402
 
 ROW = dict(z_ptr="*bf16", z_stride="i64", dz_ptr="*bf16", dz_stride="i64", bias_ptr="*bf16", targets_ptr="*i64",
-           scale_ptr="*fp32", adv_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32", logp_ptr="*fp32", entropy_ptr="*fp32",
-           lse_ptr="*fp32", contrib_ptr="*fp32", V="i32", inv_temp="fp32", beta="fp32", eps_low="fp32",
-           eps_high="fp32", delta="fp32", sapo_tpos="fp32", sapo_tneg="fp32")
+           scale_ptr="*fp32", adv_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32", rollout_ptr="*fp32", logp_ptr="*fp32",
+           entropy_ptr="*fp32", lse_ptr="*fp32", contrib_ptr="*fp32", V="i32", inv_temp="fp32", beta="fp32", eps_low="fp32",
+           eps_high="fp32", delta="fp32", sapo_tpos="fp32", sapo_tneg="fp32", tis_cap="fp32")
 ROW32 = {**ROW, "z_ptr": "*fp32", "dz_ptr": "*fp32", "bias_ptr": "*fp32"}
 BACKWARD = dict(z_ptr="*bf16", z_stride="i64", bias_ptr="*bf16", targets_ptr="*i64", grad_logp_ptr="*fp32",
                 grad_entropy_ptr="*fp32", lse_ptr="*fp32", entropy_ptr="*fp32", V="i32", inv_temp="fp32")
-TOKEN = dict(logp_ptr="*fp32", scale_ptr="*fp32", adv_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32",
+TOKEN = dict(logp_ptr="*fp32", scale_ptr="*fp32", adv_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32", rollout_ptr="*fp32",
              contrib_ptr="*fp32", grad_ptr="*fp32", N="i32", beta="fp32", eps_low="fp32", eps_high="fp32",
-             delta="fp32", sapo_tpos="fp32", sapo_tneg="fp32")
+             delta="fp32", sapo_tpos="fp32", sapo_tneg="fp32", tis_cap="fp32")
 DISTILL = dict(zs_ptr="*fp32", zs_stride="i64", zt_ptr="*fp32", zt_stride="i64", labels_ptr="*i64", scale_ptr="*fp32",
                loss_ptr="*fp32", V="i32", inv_temp="fp32", beta="fp32", weight_hard="fp32", weight_soft="fp32",
                ignore_index="i64")
@@ -55,8 +55,8 @@ def _group(dt, acc):
 
 
 def _loss(kind, **over):
-    return {**dict(HAS_BIAS=True, HAS_OLD=True, HAS_BETA=True, HAS_DELTA=kind == 0, LOSS_KIND=kind, COMPUTE_LOSS=True,
-                   COMPUTE_GRAD=True, BLOCK_V=gl.MAX_BLOCK_V), **over}
+    return {**dict(HAS_BIAS=True, HAS_OLD=True, HAS_BETA=True, HAS_DELTA=kind == 0, HAS_TIS=False, LOSS_KIND=kind,
+                   COMPUTE_LOSS=True, COMPUTE_GRAD=True, BLOCK_V=gl.MAX_BLOCK_V), **over}
 
 
 def _cache_write(dt):
@@ -82,7 +82,7 @@ ODD = dict(HQ=3, HKV=1, D=80, BLOCK_SIZE=5, GROUP=3, GROUP_P2=4, D_P2=128, BS_P2
 CASES = [
     (gl._grpo_row_kernel, ROW, _loss(0), 8),
     (gl._grpo_row_kernel, ROW, _loss(1), 8),
-    (gl._grpo_row_kernel, ROW32, _loss(2), 8),
+    (gl._grpo_row_kernel, ROW32, _loss(2, HAS_TIS=True), 8),
     (gl._grpo_row_kernel, ROW32, _loss(0, HAS_BIAS=False, HAS_OLD=False, HAS_BETA=False, COMPUTE_LOSS=False,
                                        COMPUTE_GRAD=False), 8),
     (gl._logprobs_backward_row_kernel, BACKWARD, dict(HAS_BIAS=True, HAS_GRAD_ENTROPY=True, BLOCK_V=gl.MAX_BLOCK_V), 8),
@@ -90,7 +90,7 @@ CASES = [
     (dr._distill_row_kernel, DISTILL, _distill(1, HARD1=False), 8),
     (dr._distill_row_kernel, DISTILL, _distill(2, HAS_LABELS=False, HARD=False, HARD1=False), 8),
     (dr._distill_row_kernel, DISTILL, _distill(2, COMPUTE_GRAD=False), 8),
-    (gl._token_loss_kernel, TOKEN, dict(HAS_OLD=True, HAS_BETA=True, HAS_DELTA=True, LOSS_KIND=2, BLOCK=1024), 4),
+    (gl._token_loss_kernel, TOKEN, dict(HAS_OLD=True, HAS_BETA=True, HAS_DELTA=True, HAS_TIS=True, LOSS_KIND=2, BLOCK=1024), 4),
     (ga._group_advantages_kernel, _group("fp32", tl.float32),
      dict(SCALE_MODE=1, LEAVE_ONE_OUT=True, WRITE_STATS=True, WRITE_ADV=True, BLOCK_G=64, ACC=tl.float32), 4),
     (ga._group_advantages_kernel, _group("fp64", tl.float64),
