@@ -167,7 +167,6 @@ class R1Config:
         return os.path.join(self.runs_dir, self.name)
 
 
-
 @dataclass
 class R1Options:
     resume: bool = option(False, "go on with runs/<name>: done stages are kept, the running one resumes from its last checkpoint")
