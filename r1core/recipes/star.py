@@ -105,7 +105,6 @@ class StarConfig(A.CountdownSetting):
         return os.path.join(self.runs_dir, self.name)
 
 
-
 @dataclass
 class StarOptions:
     resume: bool = option(False, "go on with runs/<name>: finished iterations are kept, the running fine-tune resumes from its checkpoint")
