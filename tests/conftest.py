@@ -33,3 +33,20 @@ def pytest_runtest_makereport(item, call):
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none present)")
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """cli_error(argv): run `r1core ARGV`, expect it to exit on bad input, and return its message,
+    which must be one line (a usage error's text from argparse, or the recipe's own SystemExit)."""
+    def run(argv):
+        from r1core.recipes.cli import main
+
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code not in (0, None), "exited as a success"
+        msg = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
+        assert msg.strip() and "\n" not in msg.strip(), msg
+        return msg
+
+    return run

@@ -157,11 +157,9 @@ def test_two_script_task_and_rewards():
     (["--resume", "--name", "never"], r"--resume: .*holds no r1 run"),
     (["--base-model", "/nonexistent/base"], r"--base-model: .*'shipped', 'train' or a model folder"),
 ])
-def test_bad_input_is_named(tmp_path, argv, pat, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["r1", "--runs-dir", str(tmp_path), *argv])
-    msg = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
-    assert re.search(pat, msg) and "\n" not in msg.strip(), msg
+def test_bad_input_is_named(tmp_path, argv, pat, cli_error):
+    msg = cli_error(["r1", "--runs-dir", str(tmp_path), *argv])
+    assert re.search(pat, msg), msg
 
 
 def test_a_base_folder_without_its_tokenizer_is_named(tmp_path):
