@@ -72,7 +72,6 @@ class NumericalFault(RuntimeError, ValueError):
     ValueErrors as one line that names it."""
 
 
-
 def is_maximum(metric: str) -> bool:
     """A logged maximum (tis_ratio_max): over micro-batches and ranks it is the largest value, not the mean."""
     return metric.endswith("_max")
