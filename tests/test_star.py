@@ -17,7 +17,7 @@ from r1core.trainers.metrics import read_jsonl
 TINY = ["--iterations", "2", "--train-size", "6", "--base-size", "24", "--eval-size", "4", "--eval-samples", "1",
         "--samples-per-problem", "2", "--max-new-tokens", "40", "--hidden-size", "32", "--num-hidden-layers", "1",
         "--search-budget", "6", "--base.max-steps", "2", "--base.per-device-train-batch-size", "4", "--finetune.max-steps", "2",
-        "--finetune.per-device-train-batch-size", "4", "--finetune.save-steps", "1", "--no-progress"]
+        "--finetune.per-device-train-batch-size", "4", "--finetune.save-steps", "1", "--no-replay-base", "--no-progress"]
 
 
 def _summary(run_dir):
@@ -80,6 +80,20 @@ def test_rationalisation_never_trains_on_the_hint(tmp_path, oracle, monkeypatch)
             assert HINT not in r["prompt"] and "plain_prompt" not in r
 
 
+def test_replay_base_trains_on_the_base_rows_and_the_kept_ones(tmp_path, oracle, monkeypatch):
+    trained = []
+    real = S.finetune
+    monkeypatch.setattr(S, "finetune", lambda cfg, base, rows, out, resume: trained.append(rows) or real(cfg, base, rows, out, resume))
+    argv = [a for a in TINY if a != "--no-replay-base"]
+    assert main(["star", "--runs-dir", str(tmp_path), "--iterations", "1", *argv[2:]]) == 0
+    cfg = S.StarConfig(runs_dir=str(tmp_path), **{"base_size": 24, "train_size": 6, "search_budget": 6})
+    base = {(r["prompt"], r["completion"]) for r in S.base_rows(cfg)}
+    kept = {(r["prompt"], r["completion"]) for r in read_jsonl(os.path.join(A.stage_dir(str(tmp_path / "star"), "0"), "kept.jsonl"))}
+    assert len(trained) == 1 and base and kept
+    assert {(r["prompt"], r["completion"]) for r in trained[0]} == base | kept
+    assert _summary(tmp_path / "star")["iterations"][1]["train_rows"] == len(base | kept)
+
+
 def test_no_rationalization_gives_no_hint(tmp_path, oracle):
     assert main(["star", "--runs-dir", str(tmp_path), "--no-rationalization", *TINY]) == 0
     assert oracle and not any(HINT in p for p in oracle)
@@ -116,6 +130,8 @@ def test_resume_goes_on_from_the_last_finished_iteration(tmp_path, oracle, monke
     (["--finetune.max-seconds", "0"], r"--finetune.max-seconds: StarConfig.finetune.max_seconds must be"),
     (["--base.max-steps", "0"], r"--base.max-steps: StarConfig.base.max_steps must be"),
     (["--base-style", "tree"], r"--base-style: .*'shortcut' or 'journey'"),
+    (["--base-model", "."], r"StarConfig.replay_base needs base_model 'train'.*--no-replay-base"),
+    (["--keep", "reward"], r"--keep: StarConfig.keep must be one of \('trace', 'answer'\)"),
     (["--resume", "--name", "never"], r"--resume: .*holds no STaR run"),
 ])
 def test_bad_input_is_named(tmp_path, argv, pat, cli_error):
@@ -147,7 +163,9 @@ def test_config_file_nests_both_sft_configs(tmp_path):
 def test_default_budgets():
     cfg = S.StarConfig()
     base = cfg.base
-    assert (base.max_seconds, cfg.finetune.max_seconds, base.per_device_train_batch_size, base.max_seq_length) == (90.0, 90.0, 32, 320)
+    assert (base.max_steps, base.max_seconds, cfg.finetune.max_seconds, base.per_device_train_batch_size, base.max_seq_length) == (
+        500, 600.0, 180.0, 32, 320)
+    assert (cfg.keep, cfg.replay_base) == ("trace", True)
     assert (cfg.iterations, cfg.rationalization, cfg.train_size, cfg.samples_per_problem, cfg.base_size, cfg.finetune_epochs) == (
         3, True, 256, 4, 1000, 4.0)
 
@@ -159,3 +177,36 @@ def test_finetune_steps_follow_the_kept_rows(tmp_path, oracle):
     assert main(["star", "--runs-dir", str(tmp_path), "--no-rationalization", "--iterations", "1", *argv[2:]]) == 0
     s = _summary(tmp_path / "star")
     assert s["iterations"][1]["train_rows"] == 3 and s["iterations"][1]["train_steps"] == 3
+
+
+
+def _false_first_step(text):
+    a, b = text.index("="), text.index(":")
+    return text[:a + 1] + str(int(text[a + 1:b]) + 1) + text[b:]
+
+
+@pytest.mark.parametrize("keep, kept_unsound", [("trace", False), ("answer", True)])
+def test_keep_decides_whether_false_arithmetic_is_kept(tmp_path, monkeypatch, keep, kept_unsound):
+    # each problem's first sample has the right answer after a false step, its second is the
+    # solver's sound trace; the sampler keeps the first sample that passes the recipe's check
+    from r1core.rewards.countdown_trace import trace_is_sound
+
+    def sampler(model, tok, rows, funcs, *, n, seed, **kwargs):
+        out = []
+        for r in rows:
+            good = countdown_trace(r["numbers"], r["target"], "shortcut", budget=100).text
+            for text in (_false_first_step(good), good):
+                cols = {"numbers": [r["numbers"]], "target": [r["target"]]}
+                if all(f([r["prompt"]], [text], **cols)[0] == 1.0 for f in funcs):
+                    out.append({**r, "completion": text, "reward": 1.0, "completion_tokens": len(text)})
+                    break
+        return out
+
+    monkeypatch.setattr(r1core.data, "rejection_sample", sampler)
+    cfg = S.StarConfig(runs_dir=str(tmp_path), keep=keep, train_size=6, progress=False)
+    problems = [p for p in A.countdown_problems(cfg, "train", cfg.train_size, cfg.seed)
+                if countdown_trace(p["numbers"], p["target"], "shortcut", budget=100).solved]
+    solved, rationalized, _ = S.sample_rationales(cfg, None, None, problems, seed=0)
+    assert len(solved) == len(problems) > 0 and not rationalized
+    sound = [trace_is_sound(r["completion"], r["numbers"], r["target"]) for r in solved]
+    assert sound == [not kept_unsound] * len(solved)

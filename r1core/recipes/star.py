@@ -47,9 +47,10 @@ from r1core.recipes import arms as A
 from r1core.recipes.flags import Command, Section, option
 from r1core.trainers import SFTConfig
 
-BASE_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 32, "max_steps": 100_000, "max_seconds": 90.0,
+BASE_DEFAULTS = {"learning_rate": 2e-3, "per_device_train_batch_size": 32, "max_steps": 500, "max_seconds": 600.0,
                  "max_seq_length": 320, "logging_steps": 10, "save_steps": 50, "warmup_steps": 10}
-FINETUNE_DEFAULTS = dict(BASE_DEFAULTS, max_seconds=90.0)  # a cap: finetune_epochs sets the steps
+KEEP = ("trace", "answer")
+FINETUNE_DEFAULTS = dict(BASE_DEFAULTS, max_steps=100_000, max_seconds=180.0)  # caps: finetune_epochs sets the steps
 BASE_OWNED = {"output_dir": "runs_dir/name/base", "seed": "the run's seed"}
 FINETUNE_OWNED = {"output_dir": "the iteration's folder, runs_dir/name/stages/<i>", "seed": "the run's seed"}
 
@@ -64,8 +65,12 @@ class StarConfig(A.CountdownSetting):
         True, "sample the unsolved problems again with the answer as a hint (--no-rationalization: the ablation)")
     train_size: int = option(256, "training problems sampled each iteration")
     samples_per_problem: int = option(4, "samples per training problem (and per hinted problem) each iteration")
+    keep: str = option("trace", "which rationales are kept: 'trace' (the answer is right and every step of the trace replays "
+                                "from the problem: r1core.rewards.countdown_trace) or 'answer' (the answer alone, as STaR's paper)")
     temperature: float = option(1.0, "the samples' temperature")
     base_model: str = option("train", "'train' (SFT a base first: --base.*, base_size, base_style, hint_fraction) or a model folder")
+    replay_base: bool = option(True, "each fine-tune also trains on the base's own SFT rows (base_model train only; "
+                                     "--no-replay-base: the kept rows alone, as STaR's paper, whose base had no such rows)")
     finetune_epochs: float = option(4.0, "passes over the kept rows per fine-tune (steps: epochs x rows / batch, at least 1; "
                                          "finetune.max_steps and max_seconds cap them): a few rows must not be trained on for minutes")
     base_size: int = option(1000, "problems drawn for the base's SFT (the STaR training problems among them are left out)")
@@ -90,10 +95,15 @@ class StarConfig(A.CountdownSetting):
             raise ValueError(f"StarConfig.finetune_epochs must be a number > 0, got {self.finetune_epochs!r}")
         if not isinstance(self.hint_fraction, (int, float)) or isinstance(self.hint_fraction, bool) or not 0 <= self.hint_fraction < 1:
             raise ValueError(f"StarConfig.hint_fraction must be a number in [0, 1), got {self.hint_fraction!r}")
+        if self.keep not in KEEP:
+            raise ValueError(f"StarConfig.keep must be one of {KEEP}, got {self.keep!r}")
         if self.base_style not in ("shortcut", "journey"):
             raise ValueError(f"StarConfig.base_style must be 'shortcut' or 'journey', got {self.base_style!r}")
         if self.base_model != "train" and not os.path.isdir(self.base_model):
             raise ValueError(f"StarConfig.base_model must be 'train' or a model folder, got {self.base_model!r} (no such folder)")
+        if self.base_model != "train" and self.replay_base:
+            raise ValueError(f"StarConfig.replay_base needs base_model 'train' (a base whose SFT rows the run knows), got base_model "
+                             f"{self.base_model!r}: pass --no-replay-base")
         # two SFTConfigs: their errors name the one they are about (StarConfig.base.max_seconds: --base.max-seconds)
         self.base = _trainer_config("base", SFTConfig, self.base, BASE_DEFAULTS, lambda s: {
             "output_dir": os.path.join(self.run_dir, "base"), "seed": self.seed}, BASE_OWNED, "StarConfig")
@@ -156,19 +166,21 @@ def sample_rationales(cfg: StarConfig, model, tok, problems: list[dict], seed: i
     from r1core.data import rejection_sample
     from r1core.engine import SamplingParams
     from r1core.rewards import countdown_reward
+    from r1core.rewards.countdown_trace import countdown_trace_reward
     from r1core.tasks.countdown_traces import hint_prompt
 
     sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     kwargs = {"n": cfg.samples_per_problem, "sampling": sampling, "per_prompt": 1, "progress": cfg.progress}
     plain = [{k: r[k] for k in ("prompt", "numbers", "target", "expression")} for r in problems]
-    solved = list(rejection_sample(model, tok, plain, [countdown_reward], seed=seed, **kwargs))
+    check = [countdown_trace_reward if cfg.keep == "trace" else countdown_reward]
+    solved = list(rejection_sample(model, tok, plain, check, seed=seed, **kwargs))
     done = {r["prompt"] for r in solved}
     rationalized = []
     if cfg.rationalization:
         hinted = [{**r, "plain_prompt": r["prompt"], "prompt": hint_prompt(r["prompt"], r["expression"])} for r in plain
                   if r["prompt"] not in done]
         if hinted:
-            for r in rejection_sample(model, tok, hinted, [countdown_reward], seed=seed + 1, **kwargs):
+            for r in rejection_sample(model, tok, hinted, check, seed=seed + 1, **kwargs):
                 row = {k: v for k, v in r.items() if k != "plain_prompt"}
                 rationalized.append({**row, "prompt": r["plain_prompt"], "rationalized": True})
     stats = {"solved_fraction": len(done) / len(problems), "rationalized_fraction": len(rationalized) / len(problems)}
@@ -184,6 +196,14 @@ def training_rows(kept: list[dict]) -> list[dict]:
             seen.add(key)
             out.append({"prompt": r["prompt"], "completion": r["completion"]})
     return out
+
+
+def finetune_rows(cfg: StarConfig, kept: list[dict]) -> list[dict]:
+    """An iteration's fine-tune data: the rows kept so far, and with replay_base the base's own."""
+    rows = training_rows(kept)
+    if cfg.replay_base:
+        rows = training_rows([{"prompt": r["prompt"], "completion": r["completion"]} for r in base_rows(cfg)] + rows)
+    return rows
 
 
 def finetune(cfg: StarConfig, base: str, rows: list[dict], out: str, resume: bool):
@@ -210,14 +230,14 @@ def run_iteration(cfg: StarConfig, i: int, base: str, kept: list[dict], problems
     if i == 0 or not kept:  # nothing kept yet: the iteration's model is the base
         model, tok = A.load(base)
     else:
-        model, tok, trainer = finetune(cfg, base, training_rows(kept), out, resume)
+        model, tok, trainer = finetune(cfg, base, finetune_rows(cfg, kept), out, resume)
         train_steps = trainer.global_step
     train_seconds = time.perf_counter() - t0
     entry = A.evaluate_entry(cfg, str(i), model, tok, held, train_seconds)
     solved, rationalized, stats = sample_rationales(cfg, model, tok, problems, seed=cfg.seed * 7919 + i)
     kept_now = kept + solved + rationalized
     write_jsonl(kept_now, os.path.join(out, "kept.jsonl"))
-    entry.update(stats, seconds=time.perf_counter() - t0, train_steps=train_steps, train_rows=len(training_rows(kept)),
+    entry.update(stats, seconds=time.perf_counter() - t0, train_steps=train_steps, train_rows=len(finetune_rows(cfg, kept)) if kept else 0,
                  kept_solved=len(solved), kept_rationalized=len(rationalized))
     A.finish_stage(cfg.run_dir, entry, model if train_steps else None, tok)
     return entry

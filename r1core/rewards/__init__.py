@@ -7,6 +7,7 @@ from .accuracy import accuracy_reward, answers_match
 from .code import code_reward, extract_code, make_code_reward, outputs_match
 from .completions import completion_text, extract_answer
 from .countdown import countdown_reward, score_expression
+from .countdown_trace import countdown_trace_reward
 from .format import format_reward, scratchpad_format_reward
 from .language import language_consistency_reward
 
@@ -31,7 +32,8 @@ def rewards_for_task(task: str, fmt: str = "scratchpad") -> list:
 
 __all__ = [
     "rewards_for_task",
-    "accuracy_reward", "countdown_reward", "format_reward", "scratchpad_format_reward", "language_consistency_reward",
+    "accuracy_reward", "countdown_reward", "countdown_trace_reward",
+    "format_reward", "scratchpad_format_reward", "language_consistency_reward",
     "code_reward", "make_code_reward",
     "answers_match", "completion_text", "extract_answer", "score_expression", "extract_code", "outputs_match",
 ]
