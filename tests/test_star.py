@@ -167,7 +167,8 @@ def test_default_budgets():
         500, 600.0, 180.0, 32, 320)
     assert (cfg.keep, cfg.replay_base) == ("trace", True)
     assert (cfg.iterations, cfg.rationalization, cfg.train_size, cfg.samples_per_problem, cfg.base_size, cfg.finetune_epochs) == (
-        3, True, 256, 4, 1000, 4.0)
+        3, True, 2048, 4, 1000, 3.0)
+    assert cfg.eval_size == 512
 
 
 def test_finetune_steps_follow_the_kept_rows(tmp_path, oracle):
