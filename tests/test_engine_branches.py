@@ -262,3 +262,27 @@ def test_bad_input():
         with pytest.raises(ValueError, match="released"):
             call()
     assert engine.block_manager.num_used_blocks == 0
+
+
+@pytest.mark.parametrize("num_blocks", range(4, 9))
+def test_a_step_that_runs_out_of_blocks_leaves_every_fork_valid(num_blocks):
+    # forks of a prompt whose last block is partly filled: their first tokens copy it on write.
+    # Where the cache runs out in the middle of a step, the forks scheduled before the one that did
+    # not fit already point at their copies: those must hold the prompt's KV when the error comes.
+    model = tiny_model("qwen2", eos_token_id=None)
+    engine = Engine(model, block_size=4, num_blocks=num_blocks, enable_prefix_caching=False)
+    root = engine.open_branch(random_prompts([7])[0])
+    kids = engine.fork_branch(root, 6)
+    try:
+        steps = engine.extend(kids, greedy(5))
+    except CacheFull:
+        steps = None
+    want = hf_greedy(model, root.token_ids, 5)
+    if steps is not None:
+        assert all(s.token_ids == want for s in steps)
+        return
+    for k in kids[1:]:
+        engine.release(k)
+    for k in kids[:1]:  # each survivor continues from the KV it holds
+        (step,) = engine.extend([k], greedy(5))
+        assert step.token_ids == want

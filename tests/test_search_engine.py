@@ -519,6 +519,36 @@ def test_branch_generator_under_a_small_cache_evicts_and_reopens():
     assert evicted > 0 and reopened > 0, "the small cache never needed an eviction"
 
 
+@pytest.mark.parametrize("num_blocks", [24, 40, 70])
+def test_many_rollouts_on_a_small_cache_are_the_big_caches(num_blocks):
+    # more rollouts than the free blocks hold at once: the generator runs them in parts, each part
+    # forking afresh, and every sample is the one the big cache draws (a rolled-back part once kept
+    # a private block per fork and, where a step ran out mid-way, forks whose copies were never made)
+    from r1core.engine import Engine
+    from r1core.recipes.base_model import BaseModelSpec, build_model, build_tokenizer
+    from r1core.search import BranchStepGenerator
+    from r1core.search.step_generator import StepRequest, serve
+
+    tok = build_tokenizer()
+    model = build_model(tok, BaseModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=1, max_position_embeddings=64), seed=random.randrange(1000))
+    # 7 and 9 tokens: the last block of each prompt partly filled, so its forks copy it on write
+    prompts = [tok(f"{random.randrange(10, 100)}+{random.randrange(100, 1000)}=", add_special_tokens=False)["input_ids"]
+               for _ in range(2)]
+    prompts += [tok(f"{random.randrange(100, 1000)}+{random.randrange(1000, 10000)}=", add_special_tokens=False)["input_ids"]
+                for _ in range(2)]
+    seed = random.randrange(1000)
+
+    def rollouts(engine):
+        with BranchStepGenerator(engine, ",", seed=seed) as gen:
+            out = serve(gen, [StepRequest(p, 7, 20, rollout=True) for p in prompts])
+        assert engine.block_manager.num_used_blocks == 0
+        return [[(s.token_ids, s.text, s.finished) for s in ss] for ss in out]
+
+    want = rollouts(Engine(model, tokenizer=tok, block_size=4, num_blocks=512))
+    assert rollouts(Engine(model, tokenizer=tok, block_size=4, num_blocks=num_blocks)) == want
+
+
 def test_branch_generator_samples_as_the_engine_generator_and_drops_stale_branches(engine_and_tok):
     from r1core.search import BranchStepGenerator
 

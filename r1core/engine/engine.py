@@ -33,7 +33,7 @@ from r1core.engine.model_runner import ModelRunner
 from r1core.engine.outputs import CompletionOutput, RequestOutput
 from r1core.engine.sampler import Sampler, StopChecker
 from r1core.engine.sampling_params import SamplingParams
-from r1core.engine.scheduler import Scheduler
+from r1core.engine.scheduler import CacheFull, Scheduler
 from r1core.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 from r1core.tasks.tokenizer import encode_prompt
 
@@ -424,13 +424,21 @@ class Engine:
 
     def _step(self) -> list[RequestOutput]:
         """One turn of the loop: schedule, run, then commit, sample and stop."""
-        batch = self.scheduler.schedule()
+        batch = self._schedule()
         logits = self.model_runner.run(batch)
         return self._postprocess(batch, logits)
 
+    def _schedule(self):
+        try:
+            return self.scheduler.schedule()
+        except CacheFull as e:
+            if e.copies:  # tables the step re-pointed before the cache ran out must hold their tokens' KV
+                self.model_runner.copy_blocks(e.copies)
+            raise
+
     def _forward_step(self) -> tuple[list[Sequence], torch.Tensor]:
         """One turn of the loop without sampling (`forward`): schedule, run, commit."""
-        batch = self.scheduler.schedule()
+        batch = self._schedule()
         logits = self.model_runner.run(batch)
         return self._commit(batch, logits)
 

@@ -20,7 +20,15 @@ from r1core.engine.sequence import Sequence, SequenceStatus
 
 
 class CacheFull(RuntimeError):
-    """The free blocks cannot hold the next tokens of a pinned sequence, and nothing can be preempted."""
+    """The free blocks cannot hold the next tokens of a pinned sequence, and nothing can be preempted.
+
+    `copies`: the copy-on-write (src, dst) blocks of the sequences scheduled before it in the same
+    step. Their block tables already point at dst, so the engine copies them before the error goes
+    on: a caller that rolls the sequences back keeps dst as the block of their earlier tokens."""
+
+    def __init__(self, message: str, copies: list[tuple[int, int]] | None = None):
+        super().__init__(message)
+        self.copies = list(copies or [])
 
 
 @dataclass
@@ -75,13 +83,13 @@ class Scheduler:
                 return True
         return False
 
-    def _cache_full(self, seq: Sequence, k: int) -> CacheFull:
+    def _cache_full(self, seq: Sequence, k: int, copies: list[tuple[int, int]] | None = None) -> CacheFull:
         bm = self.block_manager
         return CacheFull(
             f"the KV cache has {bm.num_free_blocks} free blocks of {bm.block_size} (of {bm.num_blocks}; "
             f"resident sequences hold {bm.num_pinned_blocks}), {bm.blocks_needed(seq, k)} needed for the next "
             f"{k} tokens of a resident sequence of {seq.num_tokens}; release branches or give the Engine more "
-            f"num_blocks")
+            f"num_blocks", copies)
 
     def schedule(self) -> ScheduledBatch:
         bm = self.block_manager
@@ -97,7 +105,7 @@ class Scheduler:
                 pass
             if bm.blocks_needed(seq, k) > bm.num_free_blocks:
                 if seq.pinned:  # nothing behind it to preempt, and it is never preempted itself
-                    raise self._cache_full(seq, k)
+                    raise self._cache_full(seq, k, batch.copies)
                 # alone and still too big for the free blocks: compute the part that fits, or wait
                 k = self._tokens_that_fit(seq, k)
                 if k == 0:

@@ -325,31 +325,22 @@ class BranchStepGenerator(EngineStepGenerator):
             self._branches.move_to_end(key)
         old = set(self._branches) if self.keep == "frontier" else set()
 
-        kids, params, indices = [], [], []
-        for r, (key, room) in zip(requests, plans):
-            p = self._params(1, room, None if r.rollout else [self.delimiter])  # n samples: n forks
-            kids.append(engine.fork_branch(self._branches[key], r.n))
-            params += [p] * r.n
-            indices += range(r.n)  # samples 0..n-1 of the request's seed, as generate draws them
-        flat = [k for ks in kids for k in ks]
-        try:
-            steps = self._extend(flat, params, indices)
-        except BaseException:
-            for k in flat:
-                if not k.released:
-                    engine.release(k)
-            raise
+        params = [self._params(1, room, None if r.rollout else [self.delimiter]) for r, (_, room) in zip(requests, plans)]
+        done = self._fork_and_extend([(q, 0, r.n) for q, r in enumerate(requests)], [key for key, _ in plans], params)
+        kids = [[None] * r.n for r in requests]
+        steps = [[None] * r.n for r in requests]
+        for q, j, kid, step in done:
+            kids[q][j], steps[q][j] = kid, step
 
         eos = self._eos()
-        answers, at = [], 0
-        for r, ks in zip(requests, kids):
-            props = [self._proposal(s, eos) for s in steps[at : at + len(ks)]]
-            at += len(ks)
+        answers = []
+        for r, ks, ss in zip(requests, kids, steps):
+            props = [self._proposal(st, eos) for st in ss]
             for kid, p in zip(ks, props):
                 if r.rollout:
                     p.finished = True
                 key = tuple(kid.token_ids)
-                if kid.released:  # let go for room (`_extend`): the node has no branch, opened if expanded
+                if kid.released:  # let go for room (`_fork_and_extend`): the node has no branch, opened if expanded
                     continue
                 if r.rollout or p.finished or key in self._branches:
                     engine.release(kid)
@@ -360,19 +351,51 @@ class BranchStepGenerator(EngineStepGenerator):
             engine.release(self._branches.pop(key))
         return answers
 
-    def _extend(self, branches: list, params: list, indices: list[int]) -> list:
-        """engine.extend, in halves while the free blocks are too few for all at once; the branches
-        of a finished half are released to make room for the next (their steps are kept)."""
+    def _fork_and_extend(self, items: list[tuple[int, int, int]], keys: list, params: list) -> list[tuple]:
+        """Samples j0..j1-1 of request q, for each (q, j0, j1) in items: forks of the request's
+        branch extended by one step in one `engine.extend`; [(q, j, child, step)]. Where the free
+        blocks are too few for all at once, the children are let go (rolled back, a child still
+        holds a private copy of its parent's last block) and the items run in two halves, each
+        forking afresh; the children of a finished half are released to make room for the next
+        (their steps are kept)."""
         from r1core.engine import CacheFull
 
+        engine = self.engine
+        kids, flat_params, indices, where = [], [], [], []
+        for q, j0, j1 in items:
+            kids += engine.fork_branch(self._branches[keys[q]], j1 - j0)
+            flat_params += [params[q]] * (j1 - j0)
+            indices += range(j0, j1)  # samples j0..j1-1 of the request's seed, as generate draws them
+            where += [(q, j) for j in range(j0, j1)]
         try:
-            return self.engine.extend(branches, params, indices)
-        except CacheFull:
-            if len(branches) < 2:
+            steps = engine.extend(kids, flat_params, indices)
+        except BaseException as e:
+            for k in kids:
+                if not k.released:
+                    engine.release(k)
+            if not isinstance(e, CacheFull) or len(kids) < 2:
                 raise
-        half = len(branches) // 2
-        first = self._extend(branches[:half], params[:half], indices[:half])
-        for b in branches[:half]:
-            if not b.released:
-                self.engine.release(b)
-        return first + self._extend(branches[half:], params[half:], indices[half:])
+            first, second = _halves(items)
+            done = self._fork_and_extend(first, keys, params)
+            for _, _, kid, _ in done:
+                if not kid.released:
+                    engine.release(kid)
+            return done + self._fork_and_extend(second, keys, params)
+        return [(q, j, kid, step) for (q, j), kid, step in zip(where, kids, steps)]
+
+
+def _halves(items: list[tuple[int, int, int]]) -> tuple[list, list]:
+    """Split sample ranges [(q, j0, j1)] into two lists of about half the samples each."""
+    half = sum(j1 - j0 for _, j0, j1 in items) // 2
+    first, second, count = [], [], 0
+    for q, j0, j1 in items:
+        if count >= half:
+            second.append((q, j0, j1))
+        elif count + (j1 - j0) <= half:
+            first.append((q, j0, j1))
+        else:
+            cut = j0 + half - count
+            first.append((q, j0, cut))
+            second.append((q, cut, j1))
+        count += j1 - j0
+    return first, second
