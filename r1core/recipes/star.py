@@ -35,7 +35,7 @@ training problems x 4 (and the unsolved again with the hint) and evaluates 512 h
 the three fine-tunes take 3 passes over about 800-2000 rows. A first check with a 60 s base on
 200 traces (one thread) gave a base of held-out greedy 0.02 that solved none of 64 training
 problems in 4 samples and rationalised 5: too weak a start, hence the larger base; 256 training
-problems a iteration kept too few rows for the fine-tunes to move held-out accuracy.
+problems an iteration kept too few rows for the fine-tunes to move held-out accuracy.
 
     r1core star                                  # rationalisation on, seed 0, runs/star/
     r1core star --no-rationalization --name star-norat
@@ -210,10 +210,7 @@ def training_rows(kept: list[dict]) -> list[dict]:
 
 def finetune_rows(cfg: StarConfig, kept: list[dict]) -> list[dict]:
     """An iteration's fine-tune data: the rows kept so far, and with replay_base the base's own."""
-    rows = training_rows(kept)
-    if cfg.replay_base:
-        rows = training_rows([{"prompt": r["prompt"], "completion": r["completion"]} for r in base_rows(cfg)] + rows)
-    return rows
+    return training_rows(base_rows(cfg) + kept if cfg.replay_base else kept)
 
 
 def finetune(cfg: StarConfig, base: str, rows: list[dict], out: str, resume: bool):
@@ -237,17 +234,18 @@ def run_iteration(cfg: StarConfig, i: int, base: str, kept: list[dict], problems
     out = A.stage_dir(cfg.run_dir, str(i))
     os.makedirs(out, exist_ok=True)
     train_steps = 0
-    if i == 0 or not kept:  # nothing kept yet: the iteration's model is the base
+    rows = finetune_rows(cfg, kept) if i > 0 and kept else []
+    if not rows:  # nothing kept yet: the iteration's model is the base
         model, tok = A.load(base)
     else:
-        model, tok, trainer = finetune(cfg, base, finetune_rows(cfg, kept), out, resume)
+        model, tok, trainer = finetune(cfg, base, rows, out, resume)
         train_steps = trainer.global_step
     train_seconds = time.perf_counter() - t0
     entry = A.evaluate_entry(cfg, str(i), model, tok, held, train_seconds)
     solved, rationalized, stats = sample_rationales(cfg, model, tok, problems, seed=cfg.seed * 7919 + i)
     kept_now = kept + solved + rationalized
     write_jsonl(kept_now, os.path.join(out, "kept.jsonl"))
-    entry.update(stats, seconds=time.perf_counter() - t0, train_steps=train_steps, train_rows=len(finetune_rows(cfg, kept)) if kept else 0,
+    entry.update(stats, seconds=time.perf_counter() - t0, train_steps=train_steps, train_rows=len(rows),
                  kept_solved=len(solved), kept_rationalized=len(rationalized))
     A.finish_stage(cfg.run_dir, entry, model if train_steps else None, tok)
     return entry

@@ -14,8 +14,8 @@ import re
 from collections import Counter
 from typing import Any, Sequence
 
-from .completions import check_column, completion_text
-from .countdown import countdown_answer, score_expression
+from .completions import completion_text
+from .countdown import countdown_reward
 
 _ROOT = re.compile(r"<think>(\d+(?:,\d+)*)>(\d+)")
 
@@ -37,20 +37,9 @@ def trace_is_sound(text: str, numbers: Sequence[int], target: int) -> bool:
 def countdown_trace_reward(prompts: Sequence | None, completions: Sequence, numbers: Sequence | None = None,
                            target: Sequence | None = None, **kwargs: Any) -> list[float | None]:
     """Per completion 1.0 / 0.0 (see module docstring); None where the row has no numbers or target."""
-    n = len(completions)
-    check_column("numbers", numbers, n)
-    check_column("target", target, n)
-    if numbers is None or target is None:
-        return [None] * n
-    out: list[float | None] = []
-    for c, nums, tgt in zip(completions, numbers, target):
-        if nums is None or tgt is None:
-            out.append(None)
-            continue
-        text = completion_text(c)
-        right = score_expression(countdown_answer(text), nums, int(tgt)) == 1.0
-        out.append(1.0 if right and trace_is_sound(text, nums, int(tgt)) else 0.0)
-    return out
+    outcome = countdown_reward(prompts, completions, numbers=numbers, target=target)
+    return [r if r != 1.0 else float(trace_is_sound(completion_text(c), nums, int(tgt)))
+            for r, c, nums, tgt in zip(outcome, completions, numbers or [None] * len(outcome), target or [None] * len(outcome))]
 
 
 countdown_trace_reward.required_columns = ("numbers", "target")
