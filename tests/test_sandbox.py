@@ -411,7 +411,7 @@ try:
     run_python("print(1)")
 except SandboxUnavailable as e:
     out["error"] = str(e)
-res = run_python("import os, subprocess; subprocess.Popen(['sleep', '300']); print(os.getcwd())",
+res = run_python("import os, subprocess; subprocess.Popen(['sleep', '307']); print(os.getcwd())",
                  allow_unsandboxed=True)
 out["opt_in"] = [res.stdout, res.returncode, res.sandboxed]
 res = run_python("import time; time.sleep(60)", limits=SandboxLimits(wall_seconds=1), allow_unsandboxed=True)
@@ -437,9 +437,10 @@ def test_refused_namespaces_raise_a_clear_error_and_the_opt_in_runs_without():
     assert returncode == 0 and not sandboxed and stdout.startswith("/tmp/r1core-sandbox-")
     assert not os.path.exists(stdout.strip())  # its directory is removed after
     assert out["timeout"] == [WALL_TIMEOUT, True]
-    # the opt-in still kills the run's process group: the background sleep is gone
-    # (SIGKILL is delivered at once, but the process leaves the table only once reaped: allow 5 s)
-    deadline = time.monotonic() + 5
-    while subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, check=False).stdout and time.monotonic() < deadline:
+    # the opt-in still kills the run's process group: the background sleep is gone (SIGKILL is
+    # delivered at once, but the process leaves the table only once reaped: allow 15 s, as a loaded
+    # CI machine took over 5). 307 seconds: no other test's sleep matches
+    deadline = time.monotonic() + 15
+    while subprocess.run(["pgrep", "-f", "^sleep 307$"], capture_output=True, check=False).stdout and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, check=False).stdout == b""
+    assert subprocess.run(["pgrep", "-f", "^sleep 307$"], capture_output=True, check=False).stdout == b""
