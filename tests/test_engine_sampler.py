@@ -6,13 +6,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from r1core.engine.sample_stream import sample_stream
 from r1core.engine.sampler import Sampler
 from r1core.engine.sampling_params import SamplingParams
-from r1core.engine.sequence import sample_generator
 
 
 def rows(params, n, seed0=0):
-    return [SimpleNamespace(params=params, generator=sample_generator(seed0, i)) for i in range(n)]
+    return [SimpleNamespace(params=params, rng=sample_stream(seed0, i)) for i in range(n)]
 
 
 def draw(logits_row, params, n=4000):
@@ -55,7 +55,7 @@ def test_temperature_scales_the_distribution():
 def test_greedy_rows_in_a_mixed_batch():
     logits = torch.randn(6, 50)
     params = [SamplingParams(temperature=0), SamplingParams(temperature=1.0)] * 3
-    seqs = [SimpleNamespace(params=p, generator=sample_generator(3, i)) for i, p in enumerate(params)]
+    seqs = [SimpleNamespace(params=p, rng=sample_stream(3, i)) for i, p in enumerate(params)]
     tokens, lps = Sampler()(logits, seqs)
     assert tokens[0::2] == logits[0::2].argmax(-1).tolist()
     torch.testing.assert_close(torch.tensor(lps), torch.log_softmax(logits, -1)[torch.arange(6), tokens], atol=1e-5, rtol=1e-5)
@@ -64,7 +64,7 @@ def test_greedy_rows_in_a_mixed_batch():
 def test_seeded_rows_do_not_depend_on_neighbours():
     logits = torch.randn(5, 64)
     params = SamplingParams(temperature=1.0, top_p=0.9)
-    alone, _ = Sampler()(logits[2:3], [SimpleNamespace(params=params, generator=sample_generator(42, 0))])
-    seqs = [SimpleNamespace(params=params, generator=sample_generator(s, 0)) for s in (1, 2, 42, 4, 5)]
+    alone, _ = Sampler()(logits[2:3], [SimpleNamespace(params=params, rng=sample_stream(42, 0))])
+    seqs = [SimpleNamespace(params=params, rng=sample_stream(s, 0)) for s in (1, 2, 42, 4, 5)]
     batched, _ = Sampler()(logits, seqs)
     assert batched[2] == alone[0]

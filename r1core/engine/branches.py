@@ -18,7 +18,7 @@ model's last position). Nothing already in the KV is computed again. This module
 what a step is (its sampling, its output) and the rollback when the cache runs out.
 
 Sampling: the branches of one `extend` call given the same SamplingParams object are samples
-0, 1, ... of it: branch j draws from `sample_generator(params.seed, j)`, the generator sample j of a
+0, 1, ... of it: branch j draws from `sample_stream(params.seed, j)`, the stream sample j of a
 `generate` request with that seed uses, so a step is reproducible from its seed (`sample_indices`
 names the indices when one request's samples are split over several calls).
 
@@ -34,9 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
+from r1core.engine.sample_stream import sample_stream
 from r1core.engine.sampling_params import SamplingParams
 from r1core.engine.scheduler import CacheFull
-from r1core.engine.sequence import Sequence, SequenceGroup, sample_generator
+from r1core.engine.sequence import Sequence, SequenceGroup
 
 
 class Branch:
@@ -201,7 +202,7 @@ def _check_extend(engine, branches, params, sample_indices) -> tuple[list, list,
 
 def _start_step(seqs: list[Sequence], params: list[SamplingParams], sample_indices: list[int] | None) -> None:
     """Make each sequence's next step a sample of its params: one group per params object (its
-    seed), sample index j drawing from `sample_generator(seed, j)`; the step is the output."""
+    seed), sample index j drawing from `sample_stream(seed, j)`; the step is the output."""
     groups: dict[int, SequenceGroup] = {}
     counts: dict[int, int] = {}
     for i, (seq, p) in enumerate(zip(seqs, params)):
@@ -213,7 +214,7 @@ def _start_step(seqs: list[Sequence], params: list[SamplingParams], sample_indic
         seq.group = group
         seq.index = counts.get(key, 0) if sample_indices is None else sample_indices[i]
         counts[key] = counts.get(key, 0) + 1
-        seq.generator = sample_generator(group.seed, seq.index)
+        seq.rng = sample_stream(group.seed, seq.index)
         # the stop checker sees this step as the sequence's output
         seq.num_prompt_tokens = seq.num_tokens
         seq.logprobs, seq.text, seq.finish_reason, seq.stop_checked_len = [], None, None, 0

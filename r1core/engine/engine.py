@@ -365,7 +365,7 @@ class Engine:
         return torch.stack([rows[id(s)] for s in seqs])
 
     def decode(self, seqs: list[Sequence]) -> None:
-        """Sample each resident sequence token by token (its group's params and its own generator)
+        """Sample each resident sequence token by token (its group's params and its own stream)
         until it stops (stop string or token, eos, max_new_tokens, the model's last position), in the
         engine's loop beside one another. Sequences with the same blocks and the same pending tokens
         (forks not yet extended) compute those tokens once and sample from the same logits, as a

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import enum
 
-import torch
-
+from r1core.engine.sample_stream import sample_stream
 from r1core.engine.sampling_params import SamplingParams
 
 
@@ -16,15 +15,6 @@ class SequenceStatus(enum.Enum):
     RUNNING = 1
     FINISHED = 2
     RESIDENT = 3  # pinned, its KV kept in the cache, not scheduled until resumed
-
-
-_GOLDEN = 0x9E3779B97F4A7C15
-
-
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of sample `index` of a request seeded with `seed`: depends on nothing else, so
-    a request draws the same samples whatever else shares its batch."""
-    return torch.Generator().manual_seed((seed + index * _GOLDEN) % (1 << 63))
 
 
 class SequenceGroup:
@@ -47,7 +37,7 @@ class Sequence:
 
     __slots__ = (
         "seq_id", "group", "index", "token_ids", "num_prompt_tokens", "num_computed_tokens",
-        "block_table", "block_hashes", "status", "generator", "logprobs", "finish_reason",
+        "block_table", "block_hashes", "status", "rng", "logprobs", "finish_reason",
         "fork_into", "text", "stop_checked_len", "pinned", "twins",
     )
 
@@ -61,7 +51,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # hashes of the full blocks of block_table, in order
         self.status = SequenceStatus.WAITING
-        self.generator = sample_generator(group.seed, index)
+        self.rng = sample_stream(group.seed, index)  # its uniforms: depend on nothing else in the batch
         self.logprobs: list[float] = []
         self.finish_reason: str | None = None
         self.fork_into = 1
