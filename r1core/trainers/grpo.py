@@ -1,7 +1,8 @@
 """GRPO (DeepSeekMath / R1-Zero) with TRL's names: G samples per prompt from `r1core.engine` on the
 live weights, rule-based rewards, group-relative advantages (`r1kernels.group_advantages`), the
 clipped token-level surrogate fused with the LM head (`r1kernels.grpo_loss`, default loss_type
-"dapo": sum over tokens / tokens in the global batch), optional k3 KL to a frozen reference model
+"dapo": sum over tokens / tokens in the global batch) on hidden states for which each group's
+prompt ran once (`r1core.trainers.completion_states`), optional k3 KL to a frozen reference model
 (beta > 0), AdamW with gradient clipping, warmup then decay, gradient accumulation; DAPO's dynamic
 sampling as an option.
 
@@ -41,6 +42,7 @@ import torch
 import r1kernels
 from r1core.tasks.tokenizer import encode_prompt
 from r1core.trainers import distributed as dist
+from r1core.trainers.completion_states import completion_states
 from r1core.trainers.grpo_config import GRPOConfig
 from r1core.trainers.grpo_normaliser import Normaliser, step_normaliser
 from r1core.trainers.loop import Trainer
@@ -68,31 +70,18 @@ class RolloutBatch:
     group_ok: torch.Tensor  # [B] bool: the sample's group has distinct rewards
     prompt_len: int  # P
     rollout_logprobs: torch.Tensor | None = None  # [B, C] sampling log-probs, the TIS denominator (tis_cap set)
+    prompt_groups: torch.Tensor | None = None  # [B] long: the row's prompt (a group's rows adjacent); None: no sharing
 
     def rows(self, idx: slice) -> "RolloutBatch":
         take = lambda t: None if t is None else t[idx]  # noqa: E731
         return RolloutBatch(take(self.input_ids), take(self.attention_mask), take(self.completion_ids), take(self.completion_mask),
                             take(self.advantages), take(self.old_logprobs), take(self.ref_logprobs), take(self.group_ok), self.prompt_len,
-                            take(self.rollout_logprobs))
+                            take(self.rollout_logprobs), take(self.prompt_groups))
 
 
-def _hidden_states(base, b: RolloutBatch, bf16: bool = False) -> torch.Tensor:
-    """Last hidden states [B, P + C, H] (float32; the transformer under bf16 autocast if asked).
-    Without left padding the mask is dropped: right padding sits after every real token, so
-    causal attention already keeps it out, and SDPA's maskless causal path is the fast one (0.16 s
-    against 0.39 s for a batch of the tiny model here)."""
-    with torch.autocast(b.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-        return _base_forward(base, b).float()
-
-
-def _base_forward(base, b: RolloutBatch) -> torch.Tensor:
-    mask = b.attention_mask
-    if bool(mask[:, :b.prompt_len].all()):
-        n = b.input_ids.shape[1]
-        return base(input_ids=b.input_ids, position_ids=torch.arange(n, device=mask.device).expand(mask.shape[0], n),
-                    use_cache=False).last_hidden_state
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    return base(input_ids=b.input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
+def _completion_states(base, b: RolloutBatch, bf16: bool = False) -> torch.Tensor:
+    """[B, C, H] float32: the states that predict b's completion tokens, each group's prompt run once."""
+    return completion_states(base, b.input_ids, b.attention_mask, b.prompt_len, b.prompt_groups, bf16)
 
 
 class _PolicyLoss(torch.nn.Module):
@@ -110,8 +99,7 @@ class _PolicyLoss(torch.nn.Module):
         cfg = self.config
         norm = normaliser or Normaliser(cfg.loss_type)
         base, weight, bias = lm_head_params(self.model)
-        P, C = b.prompt_len, b.completion_ids.shape[1]
-        hidden = _hidden_states(base, b, cfg.bf16)[:, P - 1:P - 1 + C]  # [B, C, H]: the states that predict the completion tokens
+        hidden = _completion_states(base, b, cfg.bf16)  # [B, C, H]
         loss, stats = r1kernels.grpo_loss(
             hidden, weight, b.completion_ids, b.advantages, mask=b.completion_mask, old_logprobs=b.old_logprobs,
             ref_logprobs=b.ref_logprobs, bias=bias, beta=cfg.beta, epsilon_low=cfg.epsilon, epsilon_high=cfg.epsilon_high,
@@ -125,10 +113,9 @@ class _PolicyLoss(torch.nn.Module):
 def policy_logprobs(model, b: RolloutBatch, temperature: float, bf16: bool = False) -> torch.Tensor:
     """Log-probs [B, C] of the completion tokens under model (no gradient)."""
     base, weight, bias = lm_head_params(model)
-    P, C = b.prompt_len, b.completion_ids.shape[1]
     with torch.no_grad():
-        hidden = _hidden_states(base, b, bf16)
-        return r1kernels.token_logprobs(hidden[:, P - 1:P - 1 + C], weight, b.completion_ids, bias=bias, temperature=temperature)
+        hidden = _completion_states(base, b, bf16)
+        return r1kernels.token_logprobs(hidden, weight, b.completion_ids, bias=bias, temperature=temperature)
 
 
 def _required_keywords(f) -> list[str]:
@@ -335,7 +322,8 @@ class GRPOTrainer(Trainer):
         # log-probs are the policy's own (recomputed for num_iterations > 1), as in TRL
         rollout = old.to(dev) if cfg.tis_cap is not None else None
         return RolloutBatch(input_ids.to(dev), attn.to(dev), input_ids[:, P:].to(dev), cmask.to(dev), advantages.float().to(dev),
-                            None if rollout is not None else old.to(dev), None, (~zero_std).repeat_interleave(G).to(dev), P, rollout)
+                            None if rollout is not None else old.to(dev), None, (~zero_std).repeat_interleave(G).to(dev), P, rollout,
+                            torch.arange(len(idx), device=dev).repeat_interleave(G))
 
     def rollout(self) -> tuple[RolloutBatch, dict]:
         """Prompts, G samples each, rewards, advantages; dynamic sampling refills dead groups."""
