@@ -4,13 +4,18 @@
 // of its sequence once and applies it to all its query rows and all Hq / Hkv query heads that read
 // that kv head: decode (1 query), prefill, chunked prefill and the cascade's shared-prefix call
 // (a group's rows packed as one non-causal sequence) are the same loop. fp32 online softmax; items
-// run on torch's intra-op threads with dynamic scheduling.
+// run on torch's intra-op threads with dynamic scheduling. A float32 decode step (one query per
+// sequence, head_dim 16-128) takes `decode_seq` instead: one item per sequence, keys read in place
+// (0.27 -> 0.15 ms a layer for 128 sequences x 4 heads x 40 keys, head_dim 32, 2 threads; the
+// rest is reading the cache, ~2.6 MB a layer).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "attention_common.h"
 
 namespace {
+
+using namespace r1;
 
 constexpr int64_t kQTile = 64;  // query tokens per item: bounds the fp32 tile (64 x Hq/Hkv x D)
 constexpr int64_t kKeyChunk = 128;  // keys per softmax update
@@ -95,6 +100,86 @@ R1_INLINE void paged_item(const PagedArgs& p, const Item& it) {
     }
 }
 
+// A decode step's sequence (one query token, float32 cache, head_dim 8 * ND): all its heads in one
+// item, each query row attending to its keys read in place block by block, with one exact max and
+// no online rescaling (every score of the row fits in the buffer). The general item above pays
+// per (sequence, kv head) for its tile, pointer tables and chunking, which at 128 sequences x 4
+// heads of ~40 keys cost 3x the arithmetic.
+template <int ND>
+R1_INLINE void decode_seq(const PagedArgs& p, int64_t seq) {
+  thread_local std::vector<float> scores;
+  constexpr int64_t D = 8 * ND;
+  const int64_t G = p.hq / p.hkv, bs = p.block_size, L = p.seq_lens[seq];
+  const int64_t row0 = static_cast<int64_t>(p.cu[seq]) * p.hq;
+  const float* q = static_cast<const float*>(p.q) + row0 * D;
+  float* out = static_cast<float*>(p.out) + row0 * D;
+  float* lse = p.lse + row0;
+  if (L == 0) {
+    for (int64_t i = 0; i < p.hq * D; ++i) out[i] = 0.f;
+    for (int64_t h = 0; h < p.hq; ++h) lse[h] = kNegInf;
+    return;
+  }
+  const int64_t padded = (L + 7) & ~int64_t(7);
+  if (static_cast<int64_t>(scores.size()) < padded) scores.resize(padded);
+  float* sc = scores.data();
+  const float* kc = static_cast<const float*>(p.k_cache);
+  const float* vc = static_cast<const float*>(p.v_cache);
+  const int32_t* table = p.table + seq * p.max_blocks;
+  const int64_t stride = p.hkv * D;  // floats between consecutive tokens of a block
+  for (int64_t hq = 0; hq < p.hq; ++hq) {
+    const int64_t off = (hq / G) * D;
+    vf8 qv[ND];
+    for (int c = 0; c < ND; ++c) qv[c] = loadu8(q + hq * D + 8 * c) * p.scale;
+    float mx = kNegInf;
+    for (int64_t b0 = 0, t = 0; b0 < L; b0 += bs) {
+      const float* kb = kc + static_cast<int64_t>(table[b0 / bs]) * bs * stride + off;
+      const int64_t n = std::min(bs, L - b0);
+      for (int64_t i = 0; i < n; ++i, ++t) {
+        const float* kt = kb + i * stride;
+        vf8 acc = qv[0] * loadu8(kt);
+        for (int c = 1; c < ND; ++c) acc += qv[c] * loadu8(kt + 8 * c);
+        sc[t] = hsum8(acc);
+        mx = std::max(mx, sc[t]);
+      }
+    }
+    for (int64_t t = L; t < padded; ++t) sc[t] = kNegInf;
+    vf8 sum = vf8{};
+    for (int64_t t = 0; t < padded; t += 8) {
+      const vf8 e = fast_exp8(loadu8(sc + t) - mx);
+      storeu8(sc + t, e);
+      sum += e;
+    }
+    const float l = hsum8(sum);
+    vf8 ov[ND];
+    for (int c = 0; c < ND; ++c) ov[c] = vf8{};
+    for (int64_t b0 = 0, t = 0; b0 < L; b0 += bs) {
+      const float* vb = vc + static_cast<int64_t>(table[b0 / bs]) * bs * stride + off;
+      const int64_t n = std::min(bs, L - b0);
+      for (int64_t i = 0; i < n; ++i, ++t) {
+        const float* vt = vb + i * stride;
+        const float w = sc[t];
+        for (int c = 0; c < ND; ++c) ov[c] += w * loadu8(vt + 8 * c);
+      }
+    }
+    const float inv = 1.f / l;
+    for (int c = 0; c < ND; ++c) storeu8(out + hq * D + 8 * c, ov[c] * inv);
+    lse[hq] = mx + std::log(l);
+  }
+}
+
+// One copy per ISA, chosen at load time: the inlined loops above use AVX-512 / AVX2 where present.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void run_decode_seq(const PagedArgs& p, int64_t seq) {
+  switch (p.d) {
+    case 16: return decode_seq<2>(p, seq);
+    case 32: return decode_seq<4>(p, seq);
+    case 64: return decode_seq<8>(p, seq);
+    default: return decode_seq<16>(p, seq);
+  }
+}
+
+bool decode_path(int64_t d) { return d == 16 || d == 32 || d == 64 || d == 128; }
+
 // One copy per ISA, chosen at load time: the inlined loops above use AVX-512 / AVX2 where present.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void run_paged_item(const PagedArgs& p, const Item& it, int dtype) {
@@ -146,6 +231,7 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, cons
   TORCH_CHECK_VALUE(cu_ok, "cu_seqlens_q must start at 0, never decrease and end at ", nq);
   std::vector<Item> items;
   int64_t macs = 0;
+  bool one_query_each = true;  // a decode step: every sequence has exactly one query token
   for (int64_t s = 0; s < S; ++s) {
     const int64_t L = lens[s], ql = cu[s + 1] - cu[s];
     TORCH_CHECK_VALUE(L >= 0 && L <= max_blocks * bs, "seq_lens must be in [0, ", max_blocks * bs, "] (max_blocks * block_size of block_tables), got ", L, " for sequence ", s);
@@ -154,6 +240,7 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, cons
       const int64_t id = table[s * max_blocks + b];
       TORCH_CHECK_VALUE(id >= 0 && id < nb, "block_tables holds block ids outside [0, ", nb, ") in the blocks the sequences use: ", id, " at (", s, ", ", b, ")");
     }
+    one_query_each = one_query_each && ql == 1;
     for (int64_t j0 = 0; j0 < ql; j0 += kQTile)
       for (int64_t h = 0; h < hkv; ++h) items.push_back({s, h, j0, std::min(ql, j0 + kQTile)});
     macs += ql * hq * (causal ? L - ql / 2 : L) * d * 2;
@@ -162,7 +249,11 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(const at::Tensor& q, cons
   auto lse = at::empty({nq, hq}, q.options().dtype(at::kFloat));
   PagedArgs p{qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), lse.data_ptr<float>(), table, lens, cu,
               max_blocks, bs, hq, hkv, d, static_cast<float>(scale), causal};
-  r1::parallel_items(static_cast<int64_t>(items.size()), macs, [&](int64_t i) { run_paged_item(p, items[i], dt); });
+  if (one_query_each && dt == 0 && decode_path(d)) {
+    r1::parallel_items(S, macs, [&](int64_t s) { run_decode_seq(p, s); });
+  } else {
+    r1::parallel_items(static_cast<int64_t>(items.size()), macs, [&](int64_t i) { run_paged_item(p, items[i], dt); });
+  }
   return {out, lse};
 }
 

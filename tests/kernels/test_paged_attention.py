@@ -30,9 +30,10 @@ small_backend = backend_fixture("paged_attention")  # the small cases run on Tri
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
-@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (3, 3, 20), (8, 1, 64)])
+@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (3, 3, 20), (8, 1, 64), (2, 2, 16), (4, 4, 128)])
 def test_decode(small_backend, dtype, atol, rtol, hq, hkv, d):
-    seq_lens = [1, 16, 17, 37, 5, 64]
+    # head sizes 16-128 take the C++ kernel's one-item-per-sequence decode path (float32), 20 the general one
+    seq_lens = [1, 16, 17, 37, 5, 64, 300]
     kc, vc, table, sl = make_cache(seq_lens, 16, hkv, d, dtype)
     q = torch.randn(len(seq_lens), hq, d).to(dtype)
     cq = cu([1] * len(seq_lens))
@@ -71,6 +72,21 @@ def test_reference_matches_sdpa_on_contiguous_kv():
     mask = torch.arange(L).unsqueeze(0) <= (L - ql + torch.arange(ql)).unsqueeze(1)
     sdpa = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
     torch.testing.assert_close(out, sdpa.transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d", [8, 32])
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES[:1])
+def test_empty_sequences_one_query_each(small_backend, dtype, atol, rtol, d):
+    # a decode-shaped call (one query row per sequence), not causal, with sequences of no kv tokens
+    kc, vc, table, sl = make_cache([0, 9, 0, 3], 4, 2, d, dtype)
+    q = torch.randn(4, 4, d).to(dtype)
+    cq = cu([1, 1, 1, 1])
+    out, lse = r1kernels.paged_attention(q, kc, vc, table, sl, cq, causal=False, return_lse=True)
+    assert torch.equal(out[[0, 2]], torch.zeros_like(out[[0, 2]]))
+    assert torch.isneginf(lse[[0, 2]]).all()
+    ref, ref_lse = reference.paged_attention(q, kc, vc, table, sl, cq, None, False)
+    check_close(out, ref, dtype, atol, rtol)
+    torch.testing.assert_close(lse, ref_lse)
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES[:1])
