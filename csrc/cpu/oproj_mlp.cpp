@@ -16,6 +16,27 @@ namespace {
 
 using namespace r1::decoder_layer;
 
+// g = silu(g) * u over n floats, with e = exp(-|g|) <= 1: silu(g) = g / (1 + e) for g >= 0 and
+// g e / (1 + e) below. Eight lanes at a time with r1::fast_exp8 (relative error ~2e-7), compiled
+// per ISA: the scalar loop it replaces called nearbyint per element and did not vectorise, and
+// at 128 rows x 512 took 0.7 ms, twice the layer's four GEMMs.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void silu_mul(float* g, const float* u, int64_t n) {
+  using r1::vf8;
+  const vf8 zero = vf8{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vf8 x = r1::loadu8(g + i);
+    const vf8 e = r1::fast_exp8(x < zero ? x : -x);
+    r1::storeu8(g + i, (x >= zero ? x : x * e) / (1.f + e) * r1::loadu8(u + i));
+  }
+  for (; i < n; ++i) {
+    const float x = g[i];
+    const float e = r1::fast_exp(-std::fabs(x));
+    g[i] = (x >= 0.f ? x : x * e) / (1.f + e) * u[i];
+  }
+}
+
 at::Tensor oproj_mlp_cpu(const at::Tensor& h, const at::Tensor& attn, const at::Tensor& wo, const std::optional<at::Tensor>& bo,
                          const at::Tensor& norm_weight, double eps, const at::Tensor& w_gate, const std::optional<at::Tensor>& b_gate,
                          const at::Tensor& w_up, const std::optional<at::Tensor>& b_up, const at::Tensor& w_down,
@@ -47,17 +68,7 @@ at::Tensor oproj_mlp_cpu(const at::Tensor& h, const at::Tensor& attn, const at::
   rms_norm_rows(h1p, nw.data_ptr<float>(), static_cast<float>(eps), x.data_ptr<float>(), T, H, H, H);
   at::Tensor g = proj(x, w_gate, b_gate);
   const at::Tensor u = proj(x, w_up, b_up);
-  float* gp = g.data_ptr<float>();
-  const float* up = u.data_ptr<float>();
-  // silu(g) * u with r1::fast_exp (relative error ~2e-7; libm's expf would not vectorise) on
-  // -|g| <= 0: silu(g) = g / (1 + e^-g) for g >= 0, g e^g / (1 + e^g) below
-  const int64_t n = T * I;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float x = gp[i];
-    const float e = r1::fast_exp(-std::fabs(x));
-    gp[i] = (x >= 0.f ? x : x * e) / (1.f + e) * up[i];
-  }
+  silu_mul(g.data_ptr<float>(), u.data_ptr<float>(), T * I);
   at::Tensor out = proj(g, w_down, b_down);
   float* op = out.data_ptr<float>();
   for (int64_t i = 0; i < T * H; ++i) op[i] = h1p[i] + op[i];
