@@ -302,7 +302,8 @@ class ModelRunner:
             hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False, r1_attn=meta).last_hidden_state[0]
         if not last_rows:
             return hidden.new_empty(0, self.lm_head.out_features, dtype=torch.float32)
-        rows = hidden[torch.tensor(last_rows, device=self.device)]  # [R, H]
+        # a decode step samples every row: no gather (last_rows is increasing, so all rows means in order)
+        rows = hidden if len(last_rows) == hidden.shape[0] else hidden[torch.tensor(last_rows, device=self.device)]  # [R, H]
         head = self.lm_head
         if self.lean is not None and type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks):
             return self._lean_linear(rows, head.weight, head.bias).float()
