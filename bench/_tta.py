@@ -96,7 +96,8 @@ class Evaluator:
             self.next_mark += self.every
         dt = time.perf_counter() - t0
         self.seconds += dt
-        point = {"seconds": round(elapsed, 3), "step": step, "eval_seconds": round(dt, 3),
+        point = {"seconds": elapsed,  # unrounded: a step just short of the budget must not round onto it
+                 "step": step, "eval_seconds": round(dt, 3),
                  **({"lr": self.lr()} if self.lr is not None else {}),
                  **{k: r[k] for k in ("accuracy", "greedy_accuracy", "format_rate", "completion_length") if k in r}}
         self.points.append(point)
