@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from r1core.recipes.base_model import build_model, build_tokenizer
 from tests.test_distributed import TINY, _free_port
@@ -22,22 +23,36 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def _wait(procs, timeout=120) -> list[str]:
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for i, p in enumerate(procs):  # every launcher's end: the first failure is often another's crash
-        assert p.returncode == 0, "\n".join(f"--- launcher {j}:\n{o[-3000:]}" for j, o in enumerate(outs))
+    outs, timed_out = [], False
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=1 if timed_out else timeout)[0])
+        except subprocess.TimeoutExpired:  # kill it and go on: every launcher's output goes into the message
+            timed_out = True
+            p.kill()
+            outs.append(p.communicate()[0])
+    report = "\n".join(f"--- launcher {j} (exit {p.returncode}):\n{o[-3000:]}" for j, (p, o) in enumerate(zip(procs, outs)))
+    assert not timed_out, f"a launcher ran past {timeout} s\n{report}"
+    for p in procs:  # every launcher's end: the first failure is often another's crash
+        assert p.returncode == 0, report
     return outs
 
 
 def test_grpo_fsdp_on_two_nodes(tmp_path):
     port, out = _free_port(), tmp_path / "grpo"
+    # the rendezvous store lives in this process, as on a cluster's head node: a launcher that hosted it would
+    # take it down on exit while the other launcher may still be closing the rendezvous through it
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
     # --bf16: MixedPrecisionPolicy in training, rollouts on the gathered bf16 weights
     args = ["grpo", "--model", "tiny", "--fsdp", "--bf16", "--max-steps", "2", "--save-steps", "1", "--train-size", "16",
             "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "4", "--threads", "1",
             "--output-dir", str(out)]
     procs = [subprocess.Popen(_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(n), "--rdzv-backend", "c10d",
-                                        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "r1core-test") + args,
+                                        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "r1core-test",
+                                        "--rdzv-conf", "is_host=false") + args,
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(2)]
     outs = _wait(procs)
+    del store
     assert any("world size 2, mode fsdp" in o for o in outs), outs
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2]
