@@ -9,7 +9,8 @@ Cases:
 
 Each trainer runs in its own process with --threads torch threads (the asynchronous one's worker
 has one more of its own); steps/s is measured over the steps after the first two (the worker's start and the
-first, unoverlapped, generation). Both sides use TIS with the same cap, so they do the same work.
+first, unoverlapped, generation). Both sides run the same loss (no TIS, GRPOConfig's default; the
+asynchronous side's clip acts on its one-update-old sampling log-probs), so they do the same work.
 
     python bench/bench_async_rollouts.py            # both cases, 8 measured steps each (~3 min on 2 cores)
     python bench/bench_async_rollouts.py --quick    # smoke: the default case, 2 measured steps, short completions
@@ -73,7 +74,7 @@ def bench_side(case: str, mode: str, steps: int, quick: bool) -> dict:
     model, tok, rows, fields = (_default_case if case == "default" else _30m_case)(quick)
     asynchronous = mode == "async"
     with tempfile.TemporaryDirectory() as out:
-        cfg = GRPOConfig(**fields, output_dir=out, max_steps=steps + WARMUP, logging_steps=1, seed=0, tis_cap=3.0,
+        cfg = GRPOConfig(**fields, output_dir=out, max_steps=steps + WARMUP, logging_steps=1, seed=0,
                          async_rollouts=asynchronous, max_staleness=1)
         tr = GRPOTrainer(model, tok, [accuracy_reward], rows, cfg)
         stamps = []

@@ -3,6 +3,7 @@ validation, TIS metrics and the rollout log-probs as the loss's denominator, max
 synchronous trainer, a run with a worker process (staleness 1, metrics, no orphan process at the
 end or after an error), resume accounting of prefetched prompts."""
 
+import copy
 import json
 import multiprocessing
 
@@ -46,7 +47,7 @@ def test_config_rejects(field, value):
 
 def test_config_defaults():
     assert GRPOConfig().tis_cap is None and not GRPOConfig().async_rollouts
-    assert GRPOConfig(async_rollouts=True).tis_cap == TIS_CAP_ASYNC  # TIS on by default for async
+    assert GRPOConfig(async_rollouts=True).tis_cap is None  # the clip around the sampling log-probs, not TIS
     assert GRPOConfig(async_rollouts=True, tis_cap=1.5).tis_cap == 1.5
     with pytest.raises(ValueError, match="GRPOConfig.dynamic_sampling"):
         GRPOConfig(async_rollouts=True, dynamic_sampling=True)
@@ -68,7 +69,7 @@ def test_tis_takes_the_engine_logprobs_as_rollout_and_logs_the_ratio(tmp_path):
 
 
 def test_max_staleness_zero_is_the_synchronous_trainer(tmp_path):
-    sync = make(tmp_path / "a", reward=length_reward, tis_cap=TIS_CAP_ASYNC).train(progress=False)
+    sync = make(tmp_path / "a", reward=length_reward).train(progress=False)
     zero = make(tmp_path / "b", reward=length_reward, async_rollouts=True, max_staleness=0).train(progress=False)
     assert any(r["grad_norm"] > 0 for r in sync)  # the runs learn something, so equal metrics say something
     assert not rollout_children()
@@ -77,8 +78,9 @@ def test_max_staleness_zero_is_the_synchronous_trainer(tmp_path):
         assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
 
 
-def test_async_run_trains_one_step_stale_and_stops_its_worker(tmp_path):
-    tr = make(tmp_path, reward=length_reward, async_rollouts=True, max_steps=4)
+@pytest.mark.parametrize("tis_cap", [None, TIS_CAP_ASYNC], ids=["clip", "tis"])
+def test_async_run_trains_one_step_stale_and_stops_its_worker(tmp_path, tis_cap):
+    tr = make(tmp_path, reward=length_reward, async_rollouts=True, max_steps=4, tis_cap=tis_cap)
     before = [p.detach().clone() for p in tr.model.parameters()]
     first = tr.training_step()  # generated and waited for: nothing was prefetched
     assert first["rollout_staleness"] == 0.0
@@ -88,9 +90,30 @@ def test_async_run_trains_one_step_stale_and_stops_its_worker(tmp_path):
     records = tr.train(progress=False)
     assert len(records) == 3 and not rollout_children() and tr._async is None
     assert [r["rollout_staleness"] for r in records] == [1.0, 1.0, 1.0]  # sampled one update before they train
-    assert all(k in r for r in records for k in TIS_KEYS) and all(r["loss"] == r["loss"] for r in records)
+    assert all((k in r) == (tis_cap is not None) for r in records for k in TIS_KEYS) and all(r["loss"] == r["loss"] for r in records)
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
     assert tr.consumed == 4 * per  # the prompts prefetched for a fifth step went back to the stream
+
+
+def test_async_old_logprobs_are_the_sampling_weights_one_update_back(tmp_path, monkeypatch):
+    tr = make(tmp_path, reward=length_reward, async_rollouts=True, max_steps=2)
+    sampler = copy.deepcopy(tr.model)  # both batches are sampled from these: the first waited for, the second
+    seen = []                          # prefetched before the first update
+    optimize = tr.optimize
+
+    def keep(batch):
+        seen.append((batch, policy_logprobs(tr.model, batch, tr.config.temperature)))
+        return optimize(batch)
+
+    monkeypatch.setattr(tr, "optimize", keep)
+    tr.train(progress=False)
+    batch, trained = seen[1]
+    m = batch.completion_mask
+    assert batch.rollout_logprobs is None and batch.old_logprobs is not None
+    torch.testing.assert_close(batch.old_logprobs[m], policy_logprobs(sampler, batch, tr.config.temperature)[m], atol=2e-4, rtol=1e-4)
+    # trained one update later: the ratios are off 1, and epsilon's clip acts on them
+    assert float((trained[m] - batch.old_logprobs[m]).abs().max()) > 1e-2
+    assert not rollout_children()
 
 
 def test_async_worker_is_stopped_when_the_step_fails(tmp_path, monkeypatch):

@@ -18,8 +18,9 @@ The pipeline, per optimizer step k (weights version k = k updates done):
     train on batch k                                 (... this runs: version k + 1)
 so a batch is trained one update after the weights that sampled it: staleness 1, within any
 max_staleness >= 1. max_staleness 0 leaves nothing to overlap: the trainer runs synchronously
-and never starts a worker. The off-policy drift is what truncated importance sampling corrects
-(GRPOConfig.tis_cap, on by default with async_rollouts).
+and never starts a worker. The off-policy drift is bounded by PPO's clip, whose old log-probs are
+the sampling log-probs of those weights, or reweighted by truncated importance sampling
+(GRPOConfig.tis_cap) when that is set.
 
 Shutdown: `close()` (the trainer calls it when train() returns or raises) terminates a worker that
 is generating (that batch is not wanted any more), asks an idle one to exit and terminates it if it

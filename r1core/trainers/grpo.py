@@ -22,7 +22,8 @@ Truncated importance sampling (config.tis_cap): the engine's sampling log-probs 
 rollout_logprobs, each token's surrogate weighted by min(pi_train / pi_rollout, tis_cap); the old
 log-probs are then the policy's own (TRL's vllm_importance_sampling_correction). Asynchronous
 rollouts (config.async_rollouts, one process): `r1core.trainers.async_rollouts` generates the next
-step's completions in a worker process while this step trains.
+step's completions in a worker process while this step trains; without TIS their sampling
+log-probs, one update old, are the old log-probs, and the clip bounds the step around them.
 
     trainer = GRPOTrainer(model, tok, [accuracy_reward], dataset, GRPOConfig(...)); trainer.train()
 """

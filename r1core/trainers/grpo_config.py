@@ -4,7 +4,7 @@ Names and meanings follow TRL's GRPOConfig where the two overlap (num_generation
 per_device_train_batch_size counts completions, loss_type "dapo" by default, epsilon/epsilon_high,
 scale_rewards, ...). Beyond TRL: dynamic sampling (DAPO: drop groups whose rewards are all equal and
 refill the batch), a loss normaliser that leaves those groups out, a collapse detector, and
-asynchronous rollouts with truncated importance sampling (TRL's vllm_importance_sampling_correction
+asynchronous rollouts, and truncated importance sampling (TRL's vllm_importance_sampling_correction
 with mode token_truncate / sequence_truncate as tis_cap / tis_level).
 """
 
@@ -18,8 +18,8 @@ from r1core.trainers.optim import LR_SCHEDULERS
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 SCALE_REWARDS = ("group", "batch", "none")
-# the importance weight's cap when async_rollouts turns TIS on by itself: TRL's default
-# (vllm_importance_sampling_clip_max)
+# TRL's default cap of its importance-sampling correction (vllm_importance_sampling_clip_max):
+# tis_cap=TIS_CAP_ASYNC with async_rollouts is TRL's way with stale samples
 TIS_CAP_ASYNC = 3.0
 
 
@@ -47,8 +47,10 @@ class GRPOConfig(TrainerConfig):
     num_iterations: int = 1
     mask_truncated_completions: bool = False
     # truncated importance sampling: each token's surrogate times min(pi_train / pi_rollout, tis_cap),
-    # pi_rollout the engine's sampling probability (r1kernels._tis); None: off (on by default, at
-    # TIS_CAP_ASYNC, when async_rollouts is on)
+    # pi_rollout the engine's sampling probability (r1kernels._tis); None: off. Off, the PPO ratio's old
+    # log-probs are the sampling log-probs, which with async_rollouts come from weights one update back:
+    # epsilon's clip then bounds each token's move from the policy that sampled it (PPO's own answer to
+    # stale samples; sooner to accuracy on the default run than TIS at TRL's cap, docs/training.md)
     tis_cap: float | None = None
     tis_level: str = "token"
     # asynchronous rollouts (r1core.trainers.async_rollouts): step k+1's completions are generated in a
@@ -133,8 +135,6 @@ class GRPOConfig(TrainerConfig):
             self.min_p = 0.0
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
-        if self.async_rollouts and self.tis_cap is None:
-            self.tis_cap = TIS_CAP_ASYNC
         if self.scale_rewards is True:
             self.scale_rewards = "group"
         elif self.scale_rewards is False:
