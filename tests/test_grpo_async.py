@@ -111,7 +111,7 @@ def test_async_old_logprobs_are_the_sampling_weights_one_update_back(tmp_path, m
     m = batch.completion_mask
     assert batch.rollout_logprobs is None and batch.old_logprobs is not None
     torch.testing.assert_close(batch.old_logprobs[m], policy_logprobs(sampler, batch, tr.config.temperature)[m], atol=2e-4, rtol=1e-4)
-    # trained one update later: the ratios are off 1, and epsilon's clip acts on them
+    # trained one update later: the ratios that epsilon clips are off 1
     assert float((trained[m] - batch.old_logprobs[m]).abs().max()) > 1e-2
     assert not rollout_children()
 

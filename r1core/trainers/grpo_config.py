@@ -3,7 +3,7 @@
 Names and meanings follow TRL's GRPOConfig where the two overlap (num_generations,
 per_device_train_batch_size counts completions, loss_type "dapo" by default, epsilon/epsilon_high,
 scale_rewards, ...). Beyond TRL: dynamic sampling (DAPO: drop groups whose rewards are all equal and
-refill the batch), a loss normaliser that leaves those groups out, a collapse detector, and
+refill the batch), a loss normaliser that leaves those groups out, a collapse detector,
 asynchronous rollouts, and truncated importance sampling (TRL's vllm_importance_sampling_correction
 with mode token_truncate / sequence_truncate as tis_cap / tis_level).
 """
