@@ -8,8 +8,8 @@ sampling as an option.
 
 The loop (steps, logging, checkpoints, resume, time budget, progress) is `r1core.trainers.loop`'s;
 GRPO's step, `training_step`, is one round: generate once, then `num_iterations` optimizer steps on
-that batch. With num_iterations == 1 the old log-probs are the engine's sampling log-probs (equal
-to the policy's own forward, tested); with more they are recomputed once with
+that batch. With num_iterations == 1 the old log-probs are the engine's sampling log-probs (in a
+synchronous run equal to the policy's own forward, tested); with more they are recomputed once with
 `r1kernels.token_logprobs` before the first update. `config.max_steps` counts optimizer steps.
 What divides the loss (tokens or sequences, of the micro-batch or of the whole step) is
 `r1core.trainers.grpo_normaliser.step_normaliser`'s to say.
